@@ -1,0 +1,125 @@
+"""Write examples/support_tickets.csv: synthetic customer-support messages over six intents.
+
+The messages are built from templates, product names and phrasings, with some overlap between
+intents (e.g. a late order and a refund can share words) so the task is not trivially separable.
+Run: python examples/make_support_data.py   (deterministic: the same file every time)
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+PRODUCTS = ["headphones", "coffee grinder", "running shoes", "desk lamp", "phone case", "backpack",
+            "blender", "yoga mat", "keyboard", "water bottle", "winter jacket", "smart watch"]  # fmt: skip
+OPENERS = ["", "", "", "Hi, ", "Hello, ", "Hey there. ", "Good morning, ", "Hi team, ", "Excuse me, "]
+CLOSERS = ["", "", "", " Thanks.", " Thank you!", " Please help.", " Any update would be great.", " Cheers"]
+
+INTENTS: dict[str, list[str]] = {
+    "order_status": [
+        "where is my order for the {p}?",
+        "my {p} was supposed to arrive {day} and it still hasn't come",
+        "can you tell me when my {p} will be delivered",
+        "the tracking number for my {p} shows no movement since {day}",
+        "I ordered a {p} {ago} and have no shipping update",
+        "is my order #{n} on its way?",
+        "how long does delivery usually take, I'm waiting on a {p}",
+        "package with the {p} says delivered but I never got it",
+    ],
+    "refund_request": [
+        "I want my money back for the {p}",
+        "please refund order #{n}, the {p} is not what I expected",
+        "how do I return the {p} and get a refund",
+        "I was charged twice for the {p}, I need a refund",
+        "can I get a refund, the {p} arrived {ago} and I don't like it",
+        "the refund for my {p} hasn't reached my card yet",
+        "I'd like to send back the {p} for a full refund",
+        "you billed me for a {p} I cancelled, refund please",
+    ],
+    "cancel_subscription": [
+        "please cancel my subscription",
+        "how do I stop the monthly plan before it renews {day}",
+        "I want to end my membership, it's too expensive",
+        "cancel auto renewal on my account please",
+        "stop charging me every month, I no longer use the service",
+        "I'd like to unsubscribe from the premium plan",
+        "how can I close my subscription without fees",
+        "don't renew my plan next month",
+    ],
+    "change_address": [
+        "I need to change the delivery address for order #{n}",
+        "can you ship the {p} to my office instead of home",
+        "I moved {ago}, please update my shipping address",
+        "wrong address on my order for the {p}, how do I fix it",
+        "update my address to {street} before the {p} ships",
+        "please send the package to {street}",
+        "can I edit the address on an order that already shipped",
+        "my zip code is wrong on order #{n}",
+    ],
+    "login_problem": [
+        "I can't log in to my account",
+        "the password reset email never arrives",
+        "my account is locked after too many attempts",
+        "it says my password is wrong but I just changed it {ago}",
+        "two factor code doesn't work when I sign in",
+        "I forgot my username, how do I get into my account",
+        "the app logs me out every time I open it",
+        "I can't sign in with my email since {day}",
+    ],
+    "damaged_item": [
+        "my {p} arrived broken",
+        "the {p} stopped working after {ago}",
+        "the box was crushed and the {p} is damaged",
+        "one part of the {p} is missing from the package",
+        "the {p} I received has a crack in it",
+        "my {p} is defective, the button doesn't work",
+        "received a scratched {p}, what can you do",
+        "the {p} came with a torn seam and a stain",
+    ],
+}
+DAYS = ["yesterday", "on Monday", "last Friday", "two days ago", "this morning", "on the 3rd", "last week"]
+AGOS = ["a week ago", "three days ago", "last month", "two weeks ago", "yesterday", "10 days ago"]
+STREETS = ["12 Oak Street", "48 River Road, Apt 5", "7 Hill Lane", "230 Market Ave", "9 Station Square"]
+
+
+def _typo(text: str, rng: random.Random) -> str:
+    # A few messages get a swapped letter pair, as real users type.
+    if len(text) < 12 or rng.random() > 0.15:
+        return text
+    i = rng.randrange(1, len(text) - 2)
+    return text[:i] + text[i + 1] + text[i] + text[i + 2 :]
+
+
+def make_rows(per_intent: int = 70, seed: int = 7) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    rows: set[tuple[str, str]] = set()
+    for intent, templates in INTENTS.items():
+        made = 0
+        while made < per_intent:
+            body = rng.choice(templates).format(
+                p=rng.choice(PRODUCTS), day=rng.choice(DAYS), ago=rng.choice(AGOS),
+                n=rng.randint(10000, 99999), street=rng.choice(STREETS),
+            )  # fmt: skip
+            opener = rng.choice(OPENERS)
+            body = body[0].upper() + body[1:] if not opener else body
+            text = _typo(opener + body + rng.choice(CLOSERS), rng)
+            if (text, intent) not in rows:
+                rows.add((text, intent))
+                made += 1
+    ordered = sorted(rows)
+    rng.shuffle(ordered)
+    return ordered
+
+
+def main() -> None:
+    path = Path(__file__).with_name("support_tickets.csv")
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(make_rows())
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

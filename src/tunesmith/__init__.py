@@ -1,0 +1,76 @@
+"""tunesmith: from a file of labeled examples to a fine-tuned, evaluated, registered transformer model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import DataConfig, RunConfig, TrainConfig, load_config
+from tunesmith.errors import ConfigError, DataError, ModelError, RegistryError, TunesmithError
+from tunesmith.inference import Prediction, TextClassifier
+from tunesmith.registry import ModelVersion, Registry
+
+__version__ = "0.1.0"
+
+
+def train(
+    data: str | Path | None = None,
+    *,
+    config: RunConfig | str | Path | None = None,
+    registry: Registry | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    **overrides: Any,
+) -> Any:
+    """Fine-tune, evaluate and register a model; returns a `TrainResult`.
+
+    `overrides` are dotted settings with '__' for the dot, e.g. ``train__epochs=3``, or plain names
+    of training settings (``epochs=3``) and data settings (``text_column="body"``).
+    """
+    from tunesmith.training import train as _train
+
+    if not isinstance(config, RunConfig):
+        flat: dict[str, Any] = {}
+        for key, value in overrides.items():
+            if "__" in key:
+                flat[key.replace("__", ".")] = value
+            elif key in TrainConfig.model_fields:
+                flat[f"train.{key}"] = value
+            elif key in DataConfig.model_fields:
+                flat[f"data.{key}"] = value
+            else:
+                flat[key] = value
+        if data is not None:
+            flat["data.train"] = str(data)
+        config = load_config(config, flat)
+    elif data is not None or overrides:
+        raise ConfigError("Pass either a RunConfig or a data path with overrides, not both.")
+    return _train(config, registry=registry, resume=resume, progress=progress)
+
+
+def load_model(ref: str, registry: Registry | None = None) -> TextClassifier:
+    """Load a registered model ('name', 'name@3', 'name@production') or a model folder, ready to predict."""
+    path = Path(ref)
+    if (path / "tunesmith.json").is_file():
+        return TextClassifier.from_artifact(path)
+    version = (registry or Registry()).resolve(ref)
+    return TextClassifier.from_artifact(version.path)
+
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "DataError",
+    "ModelError",
+    "ModelVersion",
+    "Prediction",
+    "Registry",
+    "RegistryError",
+    "RunConfig",
+    "TextClassifier",
+    "TrainConfig",
+    "TunesmithError",
+    "load_config",
+    "load_model",
+    "train",
+]

@@ -1,0 +1,234 @@
+"""Metrics, plots and the written report of a classification run."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def multi_hot(labels: Sequence[Sequence[int]], n_classes: int) -> np.ndarray:
+    out = np.zeros((len(labels), n_classes), dtype=np.int64)
+    for row, ids in enumerate(labels):
+        out[row, list(ids)] = 1
+    return out
+
+
+def tune_threshold(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """The global decision threshold that maximises micro-F1 on held-out data."""
+    from sklearn.metrics import f1_score
+
+    grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
+    scores = [f1_score(y_true, probs >= t, average="micro", zero_division=0) for t in grid]
+    return float(grid[int(np.argmax(scores))])
+
+
+def classification_metrics(
+    labels: Sequence[Any],
+    probs: np.ndarray,
+    label_names: Sequence[str],
+    multi_label: bool,
+    threshold: float = 0.5,
+) -> dict[str, Any]:
+    """Accuracy, micro/macro/weighted F1 and a per-class report.
+
+    For multi-label data `accuracy` is subset accuracy (every label of a row right) and
+    predictions are `probs >= threshold`.
+    """
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+    n_classes = len(label_names)
+    if multi_label:
+        y_true = multi_hot(labels, n_classes)
+        y_pred = (probs >= threshold).astype(np.int64)
+    else:
+        y_true = np.asarray(labels)
+        y_pred = probs.argmax(axis=1)
+    classes = list(range(n_classes))
+    averaged = {
+        f"f1_{avg}": float(
+            f1_score(y_true, y_pred, average=avg, labels=None if multi_label else classes, zero_division=0)
+        )
+        for avg in ("macro", "micro", "weighted")
+    }
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=None if multi_label else classes, zero_division=0
+    )
+    per_class = {
+        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for name, p, r, f, s in zip(label_names, precision, recall, f1, support, strict=True)
+    }
+    metrics: dict[str, Any] = {"accuracy": float(accuracy_score(y_true, y_pred)), **averaged}
+    if multi_label:
+        metrics["subset_accuracy"] = metrics["accuracy"]
+        metrics["threshold"] = threshold
+    metrics["n"] = len(labels)
+    metrics["per_class"] = per_class
+    return metrics
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if isinstance(v, float) and k != "threshold"}
+
+
+def plot_confusion_matrix(labels: Sequence[int], probs: np.ndarray, label_names: Sequence[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import confusion_matrix
+
+    n = len(label_names)
+    matrix = confusion_matrix(labels, probs.argmax(axis=1), labels=list(range(n)))
+    # Row-normalised, so rare classes are as readable as frequent ones.
+    share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    size = min(4 + 0.3 * n, 30)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), label_names, rotation=90 if n > 6 else 30, ha="right" if n <= 6 else "center")
+    ax.set_yticks(range(n), label_names)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if matrix[i, j]:
+                    color = "white" if share[i, j] > 0.5 else "black"
+                    ax.text(j, i, str(matrix[i, j]), ha="center", va="center", color=color, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix (test split; colour = share of the true class)")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_learning_curve(log_history: list[dict[str, Any]], metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(e["epoch"], e["loss"]) for e in log_history if "loss" in e and "epoch" in e]
+    evals = [e for e in log_history if "eval_loss" in e]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if train:
+        ax.plot(*zip(*train, strict=True), label="training loss", color="tab:blue", alpha=0.8)
+    if evals:
+        ax.plot([e["epoch"] for e in evals], [e["eval_loss"] for e in evals], "o-", label="validation loss",
+                color="tab:orange")  # fmt: skip
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    if evals and f"eval_{metric}" in evals[0]:
+        right = ax.twinx()
+        right.plot([e["epoch"] for e in evals], [e[f"eval_{metric}"] for e in evals], "s--", color="tab:green",
+                   label=f"validation {metric}")  # fmt: skip
+        right.set_ylabel(metric)
+        right.set_ylim(0, 1)
+        right.legend(loc="center right")
+    ax.legend(loc="upper right")
+    ax.set_title("Learning curve")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_errors(
+    path: Path,
+    texts: Sequence[str],
+    labels: Sequence[Any],
+    probs: np.ndarray,
+    label_names: Sequence[str],
+    multi_label: bool,
+    threshold: float,
+) -> int:
+    """Write the misclassified test rows, most confident mistakes first; returns how many."""
+    rows = []
+    for text, gold, row in zip(texts, labels, probs, strict=True):
+        if multi_label:
+            true = sorted(label_names[i] for i in gold)
+            pred = sorted(label_names[i] for i in np.flatnonzero(row >= threshold))
+            confidence = float(np.abs(row - threshold).mean())
+            if true != pred:
+                rows.append((confidence, text, "|".join(true), "|".join(pred)))
+        else:
+            best = int(row.argmax())
+            if best != gold:
+                rows.append((float(row[best]), text, label_names[gold], label_names[best]))
+    rows.sort(key=lambda r: -r[0])
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "true_label", "predicted_label", "confidence"])
+        for confidence, text, true, pred in rows:
+            writer.writerow([text, true, pred, f"{confidence:.4f}"])
+    return len(rows)
+
+
+def write_report(
+    out_dir: Path,
+    *,
+    name: str,
+    test_texts: Sequence[str],
+    test_labels: Sequence[Any],
+    probs: np.ndarray,
+    baseline_probs: np.ndarray | None,
+    label_names: Sequence[str],
+    multi_label: bool,
+    threshold: float,
+    log_history: list[dict[str, Any]],
+    metric: str,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Compute test metrics, write plots, errors, metrics.json and report.md; return the metrics."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = classification_metrics(test_labels, probs, label_names, multi_label, threshold)
+    result: dict[str, Any] = {"test": metrics}
+    if baseline_probs is not None:
+        baseline_threshold = 0.5 if not multi_label else tune_threshold(multi_hot(test_labels, len(label_names)),
+                                                                          baseline_probs)  # fmt: skip
+        result["baseline"] = classification_metrics(
+            test_labels, baseline_probs, label_names, multi_label, baseline_threshold
+        )
+        result["baseline"]["model"] = "tf-idf + logistic regression"
+    result.update(extra)
+    if not multi_label:
+        plot_confusion_matrix(test_labels, probs, label_names, out_dir / "confusion_matrix.png")
+    plot_learning_curve(log_history, metric, out_dir / "learning_curve.png")
+    n_errors = write_errors(
+        out_dir / "misclassified.csv", test_texts, test_labels, probs, label_names, multi_label, threshold
+    )
+    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    (out_dir / "report.md").write_text(_report_markdown(name, result, n_errors, multi_label), encoding="utf-8")
+    return result
+
+
+def _report_markdown(name: str, result: dict[str, Any], n_errors: int, multi_label: bool) -> str:
+    test = result["test"]
+    base = result.get("baseline")
+    keys = ["accuracy", "f1_macro", "f1_micro", "f1_weighted"]
+    lines = [f"# {name}: evaluation report", ""]
+    lines.append(f"Test split: {test['n']} texts" + (" (multi-label; accuracy is subset accuracy, "
+                 f"threshold {test['threshold']:.2f} tuned on validation)" if multi_label else "") + ".")  # fmt: skip
+    lines += ["", "| metric | fine-tuned | TF-IDF baseline |", "|---|---|---|"]
+    for key in keys:
+        base_value = f"{base[key]:.4f}" if base else "-"
+        lines.append(f"| {key} | {test[key]:.4f} | {base_value} |")
+    if "train_minutes" in result:
+        lines.append(f"\nTraining took {result['train_minutes']:.1f} minutes; the baseline "
+                     f"{result.get('baseline_seconds', 0):.0f} seconds.")  # fmt: skip
+    lines += ["", "## Per class", "", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
+    for label, m in sorted(test["per_class"].items(), key=lambda kv: kv[1]["f1"]):
+        lines.append(f"| {label} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |")
+    lines += ["", "## Files", ""]
+    if not multi_label:
+        lines.append("- ![confusion matrix](confusion_matrix.png) `confusion_matrix.png`")
+    lines += [
+        "- ![learning curve](learning_curve.png) `learning_curve.png`",
+        f"- `misclassified.csv`: the {n_errors} misclassified test texts, most confident mistakes first",
+        "- `metrics.json`: every figure above, for machines",
+        "",
+    ]
+    return "\n".join(lines)

