@@ -25,10 +25,12 @@ def train_baseline(data: ClassificationData, seed: int = 42) -> BaselineResult:
     from sklearn.preprocessing import MultiLabelBinarizer
 
     start = time.perf_counter()
-    features = FeatureUnion([
-        ("word", TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True, max_features=200_000)),
-        ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, max_features=200_000)),
-    ])
+    features = FeatureUnion(
+        [
+            ("word", TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True, max_features=200_000)),
+            ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, max_features=200_000)),
+        ]
+    )
     x_train = features.fit_transform(data.train.texts)
     x_test = features.transform(data.test.texts)
     n_classes = len(data.label_names)

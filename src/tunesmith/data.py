@@ -232,8 +232,7 @@ def _find_column(frame: pd.DataFrame, wanted: str | None, names: Sequence[str], 
         if wanted in columns:
             return wanted
         raise DataError(
-            f"The {role} column {wanted!r} is not in the data. Columns found: {columns}. "
-            f"Pass one of them with {flag}."
+            f"The {role} column {wanted!r} is not in the data. Columns found: {columns}. Pass one of them with {flag}."
         )
     by_lower = {c.lower(): c for c in columns}
     for name in names:
@@ -444,8 +443,7 @@ def _split(
         )))  # fmt: skip
     if len(movable) <= n_hold:
         raise DataError(
-            f"Only {len(texts)} usable rows: too few to hold out a {what} split. Add more data, or pass "
-            f"--{what} FILE."
+            f"Only {len(texts)} usable rows: too few to hold out a {what} split. Add more data, or pass --{what} FILE."
         )
     keep, hold = train_test_split(movable, test_size=n_hold, random_state=seed, stratify=stratify)
     keep = np.sort(np.concatenate([keep, index[fixed]]))

@@ -54,6 +54,9 @@ class TextClassifier:
     @classmethod
     def from_artifact(cls, path: str | Path) -> TextClassifier:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         path = Path(path)
         meta = json.loads((path / ARTIFACT_META).read_text(encoding="utf-8"))

@@ -37,7 +37,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from tunesmith.errors import RegistryError
 
@@ -203,7 +203,12 @@ class Registry:
 
     def promote(self, ref: str, alias: str = DEFAULT_ALIAS) -> ModelVersion:
         """Point `alias` (e.g. 'production') of a model at the version `ref` names."""
-        if not NAME_PATTERN.match(alias) or alias.isdigit() or alias == "latest" or alias.startswith("v") and alias[1:].isdigit():
+        if (
+            not NAME_PATTERN.match(alias)
+            or alias.isdigit()
+            or alias == "latest"
+            or (alias.startswith("v") and alias[1:].isdigit())
+        ):
             raise RegistryError(f"Invalid alias {alias!r}: use a word such as 'production' or 'staging'.")
         target = self.resolve(ref)
         with self._session.begin() as session:

@@ -9,6 +9,7 @@ registration of the result as a new immutable version.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -33,6 +34,7 @@ from tunesmith.models import bf16_supported, load_classifier, load_tokenizer, mo
 from tunesmith.registry import ModelVersion, Registry
 
 Log = Callable[[str], None]
+SELECTION_METRIC = "selection_score"
 
 
 @dataclass
@@ -82,6 +84,15 @@ def choose_max_length(lengths: list[int], limit: int, wanted: int | None) -> int
     return max(16, min(limit, int(math.ceil(p99 / 8) * 8)))
 
 
+def choose_epochs(n_train: int, batch_size: int, wanted: float | None) -> float:
+    """The configured epochs, or 5 raised so a small dataset still gets ~300 steps (a few hundred rows
+    at 5 epochs stop far from convergence); capped at 30."""
+    if wanted is not None:
+        return wanted
+    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+    return float(min(30, max(5, math.ceil(300 / steps_per_epoch))))
+
+
 def _trainer_metrics(multi_label: bool) -> Callable[[Any], dict[str, float]]:
     from sklearn.metrics import accuracy_score, f1_score
 
@@ -89,19 +100,31 @@ def _trainer_metrics(multi_label: bool) -> Callable[[Any], dict[str, float]]:
         logits, labels = eval_pred.predictions, eval_pred.label_ids
         if isinstance(logits, tuple):
             logits = logits[0]
+        logits = logits.astype(np.float64)
         if multi_label:
             predicted = (logits >= 0).astype(np.int64)  # sigmoid(x) >= 0.5
             truth = labels.astype(np.int64)
-            return {
+            loss = float(np.mean(np.logaddexp(0, logits) - truth * logits))
+            metrics = {
                 "f1_micro": f1_score(truth, predicted, average="micro", zero_division=0),
                 "f1_macro": f1_score(truth, predicted, average="macro", zero_division=0),
                 "accuracy": accuracy_score(truth, predicted),
             }
-        predicted = logits.argmax(axis=-1)
-        return {
-            "accuracy": accuracy_score(labels, predicted),
-            "f1_macro": f1_score(labels, predicted, average="macro", zero_division=0),
-        }
+            main = metrics["f1_micro"]
+        else:
+            predicted = logits.argmax(axis=-1)
+            shifted = logits - logits.max(axis=-1, keepdims=True)
+            log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+            loss = float(-log_probs[np.arange(len(labels)), labels].mean())
+            metrics = {
+                "accuracy": accuracy_score(labels, predicted),
+                "f1_macro": f1_score(labels, predicted, average="macro", zero_division=0),
+            }
+            main = metrics["f1_macro"]
+        # Model selection and early stopping use the main F1, with ties broken by lower validation loss:
+        # on small validation sets F1 saturates early, and the first checkpoint to reach it is undertrained.
+        metrics[SELECTION_METRIC] = main + 1e-3 / (1.0 + loss)
+        return metrics
 
     return compute
 
@@ -151,6 +174,44 @@ def _budget_callback(minutes: float) -> Any:
     return TimeBudget()
 
 
+def _progress_callback(log: Log, bar: bool) -> Any:
+    from transformers.trainer_callback import ProgressCallback
+
+    class Progress(ProgressCallback):
+        """A step bar (optional) and one line per evaluation, instead of a dict per logging step."""
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if bar:
+                super().on_train_begin(args, state, control, **kwargs)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.training_bar is not None:
+                super().on_step_end(args, state, control, **kwargs)
+
+        def on_prediction_step(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            if not logs or "eval_loss" not in logs:
+                return
+            scores = ", ".join(
+                f"{k.removeprefix('eval_')} {v:.4f}" for k, v in logs.items()
+                if k.startswith("eval_") and isinstance(v, float)
+                and not k.endswith(("runtime", "per_second", SELECTION_METRIC))
+            )  # fmt: skip
+            line = f"epoch {logs.get('epoch', state.epoch):.2f}: validation {scores}"
+            if self.training_bar is not None:
+                self.training_bar.write(line)
+            else:
+                log(line)
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.training_bar is not None:
+                super().on_train_end(args, state, control, **kwargs)
+
+    return Progress()
+
+
 def default_name(config: RunConfig) -> str:
     if config.name:
         return config.name
@@ -161,10 +222,8 @@ def default_name(config: RunConfig) -> str:
 def library_versions() -> dict[str, str]:
     versions = {}
     for package in ("tunesmith", "torch", "transformers", "tokenizers", "scikit-learn", "numpy"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
     return versions
 
 
@@ -206,6 +265,10 @@ def train(
 ) -> TrainResult:
     """Train, evaluate and register a text classifier as described by `config`."""
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight loading/saving bars; the training bar is ours
 
     registry = registry or Registry()
     settings = config.train
@@ -246,9 +309,10 @@ def train(
     import torch
 
     steps_per_epoch = math.ceil(len(train_set) / settings.batch_size)
+    epochs = choose_epochs(len(train_set), settings.batch_size, settings.epochs)
     args = TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
-        num_train_epochs=settings.epochs,
+        num_train_epochs=epochs,
         max_steps=settings.max_steps or -1,
         learning_rate=settings.learning_rate,
         per_device_train_batch_size=settings.batch_size,
@@ -260,7 +324,7 @@ def train(
         save_strategy="epoch",
         save_total_limit=2,
         load_best_model_at_end=True,
-        metric_for_best_model=metric,
+        metric_for_best_model=SELECTION_METRIC,
         greater_is_better=True,
         logging_strategy="steps",
         logging_steps=max(1, steps_per_epoch // 5),
@@ -270,7 +334,7 @@ def train(
         seed=settings.seed,
         data_seed=settings.seed,
         report_to=[],
-        disable_tqdm=not progress,
+        disable_tqdm=True,  # replaced by _progress_callback
         dataloader_num_workers=0,
     )
     callbacks: list[Any] = []
@@ -289,6 +353,9 @@ def train(
         compute_loss_func=_weighted_loss(data) if settings.class_weights else None,
         callbacks=callbacks,
     )
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(_progress_callback(log, progress))
     log(f"Fine-tuning {settings.base_model} ({'bf16 autocast' if use_bf16 else 'fp32'}) ...")
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)

