@@ -100,8 +100,15 @@ class RunConfig(_Settings):
 
 
 def _parse_scalar(text: str) -> Any:
-    # YAML's scalar rules turn "3e-5" into a float, "true" into a bool and "null" into None.
-    return yaml.safe_load(text) if text != "" else ""
+    """Numbers, booleans and null as YAML reads them ("3e-5", "true", "null"); anything else stays a string,
+    so a value such as "|" or "a: b" is not taken for YAML syntax."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, bool | int | float) or (value is None and text.strip().lower() in ("null", "~", "none")):
+        return value
+    return text
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
