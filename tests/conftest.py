@@ -97,7 +97,7 @@ def trained_home(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, supp
     data = write_csv(folder / "support.csv", support_rows)
     home = folder / "home"
     tunesmith.train(
-        data, registry=Registry(home), name="support", progress=False, base_model=tiny_model, epochs=6,
+        data, registry=Registry(home), name="support", progress=False, base_model=tiny_model, epochs=25, early_stopping_patience=0,
         learning_rate=5e-3, batch_size=16,
     )  # fmt: skip
     return home
