@@ -41,3 +41,13 @@ def test_malformed_override_and_missing_file(tmp_path: Path) -> None:
         load_config(None, ["train.epochs"])
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_configuration_reference_is_current() -> None:
+    import runpy
+
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    render = runpy.run_path(str(docs / "make_config_reference.py"))["render"]
+    assert (docs / "configuration.md").read_text(encoding="utf-8") == render(), (
+        "docs/configuration.md is stale: run python docs/make_config_reference.py"
+    )

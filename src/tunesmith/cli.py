@@ -23,7 +23,7 @@ app = typer.Typer(
 models_app = typer.Typer(help="List, inspect, promote, roll back and delete registered models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # one message, one line: no wrapping at 80 columns
 _state = {"verbose": False}
 
 

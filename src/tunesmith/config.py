@@ -33,7 +33,7 @@ class DataConfig(_Settings):
         None, description="Several labels per row. Detected from list values or a delimiter when not given."
     )
     label_delimiter: str | None = Field(
-        None, description="Separator of labels in one cell for multi-label data, e.g. ',' or '|'."
+        None, description="Separator of labels in one cell for multi-label data, e.g. ',' or ';'."
     )
     validation_size: Annotated[float, Field(gt=0, lt=0.5)] = Field(
         0.1, description="Share of the data held out for validation when no validation file is given."
@@ -56,14 +56,16 @@ class TrainConfig(_Settings):
         description="Passes over the training data. None: 5, raised on small data so that training makes at "
         "least 300 optimisation steps (at most 30 epochs); early stopping usually ends sooner.",
     )
-    # MiniLM-sized encoders want a larger rate than BERT-base's 2e-5: 1e-4 reached 0.92 on Banking77.
-    learning_rate: Annotated[float, Field(gt=0, lt=1)] = 1e-4
-    batch_size: Annotated[int, Field(ge=1)] = 32
-    eval_batch_size: Annotated[int, Field(ge=1)] = 64
+    learning_rate: Annotated[float, Field(gt=0, lt=1)] = Field(
+        1e-4,
+        description="Peak AdamW learning rate. MiniLM-sized encoders want more than BERT-base's usual 2e-5.",
+    )
+    batch_size: Annotated[int, Field(ge=1)] = Field(32, description="Training texts per optimisation step.")
+    eval_batch_size: Annotated[int, Field(ge=1)] = Field(64, description="Texts per forward pass when evaluating.")
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = Field(
         0.1, description="Share of the optimisation steps spent ramping the learning rate up linearly."
     )
-    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    weight_decay: Annotated[float, Field(ge=0)] = Field(0.01, description="AdamW weight decay.")
     max_length: Annotated[int, Field(ge=8)] | None = Field(
         None,
         description="Token limit per text. None: the 99th percentile of the training texts, capped at the "
@@ -85,7 +87,7 @@ class TrainConfig(_Settings):
     max_minutes: Annotated[float, Field(gt=0)] | None = Field(
         None, description="Stop training after this many minutes; the best checkpoint so far is kept."
     )
-    seed: int = 42
+    seed: int = Field(42, description="Seed of weight initialisation, shuffling and dropout.")
     trust_remote_code: bool = Field(
         False, description="Run code shipped with a hub model. Off: only enable it for models you trust."
     )
@@ -93,7 +95,7 @@ class TrainConfig(_Settings):
 
 class RunConfig(_Settings):
     name: str | None = Field(None, description="Registry name of the model; defaults to the data file's stem.")
-    task: str = "text-classification"
+    task: str = Field("text-classification", description="What the model learns (Hugging Face pipeline name).")
     seed: int = Field(42, description="Seed of the data split.")
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

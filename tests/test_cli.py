@@ -1,0 +1,127 @@
+"""Every CLI command, in process, as a user types it; errors are one line and exit code 1."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tunesmith import cli
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run `tunesmith ARGS` in this process; return (exit code, stdout, stderr)."""
+    old = sys.argv
+    sys.argv = ["tunesmith", *args]
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        sys.argv = old
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def home(trained_home: Path, tmp_path: Path) -> Path:
+    """A private copy of the trained registry, so tests that change it do not affect others."""
+    copy = tmp_path / "home"
+    shutil.copytree(trained_home, copy)
+    for path in copy.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return copy
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["train"], ["predict"], ["models"], ["models", "list"], ["models", "show"], ["models", "promote"],
+     ["models", "rollback"], ["models", "delete"]],  # fmt: skip
+)
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    code, out, _ = run(capsys, *command, "--help")
+    assert code == 0 and "Usage:" in out
+
+
+def test_train_with_defaults_on_the_embedded_model(capsys, tmp_path: Path, support_rows) -> None:
+    # `tunesmith train data.csv` with no other flag, on the real default model (a small slice).
+    data = tmp_path / "tickets.csv"
+    with data.open("w", newline="") as handle:
+        csv.writer(handle).writerows([("text", "label"), *support_rows[:60]])
+    code, out, err = run(capsys, "--home", str(tmp_path / "h"), "train", str(data), "--max-steps", "4", "--no-progress")
+    assert code == 0, err
+    assert "tickets@1" in out and "TF-IDF baseline" in out and "Data: 48 train" in err
+
+
+def test_predict_texts_and_files(capsys, home: Path, tmp_path: Path) -> None:
+    code, out, err = run(capsys, "--home", str(home), "predict", "support", "where is my parcel", "refund me please")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].endswith("where is my parcel") and lines[1].endswith("refund me please")
+
+    source = tmp_path / "in.csv"
+    texts = ["my order is late", "I can't log in", "the lamp is broken", "cancel my plan"]
+    with source.open("w", newline="") as handle:
+        csv.writer(handle).writerows([("id", "message"), *enumerate(texts)])
+    code, _, err = run(capsys, "--home", str(home), "predict", "support@1", "-i", str(source), "-o", str(tmp_path / "out.csv"))
+    assert code == 0, err
+    with (tmp_path / "out.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["message"] for r in rows] == texts and [r["id"] for r in rows] == ["0", "1", "2", "3"]
+    score_columns = [c for c in rows[0] if c.startswith("score_")]
+    assert len(score_columns) == 6 and all(r["predicted_label"] for r in rows)
+    for row in rows:  # the reported label is the highest-scoring class of the same row
+        best = max(score_columns, key=lambda c: float(row[c]))
+        assert best == f"score_{row['predicted_label']}"
+
+    code, _, err = run(capsys, "--home", str(home), "predict", "support", "-i", str(source), "-o", str(tmp_path / "out.jsonl"))
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert code == 0 and [r["message"] for r in records] == texts and len(records[0]["scores"]) == 6
+
+
+def test_models_list_show_promote_rollback_delete(capsys, home: Path, tiny_model: str, support_csv: Path) -> None:
+    h = ["--home", str(home)]
+    code, out, _ = run(capsys, *h, "train", str(support_csv), "--name", "support", "--model", tiny_model, "--epochs", "1",
+                       "--no-progress")  # fmt: skip
+    assert code == 0 and "support@2" in out
+    assert run(capsys, *h, "models", "promote", "support@1")[1].strip() == "support@production -> version 1"
+    assert run(capsys, *h, "models", "promote", "support@2")[1].strip() == "support@production -> version 2"
+    code, out, _ = run(capsys, *h, "models", "list")
+    assert code == 0 and "production" in out and out.count("support") >= 2
+    code, out, _ = run(capsys, *h, "models", "show", "support@production")
+    assert code == 0 and "support@2" in out and "fingerprint" not in out and "sha256:" in out
+    assert run(capsys, *h, "models", "rollback", "support")[1].strip() == "support@production -> version 1"
+    code, _, err = run(capsys, *h, "models", "delete", "support@1", "--yes")
+    assert code == 1 and "Refusing to delete aliased" in err
+    code, out, _ = run(capsys, *h, "models", "delete", "support@2", "--yes")
+    assert code == 0 and "Deleted support@2" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "missing.csv"], "does not exist"),
+        (["predict", "nomodel", "hi"], "No model named 'nomodel'"),
+        (["predict", "support@7", "hi"], "no version 7"),
+        (["predict", "support"], "Nothing to predict"),
+        (["train", "x.csv", "--set", "train.nope=1"], "Unknown setting 'train.nope'"),
+        (["models", "rollback", "support"], "never been set"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(capsys, home: Path, args: list[str], message: str) -> None:
+    code, _, err = run(capsys, "--home", str(home), *args)
+    assert code == 1
+    assert message in err and "Traceback" not in err and err.startswith("error:")
+
+
+def test_installed_entry_point_reports_errors_cleanly(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("tunesmith")
+    result = subprocess.run([str(exe), "--home", str(tmp_path), "train", str(tmp_path / "nope.csv")],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 1 and "does not exist" in result.stderr and "Traceback" not in result.stderr
