@@ -1,6 +1,6 @@
 """Regenerate docs/configuration.md from the pydantic settings (a test checks it is current).
 
-    python docs/make_config_reference.py
+python docs/make_config_reference.py
 """
 
 from __future__ import annotations

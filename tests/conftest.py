@@ -14,7 +14,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 
 from make_support_data import make_rows  # noqa: E402
-
 from tunesmith.registry import Registry  # noqa: E402
 
 
@@ -53,7 +52,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, support_rows: list[tupl
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator([t for t, _ in support_rows] * 2, trainers.WordPieceTrainer(vocab_size=400, special_tokens=specials))
+    tok.train_from_iterator(
+        [t for t, _ in support_rows] * 2, trainers.WordPieceTrainer(vocab_size=400, special_tokens=specials)
+    )
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]

@@ -41,8 +41,17 @@ def home(trained_home: Path, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["train"], ["predict"], ["models"], ["models", "list"], ["models", "show"], ["models", "promote"],
-     ["models", "rollback"], ["models", "delete"]],  # fmt: skip
+    [
+        [],
+        ["train"],
+        ["predict"],
+        ["models"],
+        ["models", "list"],
+        ["models", "show"],
+        ["models", "promote"],
+        ["models", "rollback"],
+        ["models", "delete"],
+    ],
 )
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
     code, out, _ = run(capsys, *command, "--help")
@@ -69,7 +78,9 @@ def test_predict_texts_and_files(capsys, home: Path, tmp_path: Path) -> None:
     texts = ["my order is late", "I can't log in", "the lamp is broken", "cancel my plan"]
     with source.open("w", newline="") as handle:
         csv.writer(handle).writerows([("id", "message"), *enumerate(texts)])
-    code, _, err = run(capsys, "--home", str(home), "predict", "support@1", "-i", str(source), "-o", str(tmp_path / "out.csv"))
+    code, _, err = run(
+        capsys, "--home", str(home), "predict", "support@1", "-i", str(source), "-o", str(tmp_path / "out.csv")
+    )
     assert code == 0, err
     with (tmp_path / "out.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -80,7 +91,9 @@ def test_predict_texts_and_files(capsys, home: Path, tmp_path: Path) -> None:
         best = max(score_columns, key=lambda c: float(row[c]))
         assert best == f"score_{row['predicted_label']}"
 
-    code, _, err = run(capsys, "--home", str(home), "predict", "support", "-i", str(source), "-o", str(tmp_path / "out.jsonl"))
+    code, _, err = run(
+        capsys, "--home", str(home), "predict", "support", "-i", str(source), "-o", str(tmp_path / "out.jsonl")
+    )
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert code == 0 and [r["message"] for r in records] == texts and len(records[0]["scores"]) == 6
 

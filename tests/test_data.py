@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import write_csv, write_jsonl
 
+from conftest import write_csv, write_jsonl
 from tunesmith.config import DataConfig
 from tunesmith.data import check_lengths, load_classification_data, read_table
 from tunesmith.errors import DataError
@@ -157,9 +157,7 @@ def test_formats_load_the_same_rows(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "d.jsonl", records)
     (tmp_path / "d.json").write_text(json.dumps({"data": records}), encoding="utf-8")
     pd.DataFrame(records).to_parquet(tmp_path / "d.parquet")
-    (tmp_path / "d.tsv").write_text(
-        "sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows), encoding="utf-8"
-    )
+    (tmp_path / "d.tsv").write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows), encoding="utf-8")
     for suffix in ("jsonl", "json", "parquet", "tsv"):
         data = load(tmp_path / f"d.{suffix}")
         assert data.text_column == "sentence", suffix
@@ -175,7 +173,9 @@ def test_glue_style_tsv_keeps_quotes_inside_texts(tmp_path: Path) -> None:
 
 def test_headerless_csv_is_detected(tmp_path: Path) -> None:
     # AG News ships as "class","title","description" rows with no header.
-    rows = [(str(1 + i % 3), f"Title {i}", f"A longer description of news item number {i} goes here") for i in range(60)]
+    rows = [
+        (str(1 + i % 3), f"Title {i}", f"A longer description of news item number {i} goes here") for i in range(60)
+    ]
     path = tmp_path / "news.csv"
     path.write_text("".join(f'"{c}","{t}","{d}"\n' for c, t, d in rows), encoding="utf-8")
     data = load(path)
@@ -202,7 +202,9 @@ def test_clue_style_jsonl_named_json(tmp_path: Path) -> None:
 
 
 def test_multi_label_from_list_column(tmp_path: Path) -> None:
-    records = [{"text": f"text {i}", "labels": ["x", "y"] if i % 3 == 0 else ["x" if i % 2 else "z"]} for i in range(60)]
+    records = [
+        {"text": f"text {i}", "labels": ["x", "y"] if i % 3 == 0 else ["x" if i % 2 else "z"]} for i in range(60)
+    ]
     data = load(write_jsonl(tmp_path / "d.jsonl", records))
     assert data.multi_label and data.label_names == ["x", "y", "z"]
     assert all(isinstance(lab, list) for lab in data.train.labels)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_csv, write_jsonl
 
 import tunesmith
+from conftest import write_csv, write_jsonl
 from tunesmith.errors import ConfigError
 from tunesmith.registry import Registry
 

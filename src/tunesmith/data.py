@@ -385,10 +385,12 @@ def _clean_frame(
     counts = Counter(keys)
     duplicates = sum(c - 1 for c in counts.values() if c > 1)
     if duplicates:
-        action = "kept only once" if drop_duplicates else "kept (data.drop_duplicates is off)"
+        if drop_duplicates:
+            action = "kept only once, so the same text cannot land in both training and test"
+        else:
+            action = "kept as they are"
         issues.append(DataIssue("warning", "duplicates", (
-            f"{source}: {duplicates} row(s) repeat an earlier row exactly; they were {action}, so the "
-            "same text cannot land in both training and test."
+            f"{source}: {duplicates} row(s) repeat an earlier row exactly; they were {action}."
         )))  # fmt: skip
         if drop_duplicates:
             seen: set[tuple[str, tuple[str, ...]]] = set()

@@ -279,6 +279,7 @@ def train(
 
     data = load_classification_data(config.data, seed=config.seed)
     tokenizer = load_tokenizer(settings.base_model, settings.trust_remote_code)
+    set_seed(settings.seed)  # before the new head's weights are drawn
     model = load_classifier(settings.base_model, data.label_names, data.multi_label, settings.trust_remote_code)
     limit = model_max_length(tokenizer, model.config)
     lengths = [len(ids) for ids in tokenizer(data.train.texts, add_special_tokens=True)["input_ids"]]
@@ -300,7 +301,6 @@ def train(
 
     run_dir = registry.home / "runs" / name
     checkpoint = _prepare_run_dir(run_dir, data.fingerprint, config, resume, log)
-    set_seed(settings.seed)
     n_classes = len(data.label_names)
     train_set = _encode(tokenizer, data.train, max_length, n_classes, data.multi_label)
     val_set = _encode(tokenizer, data.validation, max_length, n_classes, data.multi_label)
@@ -362,18 +362,11 @@ def train(
     minutes = (time.perf_counter() - started) / 60
 
     classifier = TextClassifier(trainer.model, tokenizer, data.label_names, data.multi_label, max_length=max_length)
-    threshold = 0.5
-    if data.multi_label:
-        val_probs = classifier.predict_proba(data.validation.texts, settings.eval_batch_size)
-        threshold = tune_threshold(multi_hot(data.validation.labels, n_classes), val_probs)
-        classifier.threshold = threshold
+    val_probs = classifier.predict_proba(data.validation.texts, settings.eval_batch_size)
+    threshold = tune_threshold(multi_hot(data.validation.labels, n_classes), val_probs) if data.multi_label else 0.5
     test_probs = classifier.predict_proba(data.test.texts, settings.eval_batch_size)
     validation_metrics = classification_metrics(
-        data.validation.labels,
-        classifier.predict_proba(data.validation.texts, settings.eval_batch_size),
-        data.label_names,
-        data.multi_label,
-        threshold,
+        data.validation.labels, val_probs, data.label_names, data.multi_label, threshold
     )
 
     with registry.staging() as staged:
@@ -401,32 +394,45 @@ def train(
         tokenizer.save_pretrained(staged / "model")
         _write_splits(staged / "data", data)
         (staged / "config.yaml").write_text(dump_config(config), encoding="utf-8")
-        meta = {
-            "format": 1,
-            "task": config.task,
-            "name": name,
-            "label_names": data.label_names,
-            "multi_label": data.multi_label,
-            "threshold": threshold,
-            "max_length": max_length,
-            "base_model": settings.base_model,
-            "precision": "bf16" if use_bf16 else "fp32",
-            "created_at": datetime.now(UTC).isoformat(),
-            "metrics": headline(report["test"]),
-            "baseline_metrics": headline(report["baseline"]),
-            "data": {
-                "fingerprint": data.fingerprint,
-                "train_file": config.data.train,
-                "text_column": data.text_column,
-                "label_column": data.label_column,
-                "sizes": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)},
-            },
-            "library_versions": library_versions(),
-        }
+        meta = _artifact_meta(config, data, report, threshold=threshold, max_length=max_length, bf16=use_bf16)
         (staged / ARTIFACT_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         version = registry.register(name, staged, config.task, metrics=headline(report["test"]))
     shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints are only needed to resume an unfinished run
     return TrainResult(version, report["test"], report["baseline"], data.issues, minutes)
+
+
+def _artifact_meta(
+    config: RunConfig,
+    data: ClassificationData,
+    report: dict[str, Any],
+    *,
+    threshold: float,
+    max_length: int,
+    bf16: bool,
+) -> dict[str, Any]:
+    """What `tunesmith.json` records: enough to load, use and explain the model without anything else."""
+    return {
+        "format": 1,
+        "task": config.task,
+        "name": config.name,
+        "label_names": data.label_names,
+        "multi_label": data.multi_label,
+        "threshold": threshold,
+        "max_length": max_length,
+        "base_model": config.train.base_model,
+        "precision": "bf16" if bf16 else "fp32",
+        "created_at": datetime.now(UTC).isoformat(),
+        "metrics": headline(report["test"]),
+        "baseline_metrics": headline(report["baseline"]),
+        "data": {
+            "fingerprint": data.fingerprint,
+            "train_file": config.data.train,
+            "text_column": data.text_column,
+            "label_column": data.label_column,
+            "sizes": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)},
+        },
+        "library_versions": library_versions(),
+    }
 
 
 def _write_splits(folder: Path, data: ClassificationData) -> None:

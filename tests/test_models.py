@@ -1,0 +1,47 @@
+"""Base-model resolution: the embedded default, local folders and hub ids share one code path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tunesmith.errors import ModelError
+from tunesmith.models import load_classifier, load_tokenizer, resolve_model
+
+
+def test_embedded_default_resolves_to_the_packaged_folder() -> None:
+    path = Path(resolve_model("embedded:all-MiniLM-L6-v2"))
+    assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def test_local_folder_loads_through_the_same_path(tiny_model: str) -> None:
+    model = load_classifier(tiny_model, ["a", "b", "c"], multi_label=False)
+    assert model.config.num_labels == 3 and model.config.id2label[2] == "c"
+    assert load_tokenizer(tiny_model)("hello")["input_ids"][0] == load_tokenizer(tiny_model).cls_token_id
+
+
+def test_unknown_names_fail_with_a_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ModelError, match="Unknown embedded model"):
+        resolve_model("embedded:gpt-17")
+    (tmp_path / "not-a-model").mkdir()
+    with pytest.raises(ModelError, match="no config.json"):
+        resolve_model(str(tmp_path / "not-a-model"))
+    with pytest.raises(ModelError, match="does not exist"):
+        resolve_model("./missing/model")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub id with no network: a clear error, no traceback
+    assert resolve_model("some-org/some-model") == "some-org/some-model"
+    with pytest.raises(ModelError, match="Could not load model 'some-org/some-model'.*embedded default"):
+        load_tokenizer("some-org/some-model")
+
+
+def test_training_is_reproducible_with_a_seed(train_tiny, support_csv: Path) -> None:
+    import tunesmith
+
+    first = train_tiny(support_csv, name="a", epochs=1)
+    second = train_tiny(support_csv, name="b", epochs=1)
+    texts = ["where is my parcel", "refund please", "I cannot log in"]
+    a = tunesmith.load_model(str(first.version.path)).predict_proba(texts)
+    b = tunesmith.load_model(str(second.version.path)).predict_proba(texts)
+    assert (a == b).all()
+    assert first.metrics == second.metrics
