@@ -116,6 +116,21 @@ def test_models_list_show_promote_rollback_delete(capsys, home: Path, tiny_model
     assert code == 0 and "Deleted support@2" in out
 
 
+def test_evaluate_on_a_labeled_file(capsys, home: Path, tmp_path: Path, support_rows) -> None:
+    data = tmp_path / "fresh.csv"
+    with data.open("w", newline="") as handle:
+        csv.writer(handle).writerows(
+            [("message", "intent"), *support_rows[:30], ("a brand new kind of request", "upgrade")]
+        )
+    out = tmp_path / "eval"
+    code, stdout, err = run(capsys, "--home", str(home), "evaluate", "support@1", str(data), "-o", str(out))
+    assert code == 0, err
+    assert "30 texts scored" in stdout and "1 row(s) carry labels the model does not know (upgrade)" in err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 30 and metrics["skipped_rows"] == 1
+    assert (out / "confusion_matrix.png").is_file() and "| accuracy |" in (out / "report.md").read_text()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -143,7 +143,7 @@ def predict(
         raise DataError("--input needs --output FILE (.csv or .jsonl) to write the predictions to.")
     if output_file is not None and output_file.suffix.lower() not in (".csv", ".jsonl"):
         raise DataError(f"Cannot write {output_file.suffix!r}: pass an --output ending in .csv or .jsonl.")
-    classifier = load_model(ref, registry=None if (Path(ref) / "tunesmith.json").is_file() else _registry())
+    classifier = load_model(ref)
     if input_file is None:
         for text, result in zip(texts or [], classifier.predict(texts or [], batch_size), strict=True):
             label = ", ".join(result.label) if isinstance(result.label, list) else result.label
@@ -153,6 +153,32 @@ def predict(
     results = classifier.predict(frame[column].astype(str).tolist(), batch_size)
     _write_predictions(frame, results, output_file)  # type: ignore[arg-type]
     console.print(f"Wrote {len(results)} predictions to {output_file}.")
+
+
+@app.command()
+def evaluate(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME@VERSION, NAME@ALIAS, or a model folder.")],
+    data: Annotated[str, typer.Argument(help="Labeled file to score the model on.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Report folder.")] = None,
+    text_column: Annotated[str | None, typer.Option(help="Text column (default: detected).")] = None,
+    label_column: Annotated[str | None, typer.Option(help="Label column (default: detected).")] = None,
+) -> None:
+    """Score a registered model on a labeled file: metrics, confusion matrix, errors and report.md."""
+    from tunesmith import load_model
+    from tunesmith.evaluation import evaluate as run_evaluation
+
+    classifier = load_model(ref)
+    name = str(classifier.meta.get("name", "model"))
+    folder = output or Path(f"evaluation-{name}-{Path(data).name.split('.')[0]}")
+    result = run_evaluation(classifier, data, folder, text_column=text_column, label_column=label_column)
+    for issue in result["issues"]:
+        _say(issue)
+    if result["skipped_rows"]:
+        _say(f"warning: {result['skipped_rows']} row(s) carry labels the model does not know "
+             f"({', '.join(result['unknown_labels'][:5])}); they were left out.")  # fmt: skip
+    metrics = result["test"]
+    console.print(", ".join(f"{k} {metrics[k]:.4f}" for k in ("accuracy", "f1_macro", "f1_micro", "f1_weighted")))
+    console.print(f"{metrics['n']} texts scored. Report: {folder / 'report.md'}")
 
 
 def _read_texts(path: Path, wanted: str | None, trained_on: str | None) -> tuple[Any, str]:

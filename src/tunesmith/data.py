@@ -465,16 +465,21 @@ def fingerprint(texts: Sequence[str], labels: Sequence[Any]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def load_classification_data(config: DataConfig, seed: int = 42) -> ClassificationData:
-    """Load, check and split a text-classification dataset as described by `config`."""
-    if not config.train:
-        raise DataError("No training file given. Pass the data file, e.g. `tunesmith train data.csv`.")
-    issues: list[DataIssue] = []
-    frame = read_table(config.train)
-    if frame.empty:
-        raise DataError(f"{config.train!r} has a header but no rows. Add labeled rows.")
-    text_col, label_col = detect_columns(frame, config)
+@dataclass
+class _Layout:
+    """Where the labels are in a table and how they are written."""
 
+    text_column: str
+    label_column: str
+    multi_label: bool
+    delimiter: str | None
+
+
+def _read_layout(path: str, config: DataConfig) -> tuple[pd.DataFrame, _Layout]:
+    frame = read_table(path)
+    if frame.empty:
+        raise DataError(f"{path!r} has a header but no rows. Add labeled rows.")
+    text_col, label_col = detect_columns(frame, config)
     delimiter = config.label_delimiter
     is_list = frame[label_col].map(lambda v: isinstance(v, list | tuple | np.ndarray)).any()
     multi_label = config.multi_label
@@ -484,8 +489,34 @@ def load_classification_data(config: DataConfig, seed: int = 42) -> Classificati
         multi_label = bool(is_list or delimiter)
     elif multi_label and not is_list and delimiter is None:
         delimiter = _detect_delimiter(frame[label_col]) or ","
-    if not multi_label:
-        delimiter = None
+    return frame, _Layout(text_col, label_col, multi_label, delimiter if multi_label else None)
+
+
+def load_labeled_file(
+    path: str | Path, config: DataConfig | None = None
+) -> tuple[list[str], list[list[str]], list[DataIssue]]:
+    """Every usable row of one labeled file, as (texts, label lists, issues), without splitting or de-duplicating.
+
+    Used to score a trained model on new labeled data.
+    """
+    config = (config or DataConfig()).model_copy(update={"train": str(path)})
+    issues: list[DataIssue] = []
+    frame, layout = _read_layout(str(path), config)
+    texts, labels = _clean_frame(
+        frame, layout.text_column, layout.label_column, layout.delimiter, Path(path).name, issues, False
+    )
+    return texts, labels, issues
+
+
+def load_classification_data(config: DataConfig, seed: int = 42) -> ClassificationData:
+    """Load, check and split a text-classification dataset as described by `config`."""
+    if not config.train:
+        raise DataError("No training file given. Pass the data file, e.g. `tunesmith train data.csv`.")
+    issues: list[DataIssue] = []
+    frame, layout = _read_layout(config.train, config)
+    text_col, label_col, multi_label, delimiter = (
+        layout.text_column, layout.label_column, layout.multi_label, layout.delimiter
+    )  # fmt: skip
 
     def clean(table: pd.DataFrame, source: str, dedupe: bool) -> tuple[list[str], list[list[str]]]:
         return _clean_frame(table, text_col, label_col, delimiter, source, issues, dedupe)

@@ -196,26 +196,31 @@ def write_report(
     result.update(extra)
     if not multi_label:
         plot_confusion_matrix(test_labels, probs, label_names, out_dir / "confusion_matrix.png")
-    plot_learning_curve(log_history, metric, out_dir / "learning_curve.png")
+    if log_history:
+        plot_learning_curve(log_history, metric, out_dir / "learning_curve.png")
     n_errors = write_errors(
         out_dir / "misclassified.csv", test_texts, test_labels, probs, label_names, multi_label, threshold
     )
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-    (out_dir / "report.md").write_text(_report_markdown(name, result, n_errors, multi_label), encoding="utf-8")
+    (out_dir / "report.md").write_text(
+        _report_markdown(name, result, n_errors, multi_label, curve=bool(log_history)), encoding="utf-8"
+    )
     return result
 
 
-def _report_markdown(name: str, result: dict[str, Any], n_errors: int, multi_label: bool) -> str:
+def _report_markdown(name: str, result: dict[str, Any], n_errors: int, multi_label: bool, curve: bool) -> str:
     test = result["test"]
     base = result.get("baseline")
     keys = ["accuracy", "f1_macro", "f1_micro", "f1_weighted"]
     lines = [f"# {name}: evaluation report", ""]
-    lines.append(f"Test split: {test['n']} texts" + (" (multi-label; accuracy is subset accuracy, "
+    lines.append(f"{result.get('evaluated_on', 'Test split')}: {test['n']} texts" + (" (multi-label; accuracy is subset accuracy, "
                  f"threshold {test['threshold']:.2f} tuned on validation)" if multi_label else "") + ".")  # fmt: skip
-    lines += ["", "| metric | fine-tuned | TF-IDF baseline |", "|---|---|---|"]
-    for key in keys:
-        base_value = f"{base[key]:.4f}" if base else "-"
-        lines.append(f"| {key} | {test[key]:.4f} | {base_value} |")
+    if base:
+        lines += ["", "| metric | fine-tuned | TF-IDF baseline |", "|---|---|---|"]
+        lines += [f"| {key} | {test[key]:.4f} | {base[key]:.4f} |" for key in keys]
+    else:
+        lines += ["", "| metric | value |", "|---|---|"]
+        lines += [f"| {key} | {test[key]:.4f} |" for key in keys]
     if "train_minutes" in result:
         lines.append(f"\nTraining took {result['train_minutes']:.1f} minutes; the baseline "
                      f"{result.get('baseline_seconds', 0):.0f} seconds.")  # fmt: skip
@@ -225,10 +230,63 @@ def _report_markdown(name: str, result: dict[str, Any], n_errors: int, multi_lab
     lines += ["", "## Files", ""]
     if not multi_label:
         lines.append("- ![confusion matrix](confusion_matrix.png) `confusion_matrix.png`")
+    if curve:
+        lines.append("- ![learning curve](learning_curve.png) `learning_curve.png`")
     lines += [
-        "- ![learning curve](learning_curve.png) `learning_curve.png`",
         f"- `misclassified.csv`: the {n_errors} misclassified test texts, most confident mistakes first",
         "- `metrics.json`: every figure above, for machines",
         "",
     ]
     return "\n".join(lines)
+
+
+def evaluate(
+    model: Any,
+    data: str | Path,
+    out_dir: str | Path,
+    *,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """Score a trained `TextClassifier` on a labeled file; write the same report as training does.
+
+    Rows whose labels the model does not know are left out (and reported under `skipped_rows`).
+    """
+    from tunesmith.config import DataConfig
+    from tunesmith.data import load_labeled_file
+    from tunesmith.errors import DataError
+
+    config = DataConfig(text_column=text_column, label_column=label_column, multi_label=model.multi_label)
+    texts, labels, issues = load_labeled_file(data, config)
+    index = {name: i for i, name in enumerate(model.label_names)}
+    keep = [i for i, lab in enumerate(labels) if all(name in index for name in lab)]
+    unknown = sorted({name for lab in labels for name in lab if name not in index})
+    if not keep:
+        raise DataError(
+            f"No row of {str(data)!r} carries a label the model knows. The model's labels: {model.label_names}; "
+            f"the file's: {unknown[:10]}. Check --label-column."
+        )
+    texts = [texts[i] for i in keep]
+    ids: list[Any] = [[index[n] for n in labels[i]] if model.multi_label else index[labels[i][0]] for i in keep]
+    probs = model.predict_proba(texts, batch_size=batch_size)
+    result = write_report(
+        Path(out_dir),
+        name=str(model.meta.get("name", "model")),
+        test_texts=texts,
+        test_labels=ids,
+        probs=probs,
+        baseline_probs=None,
+        label_names=model.label_names,
+        multi_label=model.multi_label,
+        threshold=model.threshold,
+        log_history=[],
+        metric="f1_micro" if model.multi_label else "f1_macro",
+        extra={
+            "evaluated_on": str(data),
+            "skipped_rows": len(labels) - len(keep),
+            "unknown_labels": unknown,
+            "issues": [str(i) for i in issues],
+        },
+    )
+    return result
