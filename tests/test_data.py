@@ -11,7 +11,7 @@ import pytest
 
 from conftest import write_csv, write_jsonl
 from tunesmith.config import DataConfig
-from tunesmith.data import check_lengths, load_classification_data, read_table
+from tunesmith.data import check_lengths, check_unknown_tokens, load_classification_data, read_table
 from tunesmith.errors import DataError
 
 
@@ -255,3 +255,10 @@ def test_unseen_test_labels_are_reported(tmp_path: Path) -> None:
     train = write_csv(tmp_path / "train.csv", balanced(20))
     test = write_csv(tmp_path / "test.csv", [*balanced(2), ("something new", "zzz")])
     assert "unseen_labels" in codes(load(train, test=str(test)))
+
+
+def test_text_the_vocabulary_cannot_read_is_reported() -> None:
+    unk = 100
+    issue = check_unknown_tokens([[unk, unk, 5], [unk, 7]], unk, "embedded:all-MiniLM-L6-v2")
+    assert issue is not None and "60% of the training tokens are unknown" in issue.message
+    assert check_unknown_tokens([[1, 2, 3]] * 30, unk, "m") is None

@@ -610,3 +610,18 @@ def check_lengths(texts: Sequence[str], lengths: Sequence[int], max_length: int)
         f"{longest}) and will be truncated. Raise train.max_length (up to the model's limit) if their "
         "ends matter."
     ))  # fmt: skip
+
+
+def check_unknown_tokens(token_ids: Sequence[Sequence[int]], unk_id: int | None, model: str) -> DataIssue | None:
+    """Warn when the model's vocabulary cannot represent much of the text (e.g. Chinese on an English model)."""
+    if unk_id is None:
+        return None
+    total = sum(len(ids) for ids in token_ids)
+    unknown = sum(1 for ids in token_ids for i in ids if i == unk_id)
+    if not total or unknown / total < 0.05:
+        return None
+    return DataIssue("warning", "unknown_tokens", (
+        f"{unknown / total:.0%} of the training tokens are unknown to {model}'s vocabulary, so the model sees "
+        "little of the text. Is the data in another language or script? Use a model that covers it "
+        "(--model PATH_OR_HUB_ID), e.g. a multilingual encoder."
+    ))  # fmt: skip

@@ -26,7 +26,14 @@ import numpy as np
 
 from tunesmith.baseline import train_baseline
 from tunesmith.config import RunConfig, dump_config
-from tunesmith.data import ClassificationData, DataIssue, Split, check_lengths, load_classification_data
+from tunesmith.data import (
+    ClassificationData,
+    DataIssue,
+    Split,
+    check_lengths,
+    check_unknown_tokens,
+    load_classification_data,
+)
 from tunesmith.errors import ConfigError
 from tunesmith.evaluation import classification_metrics, headline, multi_hot, tune_threshold, write_report
 from tunesmith.inference import ARTIFACT_META, TextClassifier
@@ -282,11 +289,15 @@ def train(
     set_seed(settings.seed)  # before the new head's weights are drawn
     model = load_classifier(settings.base_model, data.label_names, data.multi_label, settings.trust_remote_code)
     limit = model_max_length(tokenizer, model.config)
-    lengths = [len(ids) for ids in tokenizer(data.train.texts, add_special_tokens=True)["input_ids"]]
+    token_ids = tokenizer(data.train.texts, add_special_tokens=False)["input_ids"]
+    lengths = [len(ids) + tokenizer.num_special_tokens_to_add() for ids in token_ids]
     max_length = choose_max_length(lengths, limit, settings.max_length)
-    truncated = check_lengths(data.train.texts, lengths, max_length)
-    if truncated:
-        data.issues.append(truncated)
+    for issue in (
+        check_lengths(data.train.texts, lengths, max_length),
+        check_unknown_tokens(token_ids, tokenizer.unk_token_id, settings.base_model),
+    ):
+        if issue is not None:
+            data.issues.append(issue)
     for issue in data.issues:
         log(str(issue))
     kind = "multi-label" if data.multi_label else "single-label"
