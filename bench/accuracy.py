@@ -12,12 +12,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tunesmith
 from _common import RESULTS, require_shared_data, save
 

@@ -15,23 +15,22 @@ import argparse
 import csv
 import json
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tunesmith
 from _common import require_shared_data, save
-from tunesmith.config import DataConfig
+from tunesmith.config import DataConfig, TrainConfig
 from tunesmith.data import load_classification_data
 from tunesmith.models import load_classifier, load_tokenizer
 
 MODEL = "embedded:all-MiniLM-L6-v2"
+DEFAULTS = TrainConfig()  # the naive set-up shares every optimisation setting with ours
 
 
 def naive(train_file: Path, test_file: Path, epochs: int, seed: int) -> dict[str, float]:
-    """What a tutorial does: pad everything to 128, random batches, fp32."""
+    """What a tutorial does: pad everything to 128, random batches, fp32 (same optimiser settings as ours)."""
     import numpy as np
     from transformers import Trainer, TrainingArguments, set_seed
 
@@ -47,8 +46,9 @@ def naive(train_file: Path, test_file: Path, epochs: int, seed: int) -> dict[str
     train_set, val_set, test_set = encode(data.train), encode(data.validation), encode(data.test)
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
-            output_dir=out, num_train_epochs=epochs, learning_rate=1e-4, per_device_train_batch_size=32,
-            per_device_eval_batch_size=64, warmup_steps=0.1, weight_decay=0.01, eval_strategy="epoch",
+            output_dir=out, num_train_epochs=epochs, learning_rate=DEFAULTS.learning_rate,
+            per_device_train_batch_size=DEFAULTS.batch_size, per_device_eval_batch_size=DEFAULTS.eval_batch_size,
+            warmup_steps=DEFAULTS.warmup_ratio, weight_decay=DEFAULTS.weight_decay, eval_strategy="epoch",
             save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True, seed=seed,
         )  # fmt: skip
         trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set)
