@@ -44,9 +44,11 @@ def support_csv(tmp_path: Path, support_rows: list[tuple[str, str]]) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory, support_rows: list[tuple[str, str]]) -> str:
     """A 2-layer, 32-wide random BERT with a WordPiece vocabulary trained on the test texts."""
+    import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
+    torch.manual_seed(0)  # the same random weights in every run, so results do not drift between runs
     folder = tmp_path_factory.mktemp("tiny-bert")
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))

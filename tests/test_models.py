@@ -29,7 +29,12 @@ def test_unknown_names_fail_with_a_hint(tmp_path: Path, monkeypatch: pytest.Monk
         resolve_model(str(tmp_path / "not-a-model"))
     with pytest.raises(ModelError, match="does not exist"):
         resolve_model("./missing/model")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub id with no network: a clear error, no traceback
+    # A hub id with no network: a clear error, no traceback. Offline mode is read at import time, so patch the
+    # constant too (otherwise the hub client retries for most of a minute before giving up).
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert resolve_model("some-org/some-model") == "some-org/some-model"
     with pytest.raises(ModelError, match="Could not load model 'some-org/some-model'.*embedded default"):
         load_tokenizer("some-org/some-model")
