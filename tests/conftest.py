@@ -43,7 +43,7 @@ def support_csv(tmp_path: Path, support_rows: list[tuple[str, str]]) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory, support_rows: list[tuple[str, str]]) -> str:
-    """A 2-layer, 32-wide random BERT with a WordPiece vocabulary trained on the test texts."""
+    """A 2-layer, 64-wide random BERT with a WordPiece vocabulary trained on the test texts."""
     import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
@@ -67,8 +67,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, support_rows: list[tupl
     )  # fmt: skip
     tokenizer.save_pretrained(folder)
     config = BertConfig(
-        vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
+        vocab_size=tok.get_vocab_size(), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=128, max_position_embeddings=64,
     )  # fmt: skip
     BertModel(config).save_pretrained(folder)
     return str(folder)
