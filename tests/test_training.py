@@ -119,11 +119,13 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_model: str, support_cs
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not any(checkpoints.glob("checkpoint-*/trainer_state.json")):
         time.sleep(0.2)
-    time.sleep(0.5)  # let the checkpoint finish writing; a half-written newest one is skipped by resume
-    process.send_signal(signal.SIGKILL)
+    process.send_signal(signal.SIGKILL)  # possibly in the middle of writing the next checkpoint
     process.wait()
+    partial = checkpoints / "checkpoint-100000"  # what a kill during a save leaves: weights, no state
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"truncated")
     assert Registry(home).names() == []  # nothing registered by the killed run
-    done = [int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*")]
+    done = [p.parent.name for p in checkpoints.glob("checkpoint-*/trainer_state.json")]
     assert done, "the run was killed before its first checkpoint"
 
     changed = write_csv(tmp_path / "other.csv", _rows(support_csv)[:-5])
@@ -137,6 +139,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_model: str, support_cs
                                           "train.epochs": 40, "train.learning_rate": 5e-3, "train.batch_size": 16,
                                           "train.early_stopping_patience": 0})  # fmt: skip
     result = run(config, registry=Registry(home), resume=True, progress=False, log=logs.append)
+    assert any("Skipping checkpoint-100000" in line for line in logs), logs
     assert any("Resuming from" in line and "checkpoint-" in line for line in logs), logs
     assert result.version.version == 1
     assert json.loads((result.version.path / "metrics.json").read_text())["epochs_run"] == pytest.approx(40)

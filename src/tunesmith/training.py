@@ -234,10 +234,29 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def _last_complete_checkpoint(folder: Path, log: Log) -> str | None:
+    """The newest checkpoint that was written to the end; a process killed mid-save leaves a partial one."""
+    if not folder.is_dir():
+        return None
+    found = sorted(
+        (p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for checkpoint in found:
+        # The Trainer writes trainer_state.json after the weights and optimizer state.
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+            return str(checkpoint)
+        except (OSError, ValueError):
+            pass
+        log(f"Skipping {checkpoint.name}: it was not completely written (the run was stopped while saving it).")
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return None
+
+
 def _prepare_run_dir(run_dir: Path, fingerprint: str, config: RunConfig, resume: bool, log: Log) -> str | None:
     """Set up the folder holding checkpoints; return the checkpoint to resume from, if any."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     state_file = run_dir / "run.json"
     if resume:
         if not state_file.is_file():
@@ -248,7 +267,7 @@ def _prepare_run_dir(run_dir: Path, fingerprint: str, config: RunConfig, resume:
                 "The training data differs from the interrupted run's, so it cannot be resumed. "
                 "Run without --resume to start afresh."
             )
-        checkpoint = get_last_checkpoint(str(run_dir / "checkpoints")) if (run_dir / "checkpoints").is_dir() else None
+        checkpoint = _last_complete_checkpoint(run_dir / "checkpoints", log)
         if checkpoint is None:
             log("The interrupted run saved no checkpoint yet; starting from the first step.")
         else:
