@@ -93,7 +93,7 @@ def test_multi_label_tunes_a_threshold(train_tiny, tmp_path: Path) -> None:
 def test_class_weights_step_budget_and_long_texts(train_tiny, support_rows, tmp_path: Path) -> None:
     long_texts = [(f"my order {i} has not arrived and " * 40, "order_status") for i in range(3)]  # >200 tokens each
     data = write_csv(tmp_path / "long.csv", [*support_rows, *long_texts])
-    result = train_tiny(data, class_weights=True, max_steps=3, epochs=5)
+    result = train_tiny(data, class_weights=True, max_steps=3, epochs=5, max_length=512)  # capped at the limit
     assert result.version.version == 1
     truncated = [i for i in result.issues if i.code == "truncated"]
     assert truncated and "training texts are longer than 64 tokens" in truncated[0].message
