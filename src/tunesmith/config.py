@@ -72,8 +72,8 @@ class TrainConfig(_Settings):
     weight_decay: Annotated[float, Field(ge=0)] = Field(0.01, description="AdamW weight decay.")
     max_length: Annotated[int, Field(ge=8)] | None = Field(
         None,
-        description="Token limit per text. None: the 99th percentile of the training texts, capped at the "
-        "model's limit, so no time is spent on padding nobody needs.",
+        description="Token limit per text. None: the longest training text, capped at the model's limit. "
+        "Batches are padded only to their own longest text, so a generous limit costs little.",
     )
     early_stopping_patience: Annotated[int, Field(ge=0)] = Field(
         2, description="Epochs without improvement of the validation metric before stopping; 0 turns it off."

@@ -84,11 +84,15 @@ def _encode(tokenizer: Any, split: Split, max_length: int, n_classes: int, multi
 
 
 def choose_max_length(lengths: list[int], limit: int, wanted: int | None) -> int:
-    """The configured token limit, or the 99th percentile of the data rounded up to 8, within the model's limit."""
+    """The configured token limit, or the longest training text rounded up to 8, within the model's limit.
+
+    Length-grouped batches pad each batch only to its own longest text, so a generous limit costs little
+    and nothing is cut that the model could have read.
+    """
     if wanted is not None:
         return min(wanted, limit)
-    p99 = int(np.percentile(lengths, 99)) if lengths else limit
-    return max(16, min(limit, int(math.ceil(p99 / 8) * 8)))
+    longest = max(lengths, default=limit)
+    return max(16, min(limit, int(math.ceil(longest / 8) * 8)))
 
 
 def choose_epochs(n_train: int, batch_size: int, wanted: float | None) -> float:
