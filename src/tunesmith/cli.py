@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tunesmith.config import DataConfig, RunConfig, TrainConfig
 from tunesmith.errors import DataError, TunesmithError
 
 app = typer.Typer(
@@ -25,6 +26,11 @@ app.add_typer(models_app, name="models")
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # one message, one line: no wrapping at 80 columns
 _state = {"verbose": False}
+
+
+def _doc(section: type[Any], field: str) -> str:
+    """A flag's help is its setting's description: one home for each default and its reason."""
+    return section.model_fields[field].description or ""
 
 
 @app.callback()
@@ -49,29 +55,29 @@ def _registry() -> Any:
 def train(
     data: Annotated[str, typer.Argument(help="Training file: CSV, TSV, JSONL, JSON or Parquet.")],
     config: Annotated[Path | None, typer.Option(help="YAML settings file (see docs/configuration.md).")] = None,
-    name: Annotated[str | None, typer.Option(help="Registry name (default: the data file's name).")] = None,
-    validation: Annotated[str | None, typer.Option(help="Validation file (default: split from DATA).")] = None,
-    test: Annotated[str | None, typer.Option(help="Test file (default: split from DATA).")] = None,
-    text_column: Annotated[str | None, typer.Option(help="Text column (default: detected).")] = None,
-    label_column: Annotated[str | None, typer.Option(help="Label column (default: detected).")] = None,
+    name: Annotated[str | None, typer.Option(help=_doc(RunConfig, "name"))] = None,
+    validation: Annotated[str | None, typer.Option(help=_doc(DataConfig, "validation"))] = None,
+    test: Annotated[str | None, typer.Option(help=_doc(DataConfig, "test"))] = None,
+    text_column: Annotated[str | None, typer.Option(help=_doc(DataConfig, "text_column"))] = None,
+    label_column: Annotated[str | None, typer.Option(help=_doc(DataConfig, "label_column"))] = None,
     multi_label: Annotated[
-        bool | None, typer.Option("--multi-label/--single-label", help="Several labels per row (default: detected).")
+        bool | None, typer.Option("--multi-label/--single-label", help=_doc(DataConfig, "multi_label"))
     ] = None,
-    label_delimiter: Annotated[str | None, typer.Option(help="Separator of labels in one cell, e.g. ','.")] = None,
-    model: Annotated[
-        str | None, typer.Option(help="Base model: local folder, hub id, or the embedded default.")
+    label_delimiter: Annotated[str | None, typer.Option(help=_doc(DataConfig, "label_delimiter"))] = None,
+    model: Annotated[str | None, typer.Option(help=_doc(TrainConfig, "base_model"))] = None,
+    epochs: Annotated[float | None, typer.Option(help=_doc(TrainConfig, "epochs"))] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option("--learning-rate", "--lr", help=_doc(TrainConfig, "learning_rate"))
     ] = None,
-    epochs: Annotated[float | None, typer.Option(help="Maximum passes over the data.")] = None,
-    learning_rate: Annotated[float | None, typer.Option("--learning-rate", "--lr")] = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
-    max_length: Annotated[int | None, typer.Option(help="Token limit (default: from the data).")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimisation steps.")] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="Stop training after this many minutes.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help=_doc(TrainConfig, "batch_size"))] = None,
+    max_length: Annotated[int | None, typer.Option(help=_doc(TrainConfig, "max_length"))] = None,
+    max_steps: Annotated[int | None, typer.Option(help=_doc(TrainConfig, "max_steps"))] = None,
+    max_minutes: Annotated[float | None, typer.Option(help=_doc(TrainConfig, "max_minutes"))] = None,
     class_weights: Annotated[
-        bool | None, typer.Option("--class-weights/--no-class-weights", help="Weigh rare classes up.")
+        bool | None, typer.Option("--class-weights/--no-class-weights", help=_doc(TrainConfig, "class_weights"))
     ] = None,
-    precision: Annotated[str | None, typer.Option(help="auto, bf16 or fp32.")] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
+    precision: Annotated[str | None, typer.Option(help=_doc(TrainConfig, "precision"))] = None,
+    seed: Annotated[int | None, typer.Option(help=_doc(TrainConfig, "seed"))] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Any setting as section.key=value, e.g. train.weight_decay=0.")
     ] = None,
