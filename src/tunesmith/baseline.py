@@ -12,7 +12,8 @@ from tunesmith.data import ClassificationData
 
 @dataclass
 class BaselineResult:
-    probabilities: np.ndarray  # test-set class probabilities, one row per test text
+    probabilities: np.ndarray  # test-split class probabilities, one row per test text
+    validation_probabilities: np.ndarray  # the same for the validation split (to tune thresholds on)
     seconds: float
 
 
@@ -32,6 +33,7 @@ def train_baseline(data: ClassificationData, seed: int = 42) -> BaselineResult:
         ]
     )
     x_train = features.fit_transform(data.train.texts)
+    x_val = features.transform(data.validation.texts)
     x_test = features.transform(data.test.texts)
     n_classes = len(data.label_names)
     if data.multi_label:
@@ -40,11 +42,15 @@ def train_baseline(data: ClassificationData, seed: int = 42) -> BaselineResult:
         present = y.sum(axis=0) > 0
         clf = OneVsRestClassifier(LogisticRegression(C=10, max_iter=1000), n_jobs=1)
         clf.fit(x_train, y[:, present])
-        probs = np.zeros((x_test.shape[0], n_classes))
-        probs[:, present] = clf.predict_proba(x_test)
+        columns: np.ndarray = np.flatnonzero(present)
     else:
         clf = LogisticRegression(C=10, max_iter=2000, random_state=seed)
         clf.fit(x_train, data.train.labels)
-        probs = np.zeros((x_test.shape[0], n_classes))
-        probs[:, clf.classes_] = clf.predict_proba(x_test)
-    return BaselineResult(probs, time.perf_counter() - start)
+        columns = clf.classes_
+
+    def scores(x: object) -> np.ndarray:
+        probs = np.zeros((x.shape[0], n_classes))  # type: ignore[attr-defined]
+        probs[:, columns] = clf.predict_proba(x)
+        return probs
+
+    return BaselineResult(scores(x_test), scores(x_val), time.perf_counter() - start)

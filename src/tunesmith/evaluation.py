@@ -175,6 +175,7 @@ def write_report(
     test_labels: Sequence[Any],
     probs: np.ndarray,
     baseline_probs: np.ndarray | None,
+    baseline_threshold: float = 0.5,
     label_names: Sequence[str],
     multi_label: bool,
     threshold: float,
@@ -187,8 +188,6 @@ def write_report(
     metrics = classification_metrics(test_labels, probs, label_names, multi_label, threshold)
     result: dict[str, Any] = {"test": metrics}
     if baseline_probs is not None:
-        baseline_threshold = 0.5 if not multi_label else tune_threshold(multi_hot(test_labels, len(label_names)),
-                                                                          baseline_probs)  # fmt: skip
         result["baseline"] = classification_metrics(
             test_labels, baseline_probs, label_names, multi_label, baseline_threshold
         )

@@ -172,15 +172,22 @@ def _budget_callback(minutes: float) -> Any:
 
         def __init__(self) -> None:
             self.start = time.monotonic()
+            self.stopped = False
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.start = time.monotonic()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if time.monotonic() - self.start > minutes * 60:
+            if not self.stopped and time.monotonic() - self.start > minutes * 60:
+                self.stopped = True
                 control.should_training_stop = True
                 control.should_evaluate = True
                 control.should_save = True
+
+        def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.stopped:  # already evaluated and saved at the step where the budget ran out
+                control.should_evaluate = False
+                control.should_save = False
 
     return TimeBudget()
 
@@ -414,6 +421,12 @@ def train(
             test_labels=data.test.labels,
             probs=test_probs,
             baseline_probs=baseline.probabilities,
+            # Thresholds are tuned on validation for both models, never on the test split they are scored on.
+            baseline_threshold=tune_threshold(
+                multi_hot(data.validation.labels, n_classes), baseline.validation_probabilities
+            )
+            if data.multi_label
+            else 0.5,
             label_names=data.label_names,
             multi_label=data.multi_label,
             threshold=threshold,
