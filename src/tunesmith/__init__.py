@@ -57,6 +57,17 @@ def load_model(ref: str, registry: Registry | None = None) -> TextClassifier:
     return TextClassifier.from_artifact(version.path)
 
 
+def evaluate(model: str | TextClassifier, data: str | Path, out_dir: str | Path, **columns: Any) -> dict[str, Any]:
+    """Score a model (a reference or a loaded `TextClassifier`) on a labeled file; write report.md etc. to `out_dir`.
+
+    `columns` may name `text_column` and `label_column`; returns the metrics written to metrics.json.
+    """
+    from tunesmith.evaluation import evaluate as _evaluate
+
+    classifier = load_model(model) if isinstance(model, str) else model
+    return _evaluate(classifier, data, out_dir, **columns)
+
+
 __all__ = [
     "ConfigError",
     "DataConfig",
@@ -70,6 +81,7 @@ __all__ = [
     "TextClassifier",
     "TrainConfig",
     "TunesmithError",
+    "evaluate",
     "load_config",
     "load_model",
     "train",
