@@ -147,3 +147,9 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_model: str, support_cs
     assert any("Resuming from" in line and "checkpoint-" in line for line in logs), logs
     assert result.version.version == 1
     assert json.loads((result.version.path / "metrics.json").read_text())["epochs_run"] == pytest.approx(40)
+
+
+def test_python_api_evaluate(trained_home: Path, support_csv: Path, tmp_path: Path) -> None:
+    metrics = tunesmith.evaluate(str(model_path(trained_home)), support_csv, tmp_path / "report")
+    assert metrics["test"]["n"] == 120 and metrics["skipped_rows"] == 0
+    assert (tmp_path / "report" / "report.md").is_file() and (tmp_path / "report" / "confusion_matrix.png").is_file()
