@@ -188,7 +188,7 @@ def evaluate(
 
 
 def _read_texts(path: Path, wanted: str | None, trained_on: str | None) -> tuple[Any, str]:
-    from tunesmith.data import TEXT_COLUMN_NAMES, _guess_text_column, read_table
+    from tunesmith.data import TEXT_COLUMN_NAMES, guess_text_column, read_table
 
     frame = read_table(path)
     columns = [str(c) for c in frame.columns]
@@ -201,7 +201,7 @@ def _read_texts(path: Path, wanted: str | None, trained_on: str | None) -> tuple
     for candidate in ([trained_on] if trained_on else []) + list(TEXT_COLUMN_NAMES):
         if candidate.lower() in lower:
             return frame, lower[candidate.lower()]
-    guess = _guess_text_column(frame, set())
+    guess = guess_text_column(frame, set())
     if not guess:
         raise DataError(f"Could not find a text column in {str(path)!r}. Columns: {columns}. Pass --text-column.")
     return frame, guess

@@ -241,7 +241,7 @@ def _find_column(frame: pd.DataFrame, wanted: str | None, names: Sequence[str], 
     return ""
 
 
-def _guess_text_column(frame: pd.DataFrame, exclude: set[str]) -> str:
+def guess_text_column(frame: pd.DataFrame, exclude: set[str]) -> str:
     # The text is the string column with the longest values.
     best, best_len = "", 0.0
     for column in frame.columns:
@@ -281,7 +281,7 @@ def detect_columns(frame: pd.DataFrame, config: DataConfig) -> tuple[str, str]:
     if label and label == text:
         label = ""
     if not text:
-        text = _guess_text_column(frame, {label})
+        text = guess_text_column(frame, {label})
     if not label:
         label = _guess_label_column(frame, {text})
     if not text or not label:
