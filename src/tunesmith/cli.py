@@ -87,7 +87,7 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Fine-tune a model on DATA, compare it with a TF-IDF baseline, and register it as a new version."""
-    from tunesmith.config import load_config
+    from tunesmith.config import load_config, parse_override
     from tunesmith.training import train as run_training
 
     flags = {
@@ -98,10 +98,10 @@ def train(
         "train.max_steps": max_steps, "train.max_minutes": max_minutes, "train.class_weights": class_weights,
         "train.precision": precision, "train.seed": seed,
     }  # fmt: skip
-    settings = load_config(config, list(set_ or []))
-    settings = load_config(
-        None, {**_flatten(settings.model_dump()), **{k: v for k, v in flags.items() if v is not None}}
-    )
+    # Layers, later ones winning: defaults < YAML file < --set overrides < named flags.
+    overrides = dict(parse_override(item) for item in set_ or [])
+    overrides.update({key: value for key, value in flags.items() if value is not None})
+    settings = load_config(config, overrides)
     result = run_training(settings, registry=_registry(), resume=resume, progress=progress, log=_say)
     table = Table(title=f"{result.version.ref} - test split ({result.metrics['n']} texts)")
     table.add_column("metric")
@@ -112,16 +112,6 @@ def train(
     console.print(table)
     console.print(f"Trained in {result.train_minutes:.1f} min. Report: {result.version.path / 'report.md'}")
     console.print(f'Use it: tunesmith predict {result.version.ref} "some text"')
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _say(message: str) -> None:

@@ -119,7 +119,7 @@ def _parse_scalar(text: str) -> Any:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
     """Apply dotted overrides such as ``train.learning_rate=5e-5`` to a nested dict."""
-    items = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides]
+    items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides]
     for key, value in items:
         if value is None:
             continue
@@ -133,7 +133,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) 
     return raw
 
 
-def _split_override(item: str) -> tuple[str, Any]:
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split 'section.key=value' into its dotted key and its value."""
     if "=" not in item:
         raise ConfigError(f"Override {item!r} is not of the form section.key=value, e.g. train.epochs=3.")
     key, _, value = item.partition("=")

@@ -82,10 +82,6 @@ class ClassificationData:
     issues: list[DataIssue] = field(default_factory=list)
     fingerprint: str = ""
 
-    @property
-    def warnings(self) -> list[DataIssue]:
-        return [i for i in self.issues if i.level == "warning"]
-
 
 # --------------------------------------------------------------------------------------------
 # Reading files
