@@ -7,7 +7,7 @@ from typing import Any
 
 from tunesmith.config import DataConfig, RunConfig, TrainConfig, load_config
 from tunesmith.errors import ConfigError, DataError, ModelError, RegistryError, TunesmithError
-from tunesmith.inference import Prediction, TextClassifier
+from tunesmith.inference import BaseClassifier, OnnxClassifier, Prediction, TextClassifier, load_predictor
 from tunesmith.registry import ModelVersion, Registry
 
 __version__ = "0.1.0"
@@ -48,16 +48,30 @@ def train(
     return _train(config, registry=registry, resume=resume, progress=progress)
 
 
-def load_model(ref: str, registry: Registry | None = None) -> TextClassifier:
-    """Load a registered model ('name', 'name@3', 'name@production') or a model folder, ready to predict."""
+def load_model(ref: str, registry: Registry | None = None, backend: str = "auto") -> BaseClassifier:
+    """Load a registered model ('name', 'name@3', 'name@production') or a model folder, ready to predict.
+
+    backend "auto" uses the ONNX export when one passed its agreement check (see `export`), else PyTorch.
+    """
     path = Path(ref)
-    if (path / "tunesmith.json").is_file():
-        return TextClassifier.from_artifact(path)
-    version = (registry or Registry()).resolve(ref)
-    return TextClassifier.from_artifact(version.path)
+    if not (path / "tunesmith.json").is_file():
+        path = (registry or Registry()).resolve(ref).path
+    return load_predictor(path, backend)
 
 
-def evaluate(model: str | TextClassifier, data: str | Path, out_dir: str | Path, **columns: Any) -> dict[str, Any]:
+def export(
+    ref: str, registry: Registry | None = None, quantize: bool = True, min_agreement: float = 0.99
+) -> dict[str, Any]:
+    """Export a registered model to ONNX (fp32 and int8), check it against PyTorch, return the record."""
+    from tunesmith.export import export_artifact
+
+    path = Path(ref)
+    if not (path / "tunesmith.json").is_file():
+        path = (registry or Registry()).resolve(ref).path
+    return export_artifact(path, quantize=quantize, min_agreement=min_agreement, log=lambda _m: None)
+
+
+def evaluate(model: str | BaseClassifier, data: str | Path, out_dir: str | Path, **columns: Any) -> dict[str, Any]:
     """Score a model (a reference or a loaded `TextClassifier`) on a labeled file; write report.md etc. to `out_dir`.
 
     `columns` may name `text_column` and `label_column`; returns the metrics written to metrics.json.
@@ -69,11 +83,13 @@ def evaluate(model: str | TextClassifier, data: str | Path, out_dir: str | Path,
 
 
 __all__ = [
+    "BaseClassifier",
     "ConfigError",
     "DataConfig",
     "DataError",
     "ModelError",
     "ModelVersion",
+    "OnnxClassifier",
     "Prediction",
     "Registry",
     "RegistryError",
@@ -82,6 +98,7 @@ __all__ = [
     "TrainConfig",
     "TunesmithError",
     "evaluate",
+    "export",
     "load_config",
     "load_model",
     "train",

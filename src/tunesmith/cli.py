@@ -23,9 +23,14 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="List, inspect, promote, roll back and delete registered models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+keys_app = typer.Typer(help="API keys for `tunesmith serve` (stored hashed in the registry).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # one message, one line: no wrapping at 80 columns
 _state = {"verbose": False}
+
+
+BACKEND_HELP = "auto (the checked ONNX export if any, else PyTorch), onnx, onnx-fp32, onnx-int8 or pytorch."
 
 
 def _doc(section: type[Any], field: str) -> str:
@@ -129,6 +134,7 @@ def predict(
     ] = None,
     text_column: Annotated[str | None, typer.Option(help="Text column of --input (default: detected).")] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "auto",
 ) -> None:
     """Classify texts with a registered model: from the command line, or a whole file with --input/--output."""
     from tunesmith import load_model
@@ -139,7 +145,7 @@ def predict(
         raise DataError("--input needs --output FILE (.csv or .jsonl) to write the predictions to.")
     if output_file is not None and output_file.suffix.lower() not in (".csv", ".jsonl"):
         raise DataError(f"Cannot write {output_file.suffix!r}: pass an --output ending in .csv or .jsonl.")
-    classifier = load_model(ref)
+    classifier = load_model(ref, backend=backend)
     if input_file is None:
         for text, result in zip(texts or [], classifier.predict(texts or [], batch_size), strict=True):
             label = ", ".join(result.label) if isinstance(result.label, list) else result.label
@@ -175,6 +181,101 @@ def evaluate(
     metrics = result["test"]
     console.print(", ".join(f"{k} {metrics[k]:.4f}" for k in ("accuracy", "f1_macro", "f1_micro", "f1_weighted")))
     console.print(f"{metrics['n']} texts scored. Report: {folder / 'report.md'}")
+
+
+@app.command()
+def export(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME@VERSION or NAME@ALIAS.")],
+    format: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
+    quantize: Annotated[str, typer.Option(help="int8: also a static int8 model; none: fp32 only.")] = "int8",
+    min_agreement: Annotated[
+        float, typer.Option(help="Share of validation predictions a variant must share with PyTorch to be used.")
+    ] = 0.99,
+) -> None:
+    """Export a registered model to ONNX (and int8), checked against PyTorch on its validation split."""
+    from tunesmith.export import export_artifact, export_summary
+
+    if format != "onnx":
+        raise DataError(f"Unknown export format {format!r}: the supported format is onnx.")
+    if quantize not in ("int8", "none"):
+        raise DataError(f"Unknown --quantize {quantize!r}: use int8 or none.")
+    version = _registry().resolve(ref)
+    _say(f"Exporting {version.ref} to ONNX ...")
+    record = export_artifact(version.path, quantize=quantize == "int8", min_agreement=min_agreement, log=_say)
+    checked = record["checked_on"]
+    console.print(f"Checked on {checked['n']} validation and {checked['test_n']} test texts against PyTorch:")
+    for name, line in export_summary(record):
+        console.print(f"  {name:5} {line}", markup=False, highlight=False)
+    if record["default"] is None:
+        _say(f"warning: no variant reached {min_agreement:.0%} agreement; the server will use PyTorch.")
+    else:
+        console.print(f"Served by default: {record['default']} ({version.path / 'onnx'})")
+
+
+@app.command()
+def serve(
+    models: Annotated[
+        list[str] | None, typer.Argument(help="Models to serve: NAME, NAME@ALIAS or NAME@VERSION.")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML server settings (docs/serving.md).")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    auth: Annotated[str | None, typer.Option(help="API keys: auto (on unless loopback), on, off.")] = None,
+    backend: Annotated[str | None, typer.Option(help=BACKEND_HELP)] = None,
+    default_model: Annotated[str | None, typer.Option(help="Model answering /predict (default: the first).")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Most texts per forward pass (32).")] = None,
+    max_wait_ms: Annotated[float | None, typer.Option(help="Wait for more requests to batch (0 ms).")] = None,
+    max_texts_per_request: Annotated[int | None, typer.Option(help="Most texts in one request (64).")] = None,
+    max_text_chars: Annotated[int | None, typer.Option(help="Longest text, in characters (10000).")] = None,
+    max_body_bytes: Annotated[int | None, typer.Option(help="Largest request body (1000000).")] = None,
+    request_timeout: Annotated[
+        float | None, typer.Option(help="Seconds before a waiting request gets 504 (30).")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="ONNX Runtime threads (default: all cores).")] = None,
+    watch_interval: Annotated[
+        float | None, typer.Option(help="Seconds between alias checks for hot swaps (5).")
+    ] = None,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="JSON access log on stderr.")] = True,
+) -> None:
+    """Serve registered models over HTTP: /v1/models/NAME/predict, /predict, /models/NAME, /metrics, /docs."""
+    from tunesmith.serving import load_settings
+    from tunesmith.serving import serve as run_server
+
+    settings = load_settings(config, {
+        "models": models, "host": host, "port": port, "auth": auth, "backend": backend,
+        "default_model": default_model, "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms,
+        "max_texts_per_request": max_texts_per_request, "max_text_chars": max_text_chars,
+        "max_body_bytes": max_body_bytes, "request_timeout_s": request_timeout, "threads": threads,
+        "watch_interval_s": watch_interval,
+    })  # fmt: skip
+    run_server(settings, _registry(), access_log_enabled=access_log)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="A name for the key (who or what uses it).")],
+    scope: Annotated[list[str] | None, typer.Option(help="read (predictions) and/or admin (reload, aliases).")] = None,
+) -> None:
+    """Create an API key. It is printed once; only its hash is stored."""
+    key = _registry().create_key(name, scope or ["read"])
+    _say(f"Created key {name!r} with scope {', '.join(scope or ['read'])}. Store it now; it cannot be shown again:")
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List API keys (names and scopes; keys themselves are not stored)."""
+    table = Table("name", "scopes", "created")
+    for key in _registry().api_keys():
+        table.add_row(key.name, ", ".join(key.scopes), f"{key.created_at:%Y-%m-%d %H:%M}")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: Annotated[str, typer.Argument(help="Name of the key to revoke.")]) -> None:
+    """Revoke an API key; running servers refuse it within seconds."""
+    _registry().revoke_key(name)
+    console.print(f"Revoked {name!r}.")
 
 
 def _read_texts(path: Path, wanted: str | None, trained_on: str | None) -> tuple[Any, str]:

@@ -11,8 +11,10 @@ the commit leaves at most an unreferenced folder, never a version that points at
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import secrets
 import shutil
 import stat
 import uuid
@@ -94,6 +96,32 @@ class _AliasEventRow(_Base):
     version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     rolled_back: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class _ApiKeyRow(_Base):
+    """API keys for the server. Only a SHA-256 of each key is stored: keys are 256-bit random, so a fast
+    hash is enough (no dictionary to attack), and a leaked database does not leak usable keys."""
+
+    __tablename__ = "api_keys"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+SCOPES = ("read", "admin")
+KEY_PREFIX = "tsk_"
+
+
+def key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class ApiKey:
+    name: str
+    scopes: list[str]
+    created_at: datetime
 
 
 @dataclass
@@ -279,6 +307,42 @@ class Registry:
         for version in victims:
             shutil.rmtree(version.path, ignore_errors=True)
         return victims
+
+    # -- API keys -----------------------------------------------------------------------------
+
+    def create_key(self, name: str, scopes: list[str]) -> str:
+        """Create an API key and return it; it is shown this once and only its hash is kept."""
+        parse_ref(name)
+        unknown = [s for s in scopes if s not in SCOPES]
+        if unknown or not scopes:
+            raise RegistryError(f"Unknown scope(s) {unknown or scopes}: use {' and/or '.join(SCOPES)}.")
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        try:
+            with self._session.begin() as session:
+                session.add(_ApiKeyRow(name=name, digest=key_digest(key), scopes=",".join(sorted(set(scopes)))))
+        except IntegrityError:
+            raise RegistryError(
+                f"An API key named {name!r} exists already; pick another name, or revoke it first."
+            ) from None
+        return key
+
+    def revoke_key(self, name: str) -> None:
+        with self._session.begin() as session:
+            row = session.get(_ApiKeyRow, name)
+            if row is None:
+                raise RegistryError(f"No API key named {name!r}. See `tunesmith keys list`.")
+            session.delete(row)
+
+    def api_keys(self) -> list[ApiKey]:
+        with self._session() as session:
+            rows = session.scalars(select(_ApiKeyRow).order_by(_ApiKeyRow.name)).all()
+            return [ApiKey(r.name, r.scopes.split(","), r.created_at) for r in rows]
+
+    def key_table(self) -> dict[str, tuple[str, frozenset[str]]]:
+        """digest -> (key name, scopes) for every usable key; what a server checks bearer tokens against."""
+        with self._session() as session:
+            rows = session.scalars(select(_ApiKeyRow)).all()
+            return {r.digest: (r.name, frozenset(r.scopes.split(","))) for r in rows}
 
     # -- reading ------------------------------------------------------------------------------
 

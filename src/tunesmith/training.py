@@ -405,7 +405,7 @@ def train(
     # Without accelerate's autocast wrapper: reported metrics must come from the model as it is saved and
     # served (fp32), not from the bf16-autocast forward used for training.
     model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
-    classifier = TextClassifier(model, tokenizer, data.label_names, data.multi_label, max_length=max_length)
+    classifier = TextClassifier(model, tokenizer, data.label_names, multi_label=data.multi_label, max_length=max_length)
     val_probs = classifier.predict_proba(data.validation.texts, settings.eval_batch_size)
     threshold = tune_threshold(multi_hot(data.validation.labels, n_classes), val_probs) if data.multi_label else 0.5
     test_probs = classifier.predict_proba(data.test.texts, settings.eval_batch_size)
