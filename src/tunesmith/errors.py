@@ -26,3 +26,11 @@ class ModelError(TunesmithError):
 
 class RegistryError(TunesmithError):
     """A registered model, version or alias does not exist or cannot be changed."""
+
+
+class NotFoundError(RegistryError):
+    """A model, version, alias or key that does not exist."""
+
+
+class ConflictError(RegistryError):
+    """A request that conflicts with the registry's state (e.g. nothing to roll back, a name taken)."""

@@ -78,9 +78,13 @@ class BaseClassifier:
         self.max_length = max_length
         self.meta = meta or {}
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Class probabilities, shape (len(texts), n_classes), row i for texts[i]."""
+    def predict_logits(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Raw scores, shape (len(texts), n_classes), row i for texts[i]."""
         raise NotImplementedError
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Class probabilities (softmax, or sigmoid for multi-label), row i for texts[i]."""
+        return self.activate(self.predict_logits(texts, batch_size))
 
     def decide(self, probs: np.ndarray) -> list[Prediction]:
         results = []
@@ -101,9 +105,13 @@ class BaseClassifier:
             texts = [texts]
         return self.decide(self.predict_proba(texts, batch_size=batch_size))
 
-    def _activate(self, logits: np.ndarray) -> np.ndarray:
+    def activate(self, logits: np.ndarray, function: str | None = None) -> np.ndarray:
+        """Probabilities from logits: the model's own function (softmax, sigmoid for multi-label) or the one named."""
+        function = function or ("sigmoid" if self.multi_label else "softmax")
         logits = logits.astype(np.float64)
-        if self.multi_label:
+        if function == "none":
+            return logits.astype(np.float32)
+        if function == "sigmoid":
             return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
@@ -140,13 +148,13 @@ class TextClassifier(BaseClassifier):
         tokenizer = AutoTokenizer.from_pretrained(path / "model")
         return cls(model, tokenizer, meta["label_names"], **_settings(meta))
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def predict_logits(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         import torch
 
         texts = [str(t) for t in texts]
-        probs = np.zeros((len(texts), len(self.label_names)), dtype=np.float32)
+        logits = np.zeros((len(texts), len(self.label_names)), dtype=np.float32)
         if not texts:
-            return probs
+            return logits
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
         self.model.eval()
         with torch.inference_mode():
@@ -154,8 +162,8 @@ class TextClassifier(BaseClassifier):
                 features = [{k: encoded[k][i] for k in encoded} for i in rows]
                 batch = self.tokenizer.pad(features, return_tensors="pt")
                 batch = {k: v.to(self.model.device) for k, v in batch.items()}
-                probs[rows] = self._activate(self.model(**batch).logits.float().cpu().numpy())
-        return probs
+                logits[rows] = self.model(**batch).logits.float().cpu().numpy()
+        return logits
 
 
 class OnnxClassifier(BaseClassifier):
@@ -209,10 +217,10 @@ class OnnxClassifier(BaseClassifier):
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self.tokenizer.encode_batch([str(t) for t in texts])]
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        probs = np.zeros((len(texts), len(self.label_names)), dtype=np.float32)
+    def predict_logits(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        logits = np.zeros((len(texts), len(self.label_names)), dtype=np.float32)
         if not len(texts):
-            return probs
+            return logits
         ids = self.encode(texts)
         for rows in length_batches([len(i) for i in ids], batch_size):
             width = max(len(ids[i]) for i in rows)
@@ -224,8 +232,8 @@ class OnnxClassifier(BaseClassifier):
             feeds = {"input_ids": input_ids, "attention_mask": mask}
             if "token_type_ids" in self.input_names:
                 feeds["token_type_ids"] = np.zeros_like(input_ids)
-            probs[rows] = self._activate(self.session.run(["logits"], feeds)[0])
-        return probs
+            logits[rows] = self.session.run(["logits"], feeds)[0]
+        return logits
 
 
 def _settings(meta: dict[str, Any]) -> dict[str, Any]:

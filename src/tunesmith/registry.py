@@ -41,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
-from tunesmith.errors import RegistryError
+from tunesmith.errors import ConflictError, NotFoundError, RegistryError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_ALIAS = "production"
@@ -231,13 +231,10 @@ class Registry:
 
     def promote(self, ref: str, alias: str = DEFAULT_ALIAS) -> ModelVersion:
         """Point `alias` (e.g. 'production') of a model at the version `ref` names."""
-        if (
-            not NAME_PATTERN.match(alias)
-            or alias.isdigit()
-            or alias == "latest"
-            or (alias.startswith("v") and alias[1:].isdigit())
-        ):
+        if not NAME_PATTERN.match(alias) or alias.isdigit():
             raise RegistryError(f"Invalid alias {alias!r}: use a word such as 'production' or 'staging'.")
+        if alias == "latest" or (alias[:1] in "vV" and alias[1:].isdigit()):
+            raise ConflictError(f"{alias!r} is reserved: it names a version. Use a word such as 'staging'.")
         target = self.resolve(ref)
         with self._session.begin() as session:
             row = session.get(_AliasRow, (target.name, alias))
@@ -259,11 +256,11 @@ class Registry:
             ).all()
             existing = set(session.scalars(select(_VersionRow.version).where(_VersionRow.model_name == name)))
             if not events:
-                raise RegistryError(f"{name}@{alias} has never been set, so there is nothing to roll back.")
+                raise ConflictError(f"{name}@{alias} has never been set, so there is nothing to roll back.")
             current = events[0]
             previous = next((e for e in events[1:] if e.version != current.version and e.version in existing), None)
             if previous is None:
-                raise RegistryError(
+                raise ConflictError(
                     f"{name}@{alias} points at version {current.version} and has no earlier version to roll back to."
                 )
             for e in events:
@@ -280,7 +277,7 @@ class Registry:
         name, selector = parse_ref(ref)
         victims = [self.resolve(ref)] if selector else self.versions(name)
         if not victims:
-            raise RegistryError(f"No model named {name!r}. Models: {[m for m in self.names()]}.")
+            raise NotFoundError(f"No model named {name!r}. Models: {[m for m in self.names()]}.")
         aliased = [f"{v.ref} ({', '.join(v.aliases)})" for v in victims if v.aliases]
         if aliased and not force:
             raise RegistryError(
@@ -321,7 +318,7 @@ class Registry:
             with self._session.begin() as session:
                 session.add(_ApiKeyRow(name=name, digest=key_digest(key), scopes=",".join(sorted(set(scopes)))))
         except IntegrityError:
-            raise RegistryError(
+            raise ConflictError(
                 f"An API key named {name!r} exists already; pick another name, or revoke it first."
             ) from None
         return key
@@ -330,7 +327,7 @@ class Registry:
         with self._session.begin() as session:
             row = session.get(_ApiKeyRow, name)
             if row is None:
-                raise RegistryError(f"No API key named {name!r}. See `tunesmith keys list`.")
+                raise NotFoundError(f"No API key named {name!r}. See `tunesmith keys list`.")
             session.delete(row)
 
     def api_keys(self) -> list[ApiKey]:
@@ -372,7 +369,7 @@ class Registry:
         versions = self.versions(name)
         if not versions:
             known = self.names()
-            raise RegistryError(
+            raise NotFoundError(
                 f"No model named {name!r} in {self.home}. "
                 + (f"Models: {', '.join(known)}." if known else "Train one with `tunesmith train DATA`.")
             )
@@ -386,14 +383,14 @@ class Registry:
             for v in versions:
                 if v.version == int(number):
                     return v
-            raise RegistryError(
+            raise NotFoundError(
                 f"{name!r} has no version {number}. Versions: {', '.join(str(v.version) for v in versions)}."
             )
         for v in versions:
             if selector in v.aliases:
                 return v
         aliases = sorted({a for v in versions for a in v.aliases})
-        raise RegistryError(
+        raise NotFoundError(
             f"{name!r} has no alias {selector!r}. Aliases: {', '.join(aliases) or 'none yet'}; or use a version "
             f"number, or 'latest'. Set one with `tunesmith models promote {name}@VERSION --alias {selector}`."
         )

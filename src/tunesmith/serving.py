@@ -29,14 +29,16 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import Body, Depends, FastAPI, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunesmith.errors import ConfigError, TunesmithError
+from tunesmith.errors import ConfigError, ConflictError, NotFoundError, TunesmithError
 from tunesmith.inference import BaseClassifier, load_predictor, read_export
 from tunesmith.registry import ModelVersion, Registry, key_digest
 
@@ -104,10 +106,23 @@ def auth_enabled(settings: ServeSettings) -> bool:
 
 
 class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    text: str | None = Field(None, description="One text to classify.")
-    texts: list[str] | None = Field(None, description="Several texts to classify, answered in the same order.")
-    all_scores: bool = Field(False, description="Also return every label's score.")
+    """Exactly one of `text` and `texts` (the schema says so with oneOf, so generated clients know)."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"oneOf": [{"required": ["text"]}, {"required": ["texts"]}]}
+    )
+    text: str | SkipJsonSchema[None] = Field(None, description="One text to classify.")
+    texts: Annotated[list[str], Field(min_length=1)] | SkipJsonSchema[None] = Field(
+        None, description="Several texts to classify, answered in the same order."
+    )
+    all_scores: StrictBool = Field(False, description="Also return every label's score.")
+
+    @field_validator("text", "texts", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:  # only values actually sent reach this; leave a field out instead of sending null
+            raise ValueError("must not be null; leave the field out instead")
+        return value
 
     @model_validator(mode="after")
     def _one_input(self) -> PredictRequest:
@@ -140,13 +155,21 @@ class SeedRequest(BaseModel):
 
 class HFParameters(BaseModel):
     top_k: int | None = Field(None, ge=1, description="Return only the k most probable labels.")
+
+    @field_validator("top_k", mode="before")
+    @classmethod
+    def _a_number(cls, value: Any) -> Any:
+        if isinstance(value, bool | str):  # lax validation would read true as 1 and "3" as 3
+            raise ValueError("must be an integer")
+        return value
+
     function_to_apply: Literal["sigmoid", "softmax", "none"] | None = None
 
 
 class HFRequest(BaseModel):
     """The Hugging Face Inference API's text-classification request."""
 
-    inputs: str | list[str]
+    inputs: str | Annotated[list[str], Field(min_length=1)] = Field(description="A text or a list of texts.")
     parameters: HFParameters | None = None
     options: dict[str, Any] | None = None
 
@@ -172,6 +195,9 @@ class AliasRequest(BaseModel):
     version: int = Field(ge=1, description="Version the alias should point at.")
 
 
+AliasName = Annotated[str, PathParam(pattern=r"^[A-Za-z][A-Za-z0-9._-]{0,63}$", description="e.g. production")]
+
+
 class ErrorBody(BaseModel):
     error: str = Field(description="What was wrong and how to fix it.")
     code: str
@@ -181,11 +207,13 @@ class ErrorBody(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
+        400: "The body is not valid JSON.",
         401: "Missing or unknown API key.",
         403: "The key lacks the scope this route needs.",
-        404: "No such model is served.",
-        413: "Too many texts, a text too long, or a body too large.",
-        422: "The body is not what this route takes.",
+        404: "No such model is served (or no such version).",
+        409: "Conflicts with the registry's state: nothing to roll back, a reserved alias name.",
+        413: "The body is larger than the server accepts.",
+        422: "The body is not what this route takes, or breaks a limit (texts per request, characters per text).",
         503: "The model is still loading or the queue is full; retry.",
         504: "The model did not answer within the request timeout.",
     }.items()
@@ -306,8 +334,8 @@ class MicroBatcher:
             texts = [t for p in live for t in p.texts]
             self.metrics.batch_size.labels(slot.name).observe(len(texts))
             try:
-                probs = await loop.run_in_executor(
-                    self.executor, loaded.predictor.predict_proba, texts, slot.batching.max_batch_size
+                logits = await loop.run_in_executor(
+                    self.executor, loaded.predictor.predict_logits, texts, slot.batching.max_batch_size
                 )
             except Exception as exc:  # a model failure answers its own requests, never stops the worker
                 log.exception("prediction failed")
@@ -318,7 +346,7 @@ class MicroBatcher:
             start = 0
             for p in live:
                 if not p.future.done():
-                    p.future.set_result((loaded, probs[start : start + len(p.texts)]))
+                    p.future.set_result((loaded, logits[start : start + len(p.texts)]))
                 start += len(p.texts)
 
 
@@ -458,24 +486,24 @@ class Server:
         if not texts:
             raise ApiError(422, "no_texts", "The list of texts is empty; send at least one.")
         if len(texts) > limits.max_texts_per_request:
-            raise ApiError(413, "too_many_texts", f"{len(texts)} texts in one request; at most "
+            raise ApiError(422, "too_many_texts", f"{len(texts)} texts in one request; at most "
                            f"{limits.max_texts_per_request} are accepted. Split the request.")  # fmt: skip
         for i, text in enumerate(texts):
             if len(text) > limits.max_text_chars:
-                raise ApiError(413, "text_too_long", f"Text {i} has {len(text)} characters; at most "
+                raise ApiError(422, "text_too_long", f"Text {i} has {len(text)} characters; at most "
                                f"{limits.max_text_chars} are accepted.")  # fmt: skip
         return [_valid_unicode(t) for t in texts]
 
     async def classify(self, name: str, texts: list[str]) -> tuple[Loaded, np.ndarray]:
         slot = self.slot(name)
         texts = self.check_texts(texts)
-        loaded, probs = await self.batchers[slot.name].submit(texts, self.settings.request_timeout_s)
+        loaded, logits = await self.batchers[slot.name].submit(texts, self.settings.request_timeout_s)
         labels = loaded.predictor.label_names
         counter = self.metrics.predictions
         if not loaded.predictor.multi_label:
-            for i in probs.argmax(axis=1):
+            for i in logits.argmax(axis=1):
                 counter.labels(slot.name, labels[int(i)]).inc()
-        return loaded, probs
+        return loaded, logits
 
     def describe(self, slot: Slot) -> ModelInfo:
         loaded = slot.current
@@ -571,12 +599,19 @@ def create_app(settings: ServeSettings, registry: Registry | None = None) -> Fas
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        message = {404: f"No route {request.url.path}; see /docs for the API."}.get(exc.status_code, str(exc.detail))
+        code = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = {
+            400: "The body could not be parsed: send UTF-8 JSON with 'Content-Type: application/json'.",
+            404: f"No route {request.url.path}; see /docs for the API.",
+        }.get(exc.status_code, str(exc.detail))
         return _error_response(exc.status_code, code, message, request, exc.headers)
 
     @app.exception_handler(TunesmithError)
     async def _tunesmith_error(request: Request, exc: TunesmithError) -> JSONResponse:
+        if isinstance(exc, NotFoundError):
+            return _error_response(404, "not_found", str(exc), request)
+        if isinstance(exc, ConflictError):
+            return _error_response(409, "conflict", str(exc), request)
         return _error_response(422, "invalid_request", str(exc), request)
 
     @app.exception_handler(Exception)
@@ -609,16 +644,16 @@ def create_app(settings: ServeSettings, registry: Registry | None = None) -> Fas
     async def show_model(name: str) -> ModelInfo:
         return server.describe(server.slot(name))
 
-    predict_errors = {k: ERRORS[k] for k in (401, 403, 404, 413, 422, 503, 504)}
+    predict_errors = {k: ERRORS[k] for k in (400, 401, 403, 404, 413, 422, 503, 504)}
 
     @app.post("/v1/models/{name}/predict", tags=["predict"], response_model=PredictResponse, dependencies=read,
               responses=predict_errors)  # fmt: skip
     async def predict(name: str, body: PredictRequest) -> JSONResponse:
         """Classify one text (`text`) or several (`texts`); answers keep the order of the texts."""
         texts = [body.text] if body.text is not None else list(body.texts or [])
-        loaded, probs = await server.classify(name, texts)
+        loaded, logits = await server.classify(name, texts)
         out = []
-        for p in loaded.predictor.decide(probs):
+        for p in loaded.predictor.decide(loaded.predictor.activate(logits)):
             item: dict[str, Any] = {"label": p.label, "score": p.score}
             if body.all_scores:
                 item["scores"] = p.scores
@@ -629,8 +664,8 @@ def create_app(settings: ServeSettings, registry: Registry | None = None) -> Fas
     @app.post("/predict", tags=["predict"], response_model=LabelScore, dependencies=read, responses=predict_errors)
     async def predict_seed(body: SeedRequest) -> JSONResponse:
         """The default model, in the request and response shape of the original Flask service."""
-        loaded, probs = await server.classify(server.default, [body.text])
-        p = loaded.predictor.decide(probs)[0]
+        loaded, logits = await server.classify(server.default, [body.text])
+        p = loaded.predictor.decide(loaded.predictor.activate(logits))[0]
         label = p.label if isinstance(p.label, str) else ",".join(p.label)
         return JSONResponse({"label": label, "score": p.score})
 
@@ -640,12 +675,9 @@ def create_app(settings: ServeSettings, registry: Registry | None = None) -> Fas
         """Hugging Face Inference API compatible text classification: one list of {label, score} per input,
         most probable first, so `huggingface_hub.InferenceClient(base_url)` works unchanged."""
         texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-        loaded, probs = await server.classify(name, texts)
+        loaded, logits = await server.classify(name, texts)
         params = body.parameters or HFParameters()
-        natural = "sigmoid" if loaded.predictor.multi_label else "softmax"
-        if params.function_to_apply not in (None, natural):
-            raise ApiError(422, "unsupported_parameter", f"This model returns {natural} scores; "
-                           f"function_to_apply={params.function_to_apply!r} is not available.")  # fmt: skip
+        probs = loaded.predictor.activate(logits, params.function_to_apply)
         labels = loaded.predictor.label_names
         k = min(params.top_k or len(labels), len(labels))
         out = []
@@ -654,7 +686,7 @@ def create_app(settings: ServeSettings, registry: Registry | None = None) -> Fas
             out.append([{"label": labels[i], "score": float(row[i])} for i in best])
         return JSONResponse(out)
 
-    admin_errors = {k: ERRORS[k] for k in (401, 403, 404, 422)}
+    admin_errors = {k: ERRORS[k] for k in (400, 401, 403, 404, 409, 422)}
 
     @app.post("/v1/models/{name}/reload", tags=["admin"], response_model=ModelInfo, dependencies=admin,
               responses=admin_errors)  # fmt: skip
@@ -666,7 +698,7 @@ def create_app(settings: ServeSettings, registry: Registry | None = None) -> Fas
 
     @app.put("/v1/models/{name}/aliases/{alias}", tags=["admin"], response_model=ModelInfo, dependencies=admin,
              responses=admin_errors)  # fmt: skip
-    async def set_alias(name: str, alias: str, body: Annotated[AliasRequest, Body()]) -> ModelInfo:
+    async def set_alias(name: str, alias: AliasName, body: Annotated[AliasRequest, Body()]) -> ModelInfo:
         """Point an alias at a version (as `tunesmith models promote`); a server serving it swaps at once."""
         slot = server.slot(name)
         await asyncio.get_running_loop().run_in_executor(server.loader, server.registry.promote,
@@ -676,14 +708,48 @@ def create_app(settings: ServeSettings, registry: Registry | None = None) -> Fas
 
     @app.post("/v1/models/{name}/aliases/{alias}/rollback", tags=["admin"], response_model=ModelInfo,
               dependencies=admin, responses=admin_errors)  # fmt: skip
-    async def rollback(name: str, alias: str) -> ModelInfo:
+    async def rollback(name: str, alias: AliasName) -> ModelInfo:
         """Move an alias back to its previous version (as `tunesmith models rollback`)."""
         slot = server.slot(name)
         await asyncio.get_running_loop().run_in_executor(server.loader, server.registry.rollback, name, alias)
         await server.refresh(slot.name)
         return server.describe(slot)
 
+    _document_limits(app, settings, list(server.slots))
     return RequestMiddleware(app, server)  # type: ignore[return-value]
+
+
+def _document_limits(app: FastAPI, settings: ServeSettings, served: list[str]) -> None:
+    """Put this server's limits and model names into its OpenAPI schema: clients and fuzzers see what is accepted."""
+    generate = app.openapi
+
+    def limit(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "string":
+                node["maxLength"] = settings.max_text_chars
+            if node.get("type") == "array":
+                node["maxItems"] = settings.max_texts_per_request
+            for value in node.values():
+                limit(value)
+        elif isinstance(node, list):
+            for value in node:
+                limit(value)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            components = schema.get("components", {}).get("schemas", {})
+            for model, fields in (("PredictRequest", ("text", "texts")), ("SeedRequest", ("text",)),
+                                  ("HFRequest", ("inputs",))):  # fmt: skip
+                for name in fields:
+                    limit(components.get(model, {}).get("properties", {}).get(name))
+            for operation in (op for path in schema.get("paths", {}).values() for op in path.values()):
+                for parameter in operation.get("parameters", []):
+                    if parameter.get("in") == "path" and parameter.get("name") == "name":
+                        parameter["schema"]["enum"] = list(served)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class RequestMiddleware:
