@@ -104,3 +104,94 @@ def trained_home(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, supp
         learning_rate=5e-3, batch_size=16,
     )  # fmt: skip
     return home
+
+
+def private_copy(home: Path, target: Path) -> Path:
+    """A writable copy of a registry home, so a test that changes it does not affect others."""
+    import shutil
+
+    shutil.copytree(home, target)
+    for path in target.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return target
+
+
+@pytest.fixture(scope="session")
+def served_home(tmp_path_factory: pytest.TempPathFactory, trained_home: Path) -> Path:
+    """A copy of `trained_home` whose model has an ONNX export (fp32 and int8)."""
+    from tunesmith.export import export_artifact
+
+    home = private_copy(trained_home, tmp_path_factory.mktemp("served") / "home")
+    export_artifact(Registry(home).resolve("support").path, log=lambda _message: None)
+    return home
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningServer:
+    """`tunesmith serve` in a subprocess, as a user starts it; stderr (the JSON log) goes to a file."""
+
+    def __init__(self, home: Path, args: Iterable[str], log_path: Path) -> None:
+        import subprocess
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        command = [sys.executable, "-m", "tunesmith.cli", "--home", str(home), "serve", *args, "--port", str(self.port)]
+        self.log = log_path.open("w")
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, seconds: float = 90) -> RunningServer:
+        import time
+
+        import httpx
+
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_path.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"server not ready after {seconds} s:\n{self.log_path.read_text()}")
+
+    def log_lines(self) -> list[str]:
+        return self.log_path.read_text(encoding="utf-8").splitlines()
+
+    def stop(self) -> int:
+        import signal
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+        return self.process.returncode
+
+
+@pytest.fixture(scope="module")
+def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterable[Callable[..., RunningServer]]:
+    """start_server(home, *serve_args) -> a ready RunningServer; all are stopped when the module ends."""
+    servers: list[RunningServer] = []
+
+    def start(home: Path, *args: str, ready: bool = True) -> RunningServer:
+        server = RunningServer(home, args, tmp_path_factory.mktemp("server") / "server.log")
+        servers.append(server)
+        return server.wait_ready() if ready else server
+
+    yield start
+    for server in servers:
+        server.stop()

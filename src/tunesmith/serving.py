@@ -466,7 +466,7 @@ class Server:
                            {"WWW-Authenticate": "Bearer"})  # fmt: skip
         digest = key_digest(credentials.credentials)
         if digest not in self.keys and time.monotonic() - self.keys_checked > 1.0:
-            await self._reload_keys()  # a key created after start works at once (checked at most once a second)
+            await self._reload_keys()  # a key created after start works within a second (re-read at most once a second)
         entry = self.keys.get(digest)
         if entry is None:
             raise ApiError(401, "invalid_key", "Unknown API key. Create one with `tunesmith keys create`.",

@@ -1,0 +1,202 @@
+"""The server in operation: API keys and scopes, hot swaps under load, timeouts and graceful shutdown."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import free_port, private_copy
+from tunesmith.registry import Registry
+from tunesmith.serving import ServeSettings, auth_enabled, create_app
+
+PREDICT = "/v1/models/support/predict"
+
+
+@pytest.fixture
+def home(served_home: Path, tmp_path: Path) -> Path:
+    return private_copy(served_home, tmp_path / "home")
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("127.0.0.1", False),
+        ("::1", False),
+        ("localhost", False),
+        ("0.0.0.0", True),
+        ("10.1.2.3", True),
+        ("api.example", True),
+    ],
+)
+def test_auth_turns_on_off_loopback(host: str, expected: bool) -> None:
+    assert auth_enabled(ServeSettings(models=["x"], host=host)) is expected
+    assert auth_enabled(ServeSettings(models=["x"], host=host, auth="off")) is False
+
+
+def test_public_bind_without_keys_refuses_to_start(home: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", "--home", str(home), "serve", "support", "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "no API keys exist" in result.stderr and "tunesmith keys create" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_api_keys_and_scopes(home: Path, start_server) -> None:
+    registry = Registry(home)
+    reader, admin = registry.create_key("reader", ["read"]), registry.create_key("ops", ["admin"])
+    assert reader.encode() not in (home / "registry.db").read_bytes()  # only hashes are stored
+    server = start_server(home, "support", "--auth", "on", "--watch-interval", "0.3")
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        missing = c.post(PREDICT, json={"text": "hi"})
+        assert missing.status_code == 401 and missing.json()["code"] == "unauthenticated"
+        assert missing.headers["www-authenticate"] == "Bearer"
+        wrong = c.post(PREDICT, json={"text": "hi"}, headers=bearer("tsk_not-a-key"))
+        assert wrong.status_code == 401 and wrong.json()["code"] == "invalid_key"
+        assert c.post(PREDICT, json={"text": "hi"}, headers={"Authorization": f"Basic {reader}"}).status_code == 401
+        assert c.post(PREDICT, json={"text": "hi"}, headers=bearer(reader)).status_code == 200
+        assert c.post("/predict", json={"text": "hi"}, headers=bearer(reader)).status_code == 200
+        assert c.get("/v1/models", headers=bearer(reader)).status_code == 200
+        under = c.post("/v1/models/support/reload", headers=bearer(reader))
+        assert under.status_code == 403 and "admin" in under.json()["error"]
+        assert (
+            c.put("/v1/models/support/aliases/staging", json={"version": 1}, headers=bearer(reader)).status_code == 403
+        )
+        assert c.post("/v1/models/support/reload", headers=bearer(admin)).status_code == 200
+        assert c.post(PREDICT, json={"text": "hi"}, headers=bearer(admin)).status_code == 200  # admin includes read
+        for open_path in ("/healthz", "/readyz", "/metrics"):
+            assert c.get(open_path).status_code == 200
+
+        late = registry.create_key("late", ["read"])  # keys made after start work within about a second
+        wait_for(lambda: c.post(PREDICT, json={"text": "hi"}, headers=bearer(late)).status_code == 200)
+        registry.revoke_key("reader")
+        wait_for(lambda: c.post(PREDICT, json={"text": "hi"}, headers=bearer(reader)).status_code == 401)
+
+
+def wait_for(condition: object, seconds: float = 5) -> None:
+    deadline = time.time() + seconds
+    while not condition():  # type: ignore[operator]
+        assert time.time() < deadline, "the server did not pick up the key change"
+        time.sleep(0.1)
+
+
+def add_version(registry: Registry, source: str) -> int:
+    """Register a copy of an existing version (export included) as the next version."""
+    with registry.staging() as staged:
+        shutil.copytree(registry.resolve(source).path, staged, dirs_exist_ok=True)
+        return registry.register("support", staged, "text-classification").version
+
+
+def test_hot_swap_under_load_fails_no_request(home: Path, start_server) -> None:
+    registry = Registry(home)
+    registry.promote("support@1", "production")
+    server = start_server(home, "support@production", "--watch-interval", "0.2")
+    new = add_version(registry, "support@1")
+    results: list[tuple[int, int | None]] = []
+    stop = threading.Event()
+
+    def hammer(i: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            while not stop.is_set():
+                r = c.post(PREDICT, json={"texts": [f"where is my parcel {i}", "refund please"]})
+                results.append((r.status_code, r.json().get("version")))
+
+    with ThreadPoolExecutor(6) as pool:
+        for i in range(6):
+            pool.submit(hammer, i)
+        time.sleep(1.0)
+        registry.promote(f"support@{new}", "production")  # as `tunesmith models promote` would, from outside
+        deadline = time.time() + 15
+        while not any(v == new for _, v in results[-5:]) and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        stop.set()
+    statuses = {s for s, _ in results}
+    versions = [v for _, v in results]
+    assert statuses == {200}, f"failed requests during the swap: {statuses}"
+    assert 1 in versions and new in versions
+    assert versions[-1] == new
+    assert 'tunesmith_model_swaps_total{model="support"} 1.0' in httpx.get(f"{server.url}/metrics").text
+
+    # Rolling back and moving aliases through the admin API swap at once (auth is off on loopback).
+    back = httpx.post(f"{server.url}/v1/models/support/aliases/production/rollback").json()
+    assert back["version"] == 1
+    assert httpx.post(f"{server.url}{PREDICT}", json={"text": "hi"}).json()["version"] == 1
+    moved = httpx.put(f"{server.url}/v1/models/support/aliases/production", json={"version": new})
+    assert moved.status_code == 200 and moved.json()["version"] == new
+    assert httpx.put(f"{server.url}/v1/models/support/aliases/production", json={"version": 99}).status_code == 404
+    assert httpx.put(f"{server.url}/v1/models/support/aliases/latest", json={"version": 1}).status_code == 409
+
+
+class InThreadServer:
+    """uvicorn in a thread of this process, so a test can slow the loaded model down."""
+
+    def __init__(self, home: Path, **settings: object) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.settings = ServeSettings(models=["support"], port=self.port, auth="off", watch_interval_s=0, **settings)
+        self.app = create_app(self.settings, Registry(home))
+        config = uvicorn.Config(
+            self.app, port=self.port, log_config=None, access_log=False, timeout_graceful_shutdown=10
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def slow_down(self, seconds: float) -> None:
+        predictor = self.app.state.server.slots["support"].current.predictor
+        original = predictor.predict_logits
+
+        def slow(texts: list[str], batch_size: int = 64) -> object:
+            time.sleep(seconds)
+            return original(texts, batch_size)
+
+        predictor.predict_logits = slow
+
+
+def test_request_timeout_and_graceful_shutdown(home: Path) -> None:
+    server = InThreadServer(home, request_timeout_s=0.3)
+    server.slow_down(0.6)
+    late = httpx.post(f"{server.url}/predict", json={"text": "hi"}, timeout=30)
+    assert late.status_code == 504 and late.json()["code"] == "timeout"
+
+    server.settings.request_timeout_s = 30
+    server.slow_down(0.5)
+    answers: list[int] = []
+    request = threading.Thread(
+        target=lambda: answers.append(httpx.post(f"{server.url}/predict", json={"text": "hi"}, timeout=30).status_code)
+    )
+    time.sleep(1.0)  # let the timed-out batch finish first
+    request.start()
+    time.sleep(0.2)
+    server.server.should_exit = True  # what SIGTERM does: stop accepting, finish what is open
+    request.join(30)
+    server.thread.join(30)
+    assert answers == [200]
+    assert not server.thread.is_alive()
