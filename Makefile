@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_HOME ?= .tunesmith
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo serve test lint clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,11 @@ demo: $(STAMP)
 		"I was charged twice, please give me my money back" \
 		"I can't sign in since I changed my password" \
 		"The lamp arrived with a cracked base"
+	$(BIN)/tunesmith --home $(DEMO_HOME) export support@production
+	$(BIN)/python examples/serve_demo.py --home $(DEMO_HOME)
+
+serve: $(STAMP)
+	$(BIN)/tunesmith --home $(DEMO_HOME) serve support@production
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench examples

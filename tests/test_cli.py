@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import private_copy
 from tunesmith import cli
 
 
@@ -32,11 +32,7 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 @pytest.fixture
 def home(trained_home: Path, tmp_path: Path) -> Path:
     """A private copy of the trained registry, so tests that change it do not affect others."""
-    copy = tmp_path / "home"
-    shutil.copytree(trained_home, copy)
-    for path in copy.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    return copy
+    return private_copy(trained_home, tmp_path / "home")
 
 
 @pytest.mark.parametrize(

@@ -204,8 +204,11 @@ def export(
     record = export_artifact(version.path, quantize=quantize == "int8", min_agreement=min_agreement, log=_say)
     checked = record["checked_on"]
     console.print(f"Checked on {checked['n']} validation and {checked['test_n']} test texts against PyTorch:")
-    for name, line in export_summary(record):
-        console.print(f"  {name:5} {line}", markup=False, highlight=False)
+    rows = export_summary(record)
+    table = Table(*rows[0].keys())
+    for row in rows:
+        table.add_row(*row.values())
+    console.print(table)
     if record["default"] is None:
         _say(f"warning: no variant reached {min_agreement:.0%} agreement; the server will use PyTorch.")
     else:

@@ -289,14 +289,19 @@ def _put_in_place(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def export_summary(record: dict[str, Any]) -> list[tuple[str, str]]:
-    """Rows for printing: variant, and what its check found."""
+def export_summary(record: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per variant, for printing: what its check found."""
     rows = []
     for name, v in record["variants"].items():
-        delta = ", ".join(f"{k} {d:+.4f}" for k, d in v["metric_delta"].items())
-        state = "default" if name == record["default"] else ("FLAGGED" if not v["passed"] else "ok")
-        rows.append((name, f"{state}: agreement {v['agreement']:.2%} (test {v['test_agreement']:.2%}), "
-                           f"{v['size_mb']:.0f} MB, metric change {delta or 'n/a'}; {v['scheme']}"))  # fmt: skip
+        rows.append({
+            "variant": name,
+            "status": "default" if name == record["default"] else ("FLAGGED" if not v["passed"] else "ok"),
+            "agreement": f"{v['agreement']:.2%}",
+            "test agreement": f"{v['test_agreement']:.2%}",
+            "MB": f"{v['size_mb']:.0f}",
+            "metric change": ", ".join(f"{k} {d:+.4f}" for k, d in v["metric_delta"].items()) or "n/a",
+            "scheme": v["scheme"],
+        })  # fmt: skip
     return rows
 
 

@@ -77,7 +77,9 @@ class ServeSettings(BaseModel):
     auth: Literal["auto", "on", "off"] = Field(
         "auto", description="API-key auth; 'auto' turns it on when binding a non-loopback address."
     )
-    backend: str = Field("auto", description="auto (ONNX export if checked, else PyTorch), onnx, onnx-fp32, pytorch.")
+    backend: str = Field(
+        "auto", description="auto (the checked ONNX export if any, else PyTorch), onnx, onnx-fp32, onnx-int8, pytorch."
+    )
     threads: int | None = Field(None, ge=1, description="ONNX Runtime threads per model (default: all cores).")
     batching: BatchSettings = Field(default_factory=BatchSettings, description="Batching for every model.")
     per_model: dict[str, BatchSettings] = Field(default_factory=dict, description="Batching for named models.")
