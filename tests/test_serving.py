@@ -52,6 +52,13 @@ def test_health_readiness_and_model_list(client: httpx.Client) -> None:
     assert "/v1/models/{name}/predict" in schema["paths"] and "/predict" in schema["paths"]
 
 
+def test_server_process_does_not_load_torch(server: RunningServer, client: httpx.Client) -> None:
+    client.post("/predict", json={"text": "hi"})
+    maps = Path(f"/proc/{server.process.pid}/maps").read_text()
+    assert "onnxruntime" in maps
+    assert "libtorch" not in maps
+
+
 def test_predict_one_and_many(client: httpx.Client) -> None:
     one = client.post("/v1/models/support/predict", json={"text": TEXTS[0]}).json()
     assert one["model"] == "support" and one["version"] == 1

@@ -84,6 +84,9 @@ def test_api_keys_and_scopes(home: Path, start_server) -> None:
         wait_for(lambda: c.post(PREDICT, json={"text": "hi"}, headers=bearer(late)).status_code == 200)
         registry.revoke_key("reader")
         wait_for(lambda: c.post(PREDICT, json={"text": "hi"}, headers=bearer(reader)).status_code == 401)
+    # SIGTERM: uvicorn shuts down cleanly, then re-raises the signal so the exit status still says SIGTERM.
+    assert server.stop() in (0, -15)
+    assert any('"Application shutdown complete."' in line for line in server.log_lines())
 
 
 def wait_for(condition: object, seconds: float = 5) -> None:
@@ -200,3 +203,37 @@ def test_request_timeout_and_graceful_shutdown(home: Path) -> None:
     server.thread.join(30)
     assert answers == [200]
     assert not server.thread.is_alive()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["support", "--backend", "onnx-int4"], "backend: Input should be"),
+        (["nope"], "No model named 'nope'"),
+        ([], "Nothing to serve"),
+        (["support", "support@1"], "named twice"),
+        (["support", "--default-model", "other"], "not among the served models"),
+        (["support", "--config", "missing.yaml"], "does not exist"),
+        (["support", "--max-batch-size", "0"], "max_batch_size"),
+    ],
+)
+def test_serve_cli_errors_are_one_line(
+    served_home: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    from test_cli import run
+
+    code, _, err = run(capsys, "--home", str(served_home), "serve", *args)
+    assert code == 1
+    assert message in err and "Traceback" not in err
+
+
+def test_settings_file_with_per_model_batching(tmp_path: Path) -> None:
+    from tunesmith.serving import load_settings
+
+    file = tmp_path / "serve.yaml"
+    file.write_text("models: [support@production]\nport: 9000\nbatching: {max_batch_size: 16}\n"
+                    "per_model:\n  support: {max_batch_size: 4, max_wait_ms: 5}\n")  # fmt: skip
+    settings = load_settings(file, {"port": 9100, "max_wait_ms": 1.0, "host": None})
+    assert settings.port == 9100 and settings.host == "127.0.0.1"  # flags win; unset flags leave the file
+    assert settings.batching.max_batch_size == 16 and settings.batching.max_wait_ms == 1.0
+    assert settings.per_model["support"].max_batch_size == 4

@@ -77,7 +77,7 @@ class ServeSettings(BaseModel):
     auth: Literal["auto", "on", "off"] = Field(
         "auto", description="API-key auth; 'auto' turns it on when binding a non-loopback address."
     )
-    backend: str = Field(
+    backend: Literal["auto", "onnx", "onnx-fp32", "onnx-int8", "pytorch"] = Field(
         "auto", description="auto (the checked ONNX export if any, else PyTorch), onnx, onnx-fp32, onnx-int8, pytorch."
     )
     threads: int | None = Field(None, ge=1, description="ONNX Runtime threads per model (default: all cores).")
