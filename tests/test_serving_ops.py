@@ -183,6 +183,22 @@ class InThreadServer:
         predictor.predict_logits = slow
 
 
+def test_full_queue_answers_503(home: Path) -> None:
+    from tunesmith.serving import BatchSettings
+
+    server = InThreadServer(home, batching=BatchSettings(max_batch_size=1, max_queue=2))
+    server.slow_down(0.5)
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(
+            pool.map(lambda _: httpx.post(f"{server.url}/predict", json={"text": "hi"}, timeout=30), range(6))
+        )
+    refused = [a for a in answers if a.status_code == 503]
+    assert refused and all(a.json()["code"] == "overloaded" and a.headers["retry-after"] == "1" for a in refused)
+    assert any(a.status_code == 200 for a in answers)
+    server.server.should_exit = True
+    server.thread.join(30)
+
+
 def test_request_timeout_and_graceful_shutdown(home: Path) -> None:
     server = InThreadServer(home, request_timeout_s=0.3)
     server.slow_down(0.6)

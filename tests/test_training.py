@@ -89,6 +89,15 @@ def test_multi_label_tunes_a_threshold(train_tiny, tmp_path: Path) -> None:
     prediction = tunesmith.load_model(str(result.version.path)).predict("crash error broken button")[0]
     assert isinstance(prediction.label, list) and set(prediction.scores) == set(words)
 
+    # Exported, the multi-label model keeps its sigmoid scores and tuned threshold.
+    record = tunesmith.export_model(str(result.version.path))
+    assert record["variants"]["fp32"]["agreement"] == 1.0
+    onnx = tunesmith.load_model(str(result.version.path), backend="onnx-fp32")
+    texts = [r["text"] for r in records[:20]]
+    assert [p.label for p in onnx.predict(texts)] == [
+        p.label for p in tunesmith.load_model(str(result.version.path), backend="pytorch").predict(texts)
+    ]
+
 
 def test_class_weights_step_budget_and_long_texts(train_tiny, support_rows, tmp_path: Path) -> None:
     long_texts = [(f"my order {i} has not arrived and " * 40, "order_status") for i in range(3)]  # >200 tokens each

@@ -59,7 +59,7 @@ def load_model(ref: str, registry: Registry | None = None, backend: str = "auto"
     return load_predictor(path, backend)
 
 
-def export(
+def export_model(
     ref: str, registry: Registry | None = None, quantize: bool = True, min_agreement: float = 0.99
 ) -> dict[str, Any]:
     """Export a registered model to ONNX (fp32 and int8), check it against PyTorch, return the record."""
@@ -98,7 +98,7 @@ __all__ = [
     "TrainConfig",
     "TunesmithError",
     "evaluate",
-    "export",
+    "export_model",
     "load_config",
     "load_model",
     "train",
