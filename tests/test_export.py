@@ -111,6 +111,8 @@ def test_export_cli(trained_home: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert code == 0, err
     assert "fp32" in out and "int8" in out and "agreement" in out
     assert "Served by default" in out
+    code, out, _ = run(capsys, "--home", str(home), "models", "show", "support")
+    assert code == 0 and "export:     ONNX, served as" in out
     before = {p: p.stat().st_mtime for p in (home / "models").rglob("*") if p.is_file() and EXPORT_DIR not in p.parts}
     code, _, err = run(capsys, "--home", str(home), "export", "support", "--quantize", "none")
     assert code == 0, err

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from tunesmith.config import DataConfig, RunConfig, TrainConfig
 from tunesmith.errors import DataError, TunesmithError
+from tunesmith.inference import read_export
 
 app = typer.Typer(
     help="Fine-tune, evaluate, register and use transformer text classifiers, offline on a CPU.",
@@ -361,6 +362,14 @@ def models_show(ref: Annotated[str, typer.Argument(help="NAME, NAME@VERSION or N
     console.print(f"test:       {metrics}")
     console.print(f"baseline:   {baseline}")
     console.print(f"report:     {version.path / 'report.md'}")
+    export = read_export(version.path)
+    if export is None:
+        console.print(f"export:     none (`tunesmith export {version.ref}` for a faster server)")
+    else:
+        variants = ", ".join(
+            f"{n} {v['agreement']:.2%}{'' if v['passed'] else ' FLAGGED'}" for n, v in export["variants"].items()
+        )
+        console.print(f"export:     ONNX, served as {export['default'] or 'pytorch'}; agreement {variants}")
 
 
 @models_app.command("promote")
