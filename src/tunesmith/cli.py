@@ -15,6 +15,7 @@ from rich.table import Table
 from tunesmith.config import DataConfig, RunConfig, TrainConfig
 from tunesmith.errors import DataError, TunesmithError
 from tunesmith.inference import read_export
+from tunesmith.serving.settings import BatchSettings, ServeSettings
 
 app = typer.Typer(
     help="Fine-tune, evaluate, register and use transformer text classifiers, offline on a CPU.",
@@ -222,23 +223,21 @@ def serve(
         list[str] | None, typer.Argument(help="Models to serve: NAME, NAME@ALIAS or NAME@VERSION.")
     ] = None,
     config: Annotated[Path | None, typer.Option(help="YAML server settings (docs/serving.md).")] = None,
-    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
-    auth: Annotated[str | None, typer.Option(help="API keys: auto (on unless loopback), on, off.")] = None,
+    host: Annotated[str | None, typer.Option(help=_doc(ServeSettings, "host"))] = None,
+    port: Annotated[int | None, typer.Option(help=_doc(ServeSettings, "port"))] = None,
+    auth: Annotated[str | None, typer.Option(help=_doc(ServeSettings, "auth"))] = None,
     backend: Annotated[str | None, typer.Option(help=BACKEND_HELP)] = None,
-    default_model: Annotated[str | None, typer.Option(help="Model answering /predict (default: the first).")] = None,
-    max_batch_size: Annotated[int | None, typer.Option(help="Most texts per forward pass (32).")] = None,
-    max_wait_ms: Annotated[float | None, typer.Option(help="Wait for more requests to batch (0 ms).")] = None,
-    max_texts_per_request: Annotated[int | None, typer.Option(help="Most texts in one request (64).")] = None,
-    max_text_chars: Annotated[int | None, typer.Option(help="Longest text, in characters (10000).")] = None,
-    max_body_bytes: Annotated[int | None, typer.Option(help="Largest request body (1000000).")] = None,
-    request_timeout: Annotated[
-        float | None, typer.Option(help="Seconds before a waiting request gets 504 (30).")
+    default_model: Annotated[str | None, typer.Option(help=_doc(ServeSettings, "default_model"))] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help=_doc(BatchSettings, "max_batch_size"))] = None,
+    max_wait_ms: Annotated[float | None, typer.Option(help=_doc(BatchSettings, "max_wait_ms"))] = None,
+    max_texts_per_request: Annotated[
+        int | None, typer.Option(help=_doc(ServeSettings, "max_texts_per_request"))
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="ONNX Runtime threads (default: all cores).")] = None,
-    watch_interval: Annotated[
-        float | None, typer.Option(help="Seconds between alias checks for hot swaps (5).")
-    ] = None,
+    max_text_chars: Annotated[int | None, typer.Option(help=_doc(ServeSettings, "max_text_chars"))] = None,
+    max_body_bytes: Annotated[int | None, typer.Option(help=_doc(ServeSettings, "max_body_bytes"))] = None,
+    request_timeout: Annotated[float | None, typer.Option(help=_doc(ServeSettings, "request_timeout_s"))] = None,
+    threads: Annotated[int | None, typer.Option(help=_doc(ServeSettings, "threads"))] = None,
+    watch_interval: Annotated[float | None, typer.Option(help=_doc(ServeSettings, "watch_interval_s"))] = None,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="JSON access log on stderr.")] = True,
 ) -> None:
     """Serve registered models over HTTP: /v1/models/NAME/predict, /predict, /models/NAME, /metrics, /docs."""

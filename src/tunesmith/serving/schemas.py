@@ -1,0 +1,130 @@
+"""Request and response bodies of the HTTP API, and the errors it answers with."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import Path as PathParam
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
+
+
+class PredictRequest(BaseModel):
+    """Exactly one of `text` and `texts` (the schema says so with oneOf, so generated clients know)."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"oneOf": [{"required": ["text"]}, {"required": ["texts"]}]}
+    )
+    text: str | SkipJsonSchema[None] = Field(None, description="One text to classify.")
+    texts: Annotated[list[str], Field(min_length=1)] | SkipJsonSchema[None] = Field(
+        None, description="Several texts to classify, answered in the same order."
+    )
+    all_scores: StrictBool = Field(False, description="Also return every label's score.")
+
+    @field_validator("text", "texts", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:  # only values actually sent reach this; leave a field out instead of sending null
+            raise ValueError("must not be null; leave the field out instead")
+        return value
+
+    @model_validator(mode="after")
+    def _one_input(self) -> PredictRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError('give exactly one of "text" (a string) or "texts" (a list of strings)')
+        return self
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class PredictionOut(BaseModel):
+    label: str | list[str] = Field(description="The predicted label (a list of labels for multi-label models).")
+    score: float
+    scores: dict[str, float] | None = None
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: int
+    backend: str
+    predictions: list[PredictionOut]
+
+
+class SeedRequest(BaseModel):
+    text: str = Field(description="The text to classify.")
+
+
+class HFParameters(BaseModel):
+    top_k: int | None = Field(None, ge=1, description="Return only the k most probable labels.")
+
+    @field_validator("top_k", mode="before")
+    @classmethod
+    def _a_number(cls, value: Any) -> Any:
+        if isinstance(value, bool | str):  # lax validation would read true as 1 and "3" as 3
+            raise ValueError("must be an integer")
+        return value
+
+    function_to_apply: Literal["sigmoid", "softmax", "none"] | None = None
+
+
+class HFRequest(BaseModel):
+    """The Hugging Face Inference API's text-classification request."""
+
+    inputs: str | Annotated[list[str], Field(min_length=1)] = Field(description="A text or a list of texts.")
+    parameters: HFParameters | None = None
+    options: dict[str, Any] | None = None
+
+
+class ModelInfo(BaseModel):
+    name: str
+    ref: str
+    version: int | None
+    backend: str | None
+    status: Literal["loading", "ready", "failed"]
+    task: str
+    labels: list[str]
+    multi_label: bool
+    aliases: list[str]
+    default: bool
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class AliasRequest(BaseModel):
+    version: int = Field(ge=1, description="Version the alias should point at.")
+
+
+AliasName = Annotated[str, PathParam(pattern=r"^[A-Za-z][A-Za-z0-9._-]{0,63}$", description="e.g. production")]
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="What was wrong and how to fix it.")
+    code: str
+    request_id: str | None = None
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        400: "The body is not valid JSON.",
+        401: "Missing or unknown API key.",
+        403: "The key lacks the scope this route needs.",
+        404: "No such model is served (or no such version).",
+        409: "Conflicts with the registry's state: nothing to roll back, a reserved alias name.",
+        413: "The body is larger than the server accepts.",
+        422: "The body is not what this route takes, or breaks a limit (texts per request, characters per text).",
+        503: "The model is still loading or the queue is full; retry.",
+        504: "The model did not answer within the request timeout.",
+    }.items()
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers

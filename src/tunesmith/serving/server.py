@@ -1,0 +1,199 @@
+"""The running server's state: served slots, loading and hot swaps, API keys, request checks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from fastapi.security import HTTPAuthorizationCredentials
+
+from tunesmith.errors import ConfigError, TunesmithError
+from tunesmith.inference import load_predictor, read_export
+from tunesmith.registry import ModelVersion, Registry, key_digest
+from tunesmith.serving.batching import Loaded, Metrics, MicroBatcher, Slot
+from tunesmith.serving.schemas import ApiError, ModelInfo
+from tunesmith.serving.settings import ServeSettings, auth_enabled
+
+log = logging.getLogger("tunesmith.server")
+
+
+class Server:
+    """State of one running server: settings, registry, served slots, keys and metrics."""
+
+    def __init__(self, settings: ServeSettings, registry: Registry) -> None:
+        if not settings.models:
+            raise ConfigError("Nothing to serve: name at least one model, e.g. `tunesmith serve support`.")
+        self.settings, self.registry = settings, registry
+        self.metrics = Metrics()
+        self.auth = auth_enabled(settings)
+        self.slots: dict[str, Slot] = {}
+        for ref in settings.models:
+            version = registry.resolve(ref)  # unknown names fail here, before the port is bound
+            if version.name in self.slots:
+                raise ConfigError(f"{version.name!r} is named twice; serve one reference per model name.")
+            if version.task != "text-classification":
+                raise ConfigError(f"{ref!r} is a {version.task} model; this server handles text-classification.")
+            self.slots[version.name] = Slot(version.name, ref, settings.per_model.get(version.name, settings.batching))
+        unknown = set(settings.per_model) - set(self.slots)
+        if unknown:
+            raise ConfigError(f"per_model names models that are not served: {', '.join(sorted(unknown))}.")
+        default = settings.default_model or next(iter(self.slots))
+        self.default = default.partition("@")[0]
+        if self.default not in self.slots:
+            raise ConfigError(f"default_model {default!r} is not among the served models ({', '.join(self.slots)}).")
+        self.keys: dict[str, tuple[str, frozenset[str]]] = {}
+        self.keys_checked = 0.0
+        if self.auth:
+            self.keys = registry.key_table()
+            if not self.keys:
+                raise ConfigError(
+                    f"Auth is on (binding {settings.host}) but no API keys exist. Create one with "
+                    "`tunesmith keys create NAME --scope read`, or pass --auth off for a trusted network."
+                )
+        self.inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self.loader = ThreadPoolExecutor(1, thread_name_prefix="loader")
+        self.batchers = {name: MicroBatcher(slot, self.inference, self.metrics) for name, slot in self.slots.items()}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._swap_lock = asyncio.Lock()
+
+    # Loading and swapping run in the loader thread: serving goes on while a model loads.
+
+    def _revision(self, version: ModelVersion) -> tuple[int, str | None]:
+        export = read_export(version.path)
+        return version.version, export["created_at"] if export else None
+
+    def _load(self, version: ModelVersion) -> Loaded:
+        revision = self._revision(version)
+        predictor = load_predictor(version.path, self.settings.backend, self.settings.threads)
+        predictor.predict_proba(["warm-up"])  # the first run allocates; do it before taking traffic
+        return Loaded(version, predictor, revision)
+
+    async def refresh(self, name: str | None = None) -> None:
+        """Load whatever each served reference names now, if it is not what is loaded."""
+        loop = asyncio.get_running_loop()
+        async with self._swap_lock:
+            for slot in [self.slots[name]] if name else list(self.slots.values()):
+                try:
+                    version = await loop.run_in_executor(self.loader, self.registry.resolve, slot.ref)
+                    revision = await loop.run_in_executor(self.loader, self._revision, version)
+                    if slot.current is not None and slot.current.revision == revision:
+                        continue
+                    loaded = await loop.run_in_executor(self.loader, self._load, version)
+                except (TunesmithError, OSError) as exc:
+                    log.error(json.dumps({"event": "load_failed", "model": slot.name, "error": str(exc)}))
+                    if slot.current is None:
+                        slot.status = "failed"
+                    continue
+                previous, slot.current, slot.status = slot.current, loaded, "ready"
+                if previous is not None:
+                    self.metrics.version.remove(slot.name, previous.predictor.backend)
+                    self.metrics.swaps.labels(slot.name).inc()
+                self.metrics.version.labels(slot.name, loaded.predictor.backend).set(version.version)
+                log.info(json.dumps({
+                    "event": "model_loaded", "model": slot.name, "version": version.version,
+                    "backend": loaded.predictor.backend, "previous": previous.version.version if previous else None,
+                }))  # fmt: skip
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.watch_interval_s)
+            await self.refresh()
+            if self.auth:
+                await self._reload_keys()
+
+    async def _reload_keys(self) -> None:
+        self.keys_checked = time.monotonic()
+        self.keys = await asyncio.get_running_loop().run_in_executor(self.loader, self.registry.key_table)
+
+    async def start(self) -> None:
+        for batcher in self.batchers.values():
+            batcher.slot.worker = asyncio.create_task(batcher.run())
+        self._tasks.append(asyncio.create_task(self.refresh()))
+        if self.settings.watch_interval_s > 0:
+            self._tasks.append(asyncio.create_task(self._watch()))
+
+    async def stop(self) -> None:
+        # uvicorn has already waited for open requests; nothing is queued any more.
+        for task in self._tasks + [s.worker for s in self.slots.values() if s.worker]:
+            task.cancel()
+        self.inference.shutdown(wait=True)
+        self.loader.shutdown(wait=False, cancel_futures=True)
+
+    def ready(self) -> bool:
+        return all(s.current is not None for s in self.slots.values())
+
+    async def check_key(self, credentials: HTTPAuthorizationCredentials | None, scope: str) -> None:
+        if not self.auth:
+            return
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise ApiError(401, "unauthenticated", "Send an API key: 'Authorization: Bearer <key>'.",
+                           {"WWW-Authenticate": "Bearer"})  # fmt: skip
+        digest = key_digest(credentials.credentials)
+        if digest not in self.keys and time.monotonic() - self.keys_checked > 1.0:
+            await self._reload_keys()  # a key created after start works within a second (re-read at most once a second)
+        entry = self.keys.get(digest)
+        if entry is None:
+            raise ApiError(401, "invalid_key", "Unknown API key. Create one with `tunesmith keys create`.",
+                           {"WWW-Authenticate": "Bearer"})  # fmt: skip
+        if scope not in entry[1] and "admin" not in entry[1]:
+            raise ApiError(403, "forbidden", f"The key {entry[0]!r} lacks the {scope!r} scope this route needs.")
+
+    def slot(self, name: str) -> Slot:
+        slot = self.slots.get(name)
+        if slot is None:
+            raise ApiError(404, "unknown_model", f"No model {name!r} is served here. Served: {', '.join(self.slots)}.")
+        return slot
+
+    def check_texts(self, texts: list[str]) -> list[str]:
+        """The texts if they are within the limits, with lone surrogates (invalid in UTF-8) replaced."""
+        limits = self.settings
+        if not texts:
+            raise ApiError(422, "no_texts", "The list of texts is empty; send at least one.")
+        if len(texts) > limits.max_texts_per_request:
+            raise ApiError(422, "too_many_texts", f"{len(texts)} texts in one request; at most "
+                           f"{limits.max_texts_per_request} are accepted. Split the request.")  # fmt: skip
+        for i, text in enumerate(texts):
+            if len(text) > limits.max_text_chars:
+                raise ApiError(422, "text_too_long", f"Text {i} has {len(text)} characters; at most "
+                               f"{limits.max_text_chars} are accepted.")  # fmt: skip
+        return [_valid_unicode(t) for t in texts]
+
+    async def classify(self, name: str, texts: list[str]) -> tuple[Loaded, np.ndarray]:
+        slot = self.slot(name)
+        texts = self.check_texts(texts)
+        loaded, logits = await self.batchers[slot.name].submit(texts, self.settings.request_timeout_s)
+        labels = loaded.predictor.label_names
+        counter = self.metrics.predictions
+        if not loaded.predictor.multi_label:
+            for i in logits.argmax(axis=1):
+                counter.labels(slot.name, labels[int(i)]).inc()
+        return loaded, logits
+
+    def describe(self, slot: Slot) -> ModelInfo:
+        loaded = slot.current
+        meta = loaded.predictor.meta if loaded else {}
+        return ModelInfo(
+            name=slot.name,
+            ref=slot.ref,
+            version=loaded.version.version if loaded else None,
+            backend=loaded.predictor.backend if loaded else None,
+            status=slot.status,
+            task=meta.get("task", "text-classification"),
+            labels=meta.get("label_names", []),
+            multi_label=bool(meta.get("multi_label", False)),
+            aliases=loaded.version.aliases if loaded else [],
+            default=slot.name == self.default,
+        )
+
+
+def _valid_unicode(text: str) -> str:
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # JSON may carry lone surrogates ("\\ud800"); the tokenizer cannot take them
+        return text.encode("utf-8", "replace").decode("utf-8")

@@ -1,0 +1,93 @@
+"""Server settings: what `tunesmith serve` takes as flags or from a YAML file."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tunesmith.errors import ConfigError
+
+
+class BatchSettings(BaseModel):
+    """Micro-batching of one model (each served model may have its own)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_batch_size: int = Field(32, ge=1, le=1024, description="Most texts in one forward pass.")
+    max_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="How long a batch waits for more requests once the first arrived. 0 (measured best on CPU): "
+        "no waiting; requests that arrive while the model is busy form the next batch.",
+    )
+    max_queue: int = Field(
+        4096, ge=1, description="Texts waiting for the model beyond which requests are refused with 503."
+    )
+
+
+class ServeSettings(BaseModel):
+    """Everything `tunesmith serve` can be told; a YAML file with these keys is accepted by --config."""
+
+    model_config = ConfigDict(extra="forbid")
+    models: list[str] = Field(default_factory=list, description="References to serve: NAME, NAME@ALIAS, NAME@N.")
+    default_model: str | None = Field(None, description="Model answering /predict (default: the first).")
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to bind (0: any free port).")
+    auth: Literal["auto", "on", "off"] = Field(
+        "auto", description="API-key auth; 'auto' turns it on when binding a non-loopback address."
+    )
+    backend: Literal["auto", "onnx", "onnx-fp32", "onnx-int8", "pytorch"] = Field(
+        "auto", description="auto (the checked ONNX export if any, else PyTorch), onnx, onnx-fp32, onnx-int8, pytorch."
+    )
+    threads: int | None = Field(None, ge=1, description="ONNX Runtime threads per model (default: all cores).")
+    batching: BatchSettings = Field(default_factory=BatchSettings, description="Batching for every model.")
+    per_model: dict[str, BatchSettings] = Field(default_factory=dict, description="Batching for named models.")
+    max_texts_per_request: int = Field(64, ge=1, description="Most texts in one request.")
+    max_text_chars: int = Field(10_000, ge=1, description="Longest text accepted, in characters.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted.")
+    request_timeout_s: float = Field(30.0, gt=0, description="A request waiting longer for the model gets 504.")
+    watch_interval_s: float = Field(
+        5.0, ge=0, description="How often aliases and exports are re-checked for hot swaps (0: never)."
+    )
+
+
+def auth_enabled(settings: ServeSettings) -> bool:
+    if settings.auth != "auto":
+        return settings.auth == "on"
+    host = settings.host.strip("[]")
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # a host name other than localhost: assume it is reachable from elsewhere
+
+
+def load_settings(path: str | Path | None, overrides: dict[str, Any]) -> ServeSettings:
+    """Settings from an optional YAML file, then non-None overrides (CLI flags) on top."""
+    import yaml
+    from pydantic import ValidationError
+
+    raw: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"Server settings file {file} does not exist.")
+        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{file} must hold a mapping of settings (models:, port:, batching:, ...).")
+    for key, value in overrides.items():
+        if value is None or value == []:
+            continue
+        if key in BatchSettings.model_fields:
+            raw.setdefault("batching", {})[key] = value
+        else:
+            raw[key] = value
+    try:
+        return ServeSettings.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"Invalid server settings: {problems}") from None
