@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from tunesmith.baseline import train_baseline
-from tunesmith.config import RunConfig, dump_config
+from tunesmith.config import RunConfig, TrainConfig, dump_config
 from tunesmith.data import (
     ClassificationData,
     DataIssue,
@@ -292,6 +292,77 @@ def _prepare_run_dir(run_dir: Path, fingerprint: str, config: RunConfig, resume:
     return None
 
 
+def build_trainer(
+    model: Any,
+    tokenizer: Any,
+    settings: TrainConfig,
+    run_dir: Path,
+    train_set: Any,
+    val_set: Any,
+    *,
+    collator: Any,
+    compute_metrics: Callable[[Any], dict[str, float]],
+    bf16: bool,
+    log: Log,
+    progress: bool,
+    compute_loss_func: Callable[..., Any] | None = None,
+) -> Any:
+    """The Trainer every task uses: AdamW + linear warmup, eval and save each epoch, the best checkpoint kept
+    (by `SELECTION_METRIC`, which `compute_metrics` must return), early stopping, budgets, our progress lines."""
+    import torch
+    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    steps_per_epoch = math.ceil(len(train_set) / settings.batch_size)
+    args = TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        num_train_epochs=choose_epochs(len(train_set), settings.batch_size, settings.epochs),
+        max_steps=settings.max_steps or -1,
+        learning_rate=settings.learning_rate,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.eval_batch_size,
+        warmup_steps=settings.warmup_ratio,  # a float below 1 is a ratio of all steps in transformers 5
+        weight_decay=settings.weight_decay,
+        lr_scheduler_type="linear",
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model=SELECTION_METRIC,
+        greater_is_better=True,
+        logging_strategy="steps",
+        logging_steps=max(1, steps_per_epoch // 5),
+        train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
+        bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),
+        seed=settings.seed,
+        data_seed=settings.seed,
+        report_to=[],
+        disable_tqdm=True,  # replaced by _progress_callback
+        dataloader_num_workers=0,
+    )
+    callbacks: list[Any] = []
+    if settings.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
+    if settings.max_minutes:
+        callbacks.append(_budget_callback(settings.max_minutes))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        processing_class=tokenizer,
+        data_collator=collator,
+        compute_metrics=compute_metrics,
+        compute_loss_func=compute_loss_func,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(_progress_callback(log, progress))
+    return trainer
+
+
 def train(
     config: RunConfig,
     *,
@@ -301,8 +372,7 @@ def train(
     log: Log = print,
 ) -> TrainResult:
     """Train, evaluate and register a text classifier as described by `config`."""
-    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers import DataCollatorWithPadding, set_seed
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # weight loading/saving bars; the training bar is ours
@@ -347,56 +417,13 @@ def train(
     val_set = _encode(tokenizer, data.validation, max_length, n_classes, data.multi_label)
     use_bf16 = settings.precision == "bf16" or (settings.precision == "auto" and bf16_supported())
     metric = "f1_micro" if data.multi_label else "f1_macro"
-    import torch
-
-    steps_per_epoch = math.ceil(len(train_set) / settings.batch_size)
-    epochs = choose_epochs(len(train_set), settings.batch_size, settings.epochs)
-    args = TrainingArguments(
-        output_dir=str(run_dir / "checkpoints"),
-        num_train_epochs=epochs,
-        max_steps=settings.max_steps or -1,
-        learning_rate=settings.learning_rate,
-        per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=settings.eval_batch_size,
-        warmup_steps=settings.warmup_ratio,  # a float below 1 is a ratio of all steps in transformers 5
-        weight_decay=settings.weight_decay,
-        lr_scheduler_type="linear",
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        save_total_limit=2,
-        load_best_model_at_end=True,
-        metric_for_best_model=SELECTION_METRIC,
-        greater_is_better=True,
-        logging_strategy="steps",
-        logging_steps=max(1, steps_per_epoch // 5),
-        train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
-        bf16=use_bf16,
-        use_cpu=not torch.cuda.is_available(),
-        seed=settings.seed,
-        data_seed=settings.seed,
-        report_to=[],
-        disable_tqdm=True,  # replaced by _progress_callback
-        dataloader_num_workers=0,
-    )
-    callbacks: list[Any] = []
-    if settings.early_stopping_patience:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
-    if settings.max_minutes:
-        callbacks.append(_budget_callback(settings.max_minutes))
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=val_set,
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
+    trainer = build_trainer(
+        model, tokenizer, settings, run_dir, train_set, val_set,
+        collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=_trainer_metrics(data.multi_label),
         compute_loss_func=_weighted_loss(data) if settings.class_weights else None,
-        callbacks=callbacks,
-    )
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(_progress_callback(log, progress))
+        bf16=use_bf16, log=log, progress=progress,
+    )  # fmt: skip
     log(f"Fine-tuning {settings.base_model} ({'bf16 autocast' if use_bf16 else 'fp32'}) ...")
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
