@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ def train(
     `overrides` are dotted settings with '__' for the dot, e.g. ``train__epochs=3``, or plain names
     of training settings (``epochs=3``) and data settings (``text_column="body"``).
     """
-    from tunesmith.training import train as _train
+    from tunesmith.tasks import get_task
 
     if not isinstance(config, RunConfig):
         flat: dict[str, Any] = {}
@@ -45,7 +46,7 @@ def train(
         config = load_config(config, flat)
     elif data is not None or overrides:
         raise ConfigError("Pass either a RunConfig or a data path with overrides, not both.")
-    return _train(config, registry=registry, resume=resume, progress=progress)
+    return get_task(config.task).train(config, registry=registry, resume=resume, progress=progress)
 
 
 def load_model(ref: str, registry: Registry | None = None, backend: str = "auto") -> BaseClassifier:
@@ -56,6 +57,11 @@ def load_model(ref: str, registry: Registry | None = None, backend: str = "auto"
     path = Path(ref)
     if not (path / "tunesmith.json").is_file():
         path = (registry or Registry()).resolve(ref).path
+    task = json.loads((path / "tunesmith.json").read_text(encoding="utf-8")).get("task")
+    if task == "token-classification":
+        from tunesmith.tasks.token_classification import EntityTagger
+
+        return EntityTagger.from_artifact(path)
     return load_predictor(path, backend)
 
 

@@ -63,6 +63,7 @@ def train(
     data: Annotated[str, typer.Argument(help="Training file: CSV, TSV, JSONL, JSON or Parquet.")],
     config: Annotated[Path | None, typer.Option(help="YAML settings file (see docs/configuration.md).")] = None,
     name: Annotated[str | None, typer.Option(help=_doc(RunConfig, "name"))] = None,
+    task: Annotated[str | None, typer.Option(help=_doc(RunConfig, "task"))] = None,
     validation: Annotated[str | None, typer.Option(help=_doc(DataConfig, "validation"))] = None,
     test: Annotated[str | None, typer.Option(help=_doc(DataConfig, "test"))] = None,
     text_column: Annotated[str | None, typer.Option(help=_doc(DataConfig, "text_column"))] = None,
@@ -95,10 +96,10 @@ def train(
 ) -> None:
     """Fine-tune a model on DATA, compare it with a TF-IDF baseline, and register it as a new version."""
     from tunesmith.config import load_config, parse_override
-    from tunesmith.training import train as run_training
+    from tunesmith.tasks import get_task
 
     flags = {
-        "data.train": data, "name": name, "seed": seed, "data.validation": validation, "data.test": test,
+        "data.train": data, "name": name, "task": task, "seed": seed, "data.validation": validation, "data.test": test,
         "data.text_column": text_column, "data.label_column": label_column, "data.multi_label": multi_label,
         "data.label_delimiter": label_delimiter, "train.base_model": model, "train.epochs": epochs,
         "train.learning_rate": learning_rate, "train.batch_size": batch_size, "train.max_length": max_length,
@@ -109,13 +110,21 @@ def train(
     overrides = dict(parse_override(item) for item in set_ or [])
     overrides.update({key: value for key, value in flags.items() if value is not None})
     settings = load_config(config, overrides)
-    result = run_training(settings, registry=_registry(), resume=resume, progress=progress, log=_say)
-    table = Table(title=f"{result.version.ref} - test split ({result.metrics['n']} texts)")
-    table.add_column("metric")
-    table.add_column("fine-tuned", justify="right")
-    table.add_column("TF-IDF baseline", justify="right")
-    for key in ("accuracy", "f1_macro", "f1_micro", "f1_weighted"):
-        table.add_row(key, f"{result.metrics[key]:.4f}", f"{result.baseline[key]:.4f}")
+    result = get_task(settings.task).train(settings, registry=_registry(), resume=resume, progress=progress, log=_say)
+    if settings.task == "token-classification":
+        table = Table(title=f"{result.version.ref} - test split ({result.metrics['n']} sentences), entity level")
+        for column in ("entity type", "precision", "recall", "F1", "support"):
+            table.add_column(column, justify="left" if column == "entity type" else "right")
+        rows = [*sorted(result.metrics["per_type"].items()), ("all (micro)", {**result.metrics, "support": ""})]
+        for kind, m in rows:
+            table.add_row(kind, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", str(m["support"]))
+    else:
+        table = Table(title=f"{result.version.ref} - test split ({result.metrics['n']} texts)")
+        table.add_column("metric")
+        table.add_column("fine-tuned", justify="right")
+        table.add_column("TF-IDF baseline", justify="right")
+        for key in ("accuracy", "f1_macro", "f1_micro", "f1_weighted"):
+            table.add_row(key, f"{result.metrics[key]:.4f}", f"{result.baseline[key]:.4f}")
     console.print(table)
     console.print(f"Trained in {result.train_minutes:.1f} min. Report: {result.version.path / 'report.md'}")
     console.print(f'Use it: tunesmith predict {result.version.ref} "some text"')
@@ -148,6 +157,13 @@ def predict(
     if output_file is not None and output_file.suffix.lower() not in (".csv", ".jsonl"):
         raise DataError(f"Cannot write {output_file.suffix!r}: pass an --output ending in .csv or .jsonl.")
     classifier = load_model(ref, backend=backend)
+    if getattr(classifier, "task", None) == "token-classification":
+        if input_file is not None:
+            raise DataError("--input is for text classifiers; pass texts to tag as arguments.")
+        for text, entities in zip(texts or [], classifier.predict(texts or [], batch_size), strict=True):
+            found = "; ".join(f"{e.label} {e.text!r} [{e.start}:{e.end}] {e.score:.3f}" for e in entities)
+            print(f"{found or '(no entities)'}\t{text}")
+        return
     if input_file is None:
         for text, result in zip(texts or [], classifier.predict(texts or [], batch_size), strict=True):
             label = ", ".join(result.label) if isinstance(result.label, list) else result.label

@@ -381,8 +381,6 @@ def train(
     settings = config.train
     name = default_name(config)
     config = config.model_copy(update={"name": name})
-    if config.task != "text-classification":
-        raise ConfigError(f"Unknown task {config.task!r}. Available tasks: text-classification.")
 
     data = load_classification_data(config.data, seed=config.seed)
     tokenizer = load_tokenizer(settings.base_model, settings.trust_remote_code)

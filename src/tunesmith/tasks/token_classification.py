@@ -1,0 +1,583 @@
+"""Token classification (named-entity recognition): data, training, evaluation and prediction.
+
+Inputs, detected by content:
+- CoNLL column files: one token per line, 2-4 whitespace-separated columns (token first, tag last),
+  blank lines between sentences, `-DOCSTART-` lines skipped;
+- JSONL with tokens and tags: `{"tokens": [...], "tags": [...]}` (also `words`, `ner_tags`, `labels`);
+- JSONL with character spans: `{"text": ..., "entities": [{"start", "end", "label"}]}` (also doccano's
+  `"label": [[start, end, label], ...]`).
+
+Tags in IOB1, IOB2 (BIO), BIOES or BILOU are detected and normalised to IOB2, the scheme the model
+learns and `seqeval` scores. Sub-words: the first sub-token of a word carries the word's tag, the others
+are ignored by the loss; sentences longer than the token limit are split into overlapping windows
+(`stride`), and at prediction time each word takes its tags from the window where it has the most
+context. Predictions are entities with character offsets into the caller's text, not sub-word tags.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import re
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunesmith.config import RunConfig, dump_config
+from tunesmith.data import DataIssue, fingerprint
+from tunesmith.errors import DataError
+from tunesmith.inference import ARTIFACT_META, _read_meta
+from tunesmith.models import bf16_supported, load_tokenizer, model_max_length, resolve_model
+from tunesmith.registry import ModelVersion, Registry
+
+TASK = "token-classification"
+TAG = re.compile(r"^(?:O|([BIESLU])-(\S+))$")
+WORD = re.compile(r"\w+|[^\w\s]")
+TOKEN_KEYS = ("tokens", "words")
+TAG_KEYS = ("tags", "ner_tags", "labels", "label")
+SPAN_KEYS = ("entities", "spans", "label", "labels")
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Sentence:
+    tokens: list[str]
+    tags: list[str]
+
+
+@dataclass
+class Entity:
+    """One predicted entity: its type, the text it covers, character offsets and a confidence."""
+
+    label: str
+    text: str
+    start: int
+    end: int
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "text": self.text, "start": self.start, "end": self.end, "score": self.score}
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+def read_sentences(path: str | Path) -> list[Sentence]:
+    """Sentences with their (not yet normalised) tags from a CoNLL or JSONL file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Data file {path} does not exist.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte {exc.start}). Convert it, e.g. with iconv.") from None
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    sentences = _read_jsonl(text, path) if first.lstrip().startswith("{") else _read_conll(text, path)
+    if not sentences:
+        raise DataError(f"{path} holds no sentences.")
+    return sentences
+
+
+def _read_conll(text: str, path: Path) -> list[Sentence]:
+    sentences: list[Sentence] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        columns = line.split()
+        if not columns or columns[0] == "-DOCSTART-":
+            if tokens:
+                sentences.append(Sentence(tokens, tags))
+            tokens, tags = [], []
+            continue
+        if len(columns) < 2:
+            raise DataError(
+                f"{path}:{number}: expected a token and a tag, found {line.strip()!r}. CoNLL files have 2 to 4 "
+                "columns separated by tabs or spaces (token first, tag last) and a blank line between sentences."
+            )
+        tokens.append(columns[0])
+        tags.append(columns[-1])
+    if tokens:
+        sentences.append(Sentence(tokens, tags))
+    return sentences
+
+
+def _read_jsonl(text: str, path: Path) -> list[Sentence]:
+    sentences = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg}).") from None
+        where = f"{path}:{number}"
+        token_key = next((k for k in TOKEN_KEYS if k in record), None)
+        if token_key is not None:
+            tag_key = next((k for k in TAG_KEYS if k in record), None)
+            if tag_key is None:
+                raise DataError(f"{where}: has {token_key!r} but no tags; add 'tags' with one tag per token.")
+            tokens, tags = record[token_key], record[tag_key]
+            if not isinstance(tokens, list) or not isinstance(tags, list) or len(tokens) != len(tags):
+                raise DataError(f"{where}: {token_key!r} and {tag_key!r} must be lists of the same length.")
+            sentences.append(Sentence([str(t) for t in tokens], [str(t) for t in tags]))
+        elif "text" in record:
+            span_key = next((k for k in SPAN_KEYS if k in record), None)
+            sentences.append(
+                spans_to_sentence(str(record["text"]), record.get(span_key, []) if span_key else [], where)
+            )
+        else:
+            raise DataError(
+                f"{where}: expected 'tokens' and 'tags', or 'text' and 'entities'; found keys {sorted(record)}."
+            )
+    return sentences
+
+
+def _span(item: Any, where: str) -> tuple[int, int, str]:
+    if isinstance(item, dict) and {"start", "end", "label"} <= set(item):
+        start, end, label = item["start"], item["end"], item["label"]
+    elif isinstance(item, list | tuple) and len(item) == 3:
+        start, end, label = item
+    else:
+        raise DataError(f"{where}: an entity must be {{'start', 'end', 'label'}} or [start, end, label]; got {item!r}.")
+    if not isinstance(start, int) or not isinstance(end, int) or not str(label).strip():
+        raise DataError(f"{where}: entity {item!r} needs integer start/end offsets and a non-empty label.")
+    return start, end, str(label)
+
+
+def spans_to_sentence(text: str, entities: Sequence[Any], where: str) -> Sentence:
+    """Words of `text` (split at entity boundaries too) with IOB2 tags from character spans."""
+    spans = sorted(_span(e, where) for e in entities)
+    for start, end, label in spans:
+        if not 0 <= start < end <= len(text):
+            raise DataError(f"{where}: entity {label!r} at {start}-{end} is outside the text ({len(text)} characters).")
+        covered = text[start:end]
+        if covered != covered.strip():
+            raise DataError(
+                f"{where}: entity {label!r} at {start}-{end} ({covered!r}) starts or ends with whitespace: the "
+                "offsets are misaligned. End offsets are exclusive: text[start:end] is the entity."
+            )
+    for (s1, e1, l1), (s2, _e2, l2) in itertools.pairwise(spans):
+        if s2 < e1:
+            raise DataError(f"{where}: entities {l1!r} ({s1}-{e1}) and {l2!r} (from {s2}) overlap; keep one.")
+    cuts = {b for s, e, _ in spans for b in (s, e)}
+    tokens, offsets = [], []
+    for match in WORD.finditer(text):
+        start, end = match.span()
+        inner = sorted(b for b in cuts if start < b < end)
+        for a, b in zip([start, *inner], [*inner, end], strict=True):
+            tokens.append(text[a:b])
+            offsets.append((a, b))
+    tags = ["O"] * len(tokens)
+    for start, end, label in spans:
+        inside = [i for i, (a, b) in enumerate(offsets) if a >= start and b <= end]
+        if not inside:
+            raise DataError(f"{where}: entity {label!r} at {start}-{end} covers no word characters.")
+        tags[inside[0]] = f"B-{label}"
+        for i in inside[1:]:
+            tags[i] = f"I-{label}"
+    return Sentence(tokens, tags)
+
+
+def normalize_tags(sentences: list[Sentence], where: str) -> str:
+    """Rewrite every sentence's tags as IOB2, in place; return the scheme found (IOB1, IOB2, BIOES, BILOU)."""
+    bad = Counter(t for s in sentences for t in s.tags if not TAG.match(t))
+    if bad:
+        examples = ", ".join(repr(t) for t, _ in bad.most_common(5))
+        raise DataError(
+            f"{where}: unknown tag(s) {examples}. Tags must be 'O' or PREFIX-TYPE with prefix B, I (IOB), E, S "
+            "(BIOES) or L, U (BILOU), e.g. 'B-PER'."
+        )
+    prefixes = {t[0] for s in sentences for t in s.tags if t != "O"}
+    starts_with_i = any(
+        tag.startswith("I-") and (i == 0 or s.tags[i - 1][2:] != tag[2:])
+        for s in sentences
+        for i, tag in enumerate(s.tags)
+    )
+    scheme = (
+        "BIOES" if prefixes & {"E", "S"} else "BILOU" if prefixes & {"L", "U"} else "IOB1" if starts_with_i else "IOB2"
+    )
+    for sentence in sentences:
+        out, previous = [], None
+        for tag in sentence.tags:
+            if tag == "O":
+                out.append("O")
+                previous = None
+                continue
+            prefix, kind = tag[0], tag[2:]
+            # B/S/U always open an entity; I/E/L continue one of the same type, or open it (IOB1 and stray tags).
+            out.append(f"I-{kind}" if prefix in "IEL" and previous == kind else f"B-{kind}")
+            previous = None if prefix in "ESLU" else kind
+        sentence.tags = out
+    return scheme
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenData:
+    train: list[Sentence]
+    validation: list[Sentence]
+    test: list[Sentence]
+    label_names: list[str]  # IOB2 tags, "O" first
+    scheme: str
+    fingerprint: str
+    issues: list[DataIssue] = field(default_factory=list)
+
+
+def load_token_data(config: RunConfig) -> TokenData:
+    """Read, normalise and split token-classification data as `config.data` describes."""
+    data = config.data
+    if data.train is None:
+        raise DataError("No training file: pass one, e.g. `tunesmith train data.conll --task token-classification`.")
+    train = read_sentences(data.train)
+    scheme = normalize_tags(train, data.train)
+    issues: list[DataIssue] = []
+    if scheme != "IOB2":
+        issues.append(DataIssue("warning", "tag_scheme", f"{data.train}: tags are {scheme}; converted to IOB2."))
+    extra = {}
+    for what in ("validation", "test"):
+        file = getattr(data, what)
+        if file is not None:
+            extra[what] = read_sentences(file)
+            normalize_tags(extra[what], file)
+    rng = random.Random(config.seed)
+    order = list(range(len(train)))
+    rng.shuffle(order)
+    n_val = 0 if "validation" in extra else max(1, round(len(train) * data.validation_size))
+    n_test = 0 if "test" in extra else max(1, round(len(train) * data.test_size))
+    if len(train) - n_val - n_test < 2:
+        raise DataError(f"{data.train} has {len(train)} sentences: too few to split off validation and test.")
+    validation = extra.get("validation", [train[i] for i in order[:n_val]])
+    test = extra.get("test", [train[i] for i in order[n_val : n_val + n_test]])
+    train = [train[i] for i in order[n_val + n_test :]]
+    types = sorted({t[2:] for s in train for t in s.tags if t != "O"})
+    if not types:
+        raise DataError(f"{data.train} has no entities: every tag is 'O'.")
+    unseen = sorted({t[2:] for s in validation + test for t in s.tags if t != "O"} - set(types))
+    if unseen:
+        issues.append(DataIssue("warning", "unseen_types", f"entity types {unseen} occur in validation/test but "
+                                "not in training; the model cannot predict them."))  # fmt: skip
+    label_names = ["O"] + [f"{p}-{t}" for t in types for p in "BI"]
+    return TokenData(
+        train, validation, test, label_names, scheme,
+        fingerprint([" ".join(s.tokens) for s in train], [s.tags for s in train]), issues,
+    )  # fmt: skip
+
+
+# -- encoding and metrics ---------------------------------------------------------------------------
+
+
+def encode(
+    tokenizer: Any, sentences: list[Sentence], label2id: dict[str, int], max_length: int
+) -> list[dict[str, Any]]:
+    """Windows of at most `max_length` tokens; each word's first sub-token carries its tag (others: -100)."""
+    encoded = tokenizer(
+        [s.tokens for s in sentences], is_split_into_words=True, truncation=True, max_length=max_length,
+        stride=stride_for(max_length), return_overflowing_tokens=True,
+    )  # fmt: skip
+    rows = []
+    for window, sentence_index in enumerate(encoded["overflow_to_sample_mapping"]):
+        tags = sentences[sentence_index].tags
+        labels, previous = [], None
+        for word in encoded.word_ids(window):
+            labels.append(-100 if word is None or word == previous else label2id.get(tags[word], 0))
+            previous = word
+        rows.append({"input_ids": encoded["input_ids"][window], "attention_mask": encoded["attention_mask"][window],
+                     "labels": labels})  # fmt: skip
+    return rows
+
+
+def stride_for(max_length: int) -> int:
+    # A quarter of the window overlaps the next one, so words near a cut are seen with context on both sides.
+    return max(1, max_length // 4)
+
+
+def seqeval_report(true: list[list[str]], predicted: list[list[str]]) -> dict[str, Any]:
+    from seqeval.metrics import accuracy_score, classification_report
+    from seqeval.scheme import IOB2
+
+    report = classification_report(true, predicted, mode="strict", scheme=IOB2, output_dict=True, zero_division=0)
+    per_type = {
+        k: {
+            "precision": float(v["precision"]),
+            "recall": float(v["recall"]),
+            "f1": float(v["f1-score"]),
+            "support": int(v["support"]),
+        }
+        for k, v in report.items()
+        if not k.endswith(" avg")
+    }
+    micro = report.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0})
+    macro = report.get("macro avg", {"f1-score": 0.0})
+    return {
+        "precision": float(micro["precision"]),
+        "recall": float(micro["recall"]),
+        "f1": float(micro["f1-score"]),
+        "f1_macro": float(macro["f1-score"]),
+        "token_accuracy": float(accuracy_score(true, predicted)),
+        "n": len(true),
+        "per_type": per_type,
+    }
+
+
+def _trainer_metrics(label_names: list[str]) -> Callable[[Any], dict[str, float]]:
+    from tunesmith.training import SELECTION_METRIC
+
+    def compute(eval_pred: Any) -> dict[str, float]:
+        logits, labels = eval_pred.predictions, eval_pred.label_ids
+        predicted = logits.argmax(-1)
+        true_tags, pred_tags = [], []
+        for p_row, l_row in zip(predicted, labels, strict=True):
+            keep = l_row != -100
+            true_tags.append([label_names[i] for i in l_row[keep]])
+            pred_tags.append([label_names[i] for i in p_row[keep]])
+        report = seqeval_report(true_tags, pred_tags)
+        shifted = logits - logits.max(-1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        mask = labels != -100
+        loss = float(-np.take_along_axis(log_probs, np.where(mask, labels, 0)[..., None], -1)[..., 0][mask].mean())
+        metrics = {k: report[k] for k in ("f1", "precision", "recall")}
+        metrics[SELECTION_METRIC] = report["f1"] + 1e-4 / (1.0 + loss)  # ties broken by lower loss, as for text
+        return metrics
+
+    return compute
+
+
+# -- prediction ------------------------------------------------------------------------------------
+
+
+class EntityTagger:
+    """A fine-tuned token classifier: raw text in, entities with character offsets out."""
+
+    backend = "pytorch"
+
+    def __init__(self, model: Any, tokenizer: Any, label_names: Sequence[str], max_length: int,
+                 meta: dict[str, Any] | None = None) -> None:  # fmt: skip
+        self.model, self.tokenizer = model, tokenizer
+        self.label_names = list(label_names)
+        self.max_length = max_length
+        self.meta = meta or {}
+        self.task = TASK
+
+    @classmethod
+    def from_artifact(cls, path: str | Path) -> EntityTagger:
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        path = Path(path)
+        meta = _read_meta(path)
+        model = AutoModelForTokenClassification.from_pretrained(path / "model")
+        return cls(model, AutoTokenizer.from_pretrained(path / "model"), meta["label_names"], meta["max_length"], meta)
+
+    def word_probabilities(self, words: list[list[str]], batch_size: int = 32) -> list[np.ndarray]:
+        """Per sentence, a (n_words, n_tags) array: each word's tag probabilities from its first sub-token, taken
+        from the window where the word is farthest from a cut."""
+        import torch
+
+        encoded = self.tokenizer(
+            words, is_split_into_words=True, truncation=True, max_length=self.max_length,
+            stride=stride_for(self.max_length), return_overflowing_tokens=True, padding=True, return_tensors="pt",
+        )  # fmt: skip
+        n_windows = encoded["input_ids"].shape[0]
+        probs_out = [np.zeros((len(w), len(self.label_names)), dtype=np.float32) for w in words]
+        best_margin = [np.full(len(w), -1) for w in words]
+        self.model.eval()
+        with torch.inference_mode():
+            for start in range(0, n_windows, batch_size):
+                batch = {k: encoded[k][start : start + batch_size] for k in ("input_ids", "attention_mask")}
+                probs = torch.softmax(self.model(**batch).logits.float(), dim=-1).numpy()
+                for offset in range(len(probs)):
+                    window = start + offset
+                    sentence = int(encoded["overflow_to_sample_mapping"][window])
+                    word_ids = encoded.word_ids(window)
+                    positions = [i for i, w in enumerate(word_ids) if w is not None]
+                    first, last = positions[0], positions[-1]
+                    previous = None
+                    for i, word in enumerate(word_ids):
+                        if word is None or word == previous:
+                            previous = word
+                            continue
+                        previous = word
+                        margin = min(i - first, last - i)
+                        if margin > best_margin[sentence][word]:
+                            best_margin[sentence][word] = margin
+                            probs_out[sentence][word] = probs[offset, i]
+        return probs_out
+
+    def predict(self, texts: str | Sequence[str], batch_size: int = 32) -> list[list[Entity]]:
+        """Entities in each text, grouped from word tags, with character offsets into that text."""
+        if isinstance(texts, str):
+            texts = [texts]
+        spans = [[m.span() for m in WORD.finditer(t)] for t in texts]
+        words = [[t[a:b] for a, b in s] for t, s in zip(texts, spans, strict=True)]
+        nonempty = [i for i, w in enumerate(words) if w]
+        probs = self.word_probabilities([words[i] for i in nonempty], batch_size) if nonempty else []
+        results: list[list[Entity]] = [[] for _ in texts]
+        for i, p in zip(nonempty, probs, strict=True):
+            tags = [self.label_names[j] for j in p.argmax(1)]
+            results[i] = group_entities(texts[i], spans[i], tags, p.max(1))
+        return results
+
+
+def group_entities(text: str, spans: list[tuple[int, int]], tags: list[str], scores: np.ndarray) -> list[Entity]:
+    """Merge IOB2 word tags into entities (an I- without its B- opens one, as seqeval's lenient mode does)."""
+    entities: list[Entity] = []
+    current: tuple[str, int, list[int]] | None = None
+
+    def close() -> None:
+        if current is not None:
+            kind, first, members = current
+            start, end = spans[first][0], spans[members[-1]][1]
+            score = float(np.mean([scores[m] for m in members]))
+            entities.append(Entity(kind, text[start:end], start, end, score))
+
+    for i, tag in enumerate(tags):
+        if tag == "O":
+            close()
+            current = None
+        elif tag.startswith("B-") or current is None or current[0] != tag[2:]:
+            close()
+            current = (tag[2:], i, [i])
+        else:
+            current[2].append(i)
+    close()
+    return entities
+
+
+# -- training --------------------------------------------------------------------------------------
+
+
+def train(
+    config: RunConfig, *, registry: Registry | None = None, resume: bool = False, progress: bool = True,
+    log: Log = print,
+) -> Any:  # fmt: skip
+    """Fine-tune, evaluate (seqeval, entity level) and register a token classifier."""
+    from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification, set_seed
+    from transformers.utils import logging as hf_logging
+
+    from tunesmith.training import TrainResult, _prepare_run_dir, build_trainer, default_name, library_versions
+
+    hf_logging.disable_progress_bar()
+    registry = registry or Registry()
+    settings = config.train
+    name = default_name(config)
+    config = config.model_copy(update={"name": name})
+    data = load_token_data(config)
+    tokenizer = load_tokenizer(settings.base_model, settings.trust_remote_code)
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError(f"{settings.base_model} has no fast tokenizer; token classification needs word alignment.")
+    label2id = {t: i for i, t in enumerate(data.label_names)}
+    set_seed(settings.seed)
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the new head's weights are "missing" from the base model, as expected
+    try:
+        model = AutoModelForTokenClassification.from_pretrained(
+            resolve_model(settings.base_model), num_labels=len(data.label_names),
+            id2label=dict(enumerate(data.label_names)), label2id=label2id, ignore_mismatched_sizes=True,
+            trust_remote_code=settings.trust_remote_code,
+        )  # fmt: skip
+    finally:
+        hf_logging.set_verbosity(level)
+    limit = model_max_length(tokenizer, model.config)
+    lengths = [len(ids) for ids in tokenizer([s.tokens for s in data.train], is_split_into_words=True)["input_ids"]]
+    max_length = min(settings.max_length or limit, limit, max(16, int(np.ceil(max(lengths) / 8) * 8)))
+    long = sum(n > max_length for n in lengths)
+    if long:
+        data.issues.append(DataIssue("warning", "long_sentences", f"{long} training sentence(s) are longer than "
+                                     f"{max_length} tokens; they are split into overlapping windows."))  # fmt: skip
+    for issue in data.issues:
+        log(str(issue))
+    types = sorted({t[2:] for t in data.label_names if t != "O"})
+    log(f"Data: {len(data.train)} train / {len(data.validation)} validation / {len(data.test)} test sentences, "
+        f"{len(types)} entity types ({', '.join(types)}); tags {data.scheme}; max_length {max_length} tokens.")  # fmt: skip
+
+    run_dir = registry.home / "runs" / name
+    checkpoint = _prepare_run_dir(run_dir, data.fingerprint, config, resume, log)
+    use_bf16 = settings.precision == "bf16" or (settings.precision == "auto" and bf16_supported())
+    trainer = build_trainer(
+        model, tokenizer, settings, run_dir,
+        encode(tokenizer, data.train, label2id, max_length), encode(tokenizer, data.validation, label2id, max_length),
+        collator=DataCollatorForTokenClassification(tokenizer), compute_metrics=_trainer_metrics(data.label_names),
+        bf16=use_bf16, log=log, progress=progress,
+    )  # fmt: skip
+    log(f"Fine-tuning {settings.base_model} for {TASK} ({'bf16 autocast' if use_bf16 else 'fp32'}) ...")
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    minutes = (time.perf_counter() - started) / 60
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    tagger = EntityTagger(model, tokenizer, data.label_names, max_length)
+    metrics, errors = evaluate_sentences(tagger, data.test)
+    validation_metrics, _ = evaluate_sentences(tagger, data.validation)
+
+    with registry.staging() as staged:
+        model.save_pretrained(staged / "model", safe_serialization=True)
+        tokenizer.save_pretrained(staged / "model")
+        (staged / "data").mkdir()
+        for what in ("validation", "test"):
+            rows = [json.dumps({"tokens": s.tokens, "tags": s.tags}, ensure_ascii=False) for s in getattr(data, what)]
+            (staged / "data" / f"{what}.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+        headline = {k: metrics[k] for k in ("f1", "precision", "recall", "f1_macro", "token_accuracy")}
+        (staged / "metrics.json").write_text(json.dumps({"test": metrics, "validation": validation_metrics,
+                                                         "train_minutes": minutes}, indent=2))  # fmt: skip
+        (staged / "errors.jsonl").write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors))
+        (staged / "report.md").write_text(report_markdown(name, metrics, len(errors)), encoding="utf-8")
+        (staged / "config.yaml").write_text(dump_config(config), encoding="utf-8")
+        meta = {
+            "format": 1, "task": TASK, "name": name, "label_names": data.label_names, "max_length": max_length,
+            "base_model": settings.base_model, "precision": "bf16" if use_bf16 else "fp32",
+            "created_at": datetime.now(UTC).isoformat(), "metrics": headline, "tag_scheme_in_data": data.scheme,
+            "data": {"fingerprint": data.fingerprint, "train_file": config.data.train,
+                     "sizes": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)}},
+            "library_versions": library_versions(),
+        }  # fmt: skip
+        (staged / ARTIFACT_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        version: ModelVersion = registry.register(name, staged, TASK, metrics=headline)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return TrainResult(version, metrics, {}, data.issues, minutes)
+
+
+def evaluate_sentences(tagger: EntityTagger, sentences: list[Sentence]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """seqeval metrics over `sentences`, and the sentences whose entities the model got wrong."""
+    probs = tagger.word_probabilities([s.tokens for s in sentences]) if sentences else []
+    predicted = [[tagger.label_names[j] for j in p.argmax(1)] for p in probs]
+    # A stray I- after O is read as opening an entity, as group_entities does at prediction time.
+    predicted = [_repair(p) for p in predicted]
+    metrics = seqeval_report([s.tags for s in sentences], predicted)
+    errors = [
+        {"tokens": s.tokens, "gold": s.tags, "predicted": p}
+        for s, p in zip(sentences, predicted, strict=True)
+        if s.tags != p
+    ]
+    return metrics, errors
+
+
+def _repair(tags: list[str]) -> list[str]:
+    out, previous = [], "O"
+    for tag in tags:
+        out.append(f"B-{tag[2:]}" if tag.startswith("I-") and previous[2:] != tag[2:] else tag)
+        previous = tag
+    return out
+
+
+def report_markdown(name: str, metrics: dict[str, Any], n_errors: int) -> str:
+    lines = [
+        f"# {name}: token classification", "",
+        f"Entity-level (seqeval, strict IOB2) on {metrics['n']} test sentences: precision {metrics['precision']:.4f}, "
+        f"recall {metrics['recall']:.4f}, **F1 {metrics['f1']:.4f}** (macro over types {metrics['f1_macro']:.4f}).",
+        "", "| type | precision | recall | F1 | support |", "|---|---|---|---|---|",
+    ]  # fmt: skip
+    for kind, m in sorted(metrics["per_type"].items()):
+        lines.append(f"| {kind} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |")
+    lines += ["", f"{n_errors} test sentence(s) with at least one wrong tag: see errors.jsonl.", ""]
+    return "\n".join(lines)
