@@ -177,19 +177,27 @@ def test_grouping_word_tags_into_character_spans() -> None:
     assert len(adjacent) == 2
 
 
-def test_train_predict_and_register_end_to_end(tmp_path: Path, tiny_model: str) -> None:
-    data = write_conll(tmp_path / "train.conll", make_sentences(120), columns=4)
-    registry = tunesmith.Registry(tmp_path / "home")
+@pytest.fixture(scope="module")
+def ner_home(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> tuple[Path, object]:
+    """A registry holding 'people@1', a tiny NER model trained on synthetic sentences."""
+    folder = tmp_path_factory.mktemp("ner")
+    data = write_conll(folder / "train.conll", make_sentences(120), columns=4)
+    registry = tunesmith.Registry(folder / "home")
     result = tunesmith.train(
         data, task="token-classification", name="people", registry=registry, progress=False,
         base_model=tiny_model, epochs=15, learning_rate=5e-3, batch_size=16, early_stopping_patience=0,
     )  # fmt: skip
+    return folder / "home", result
+
+
+def test_train_predict_and_register_end_to_end(ner_home: tuple[Path, object]) -> None:
+    home, result = ner_home
     assert result.version.task == "token-classification"
     assert set(result.metrics["per_type"]) == {"PER", "LOC"}
     assert result.metrics["f1"] > 0.8, result.metrics
     files = {p.name for p in result.version.path.iterdir()}
     assert {"model", "tunesmith.json", "metrics.json", "report.md", "errors.jsonl", "config.yaml", "data"} <= files
-    tagger = tunesmith.load_model("people@1", registry=registry)
+    tagger = tunesmith.load_model("people@1", registry=tunesmith.Registry(home))
     text = "yesterday  dave moved to oslo"
     entities = tagger.predict([text, ""])
     assert entities[1] == []
@@ -197,6 +205,28 @@ def test_train_predict_and_register_end_to_end(tmp_path: Path, tiny_model: str) 
     assert ("PER", "dave") in found and ("LOC", "oslo") in found
     for e in entities[0]:
         assert text[e.start : e.end] == e.text and 0 < e.score <= 1
+
+
+def test_served_over_http(ner_home: tuple[Path, object], start_server) -> None:
+    import httpx
+    from huggingface_hub import InferenceClient
+
+    home, _ = ner_home
+    server = start_server(home, "people")
+    text = "yesterday dave moved to oslo"
+    ours = httpx.post(f"{server.url}/v1/models/people/predict", json={"texts": [text, "nothing here"]}).json()
+    entities = ours["predictions"][0]["entities"]
+    assert {(e["label"], e["text"]) for e in entities} >= {("PER", "dave"), ("LOC", "oslo")}
+    assert all(text[e["start"] : e["end"]] == e["text"] for e in entities)
+    hf = httpx.post(f"{server.url}/models/people", json={"inputs": text}).json()
+    assert [(e["entity_group"], e["word"], e["start"]) for e in hf] == [
+        (e["label"], e["text"], e["start"]) for e in entities
+    ]
+    client = InferenceClient(model=f"{server.url}/models/people")
+    assert [e.word for e in client.token_classification(text)] == [e["text"] for e in entities]
+    wrong = httpx.post(f"{server.url}/predict", json={"text": text})
+    assert wrong.status_code == 422 and wrong.json()["code"] == "wrong_task"
+    assert 'tunesmith_predictions_total{label="LOC",model="people"}' in httpx.get(f"{server.url}/metrics").text
 
 
 def test_task_registry_lists_tasks() -> None:

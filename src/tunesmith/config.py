@@ -99,7 +99,10 @@ class TrainConfig(_Settings):
 
 class RunConfig(_Settings):
     name: str | None = Field(None, description="Registry name of the model; defaults to the data file's stem.")
-    task: str = Field("text-classification", description="What the model learns: text-classification, or token-classification (named entities).")
+    task: str = Field(
+        "text-classification",
+        description="What the model learns: text-classification, or token-classification (named entities).",
+    )
     seed: int = Field(42, description="Seed of the data split.")
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -22,6 +22,7 @@ from tunesmith.serving.schemas import (
     AliasName,
     AliasRequest,
     ApiError,
+    HFEntity,
     HFParameters,
     HFRequest,
     LabelScore,
@@ -157,8 +158,12 @@ def create_app(settings: ServeSettings, registry: Registry | None = None) -> Fas
     async def predict(name: str, body: PredictRequest) -> JSONResponse:
         """Classify one text (`text`) or several (`texts`); answers keep the order of the texts."""
         texts = [body.text] if body.text is not None else list(body.texts or [])
-        loaded, logits = await server.classify(name, texts)
-        out = []
+        loaded, logits = await server.infer(name, texts)
+        out: list[dict[str, Any]] = []
+        if loaded.task == "token-classification":
+            out = [{"entities": [e.to_dict() for e in entities]} for entities in logits]
+            return JSONResponse({"model": loaded.version.name, "version": loaded.version.version,
+                                 "backend": loaded.predictor.backend, "predictions": out})  # fmt: skip
         for p in loaded.predictor.decide(loaded.predictor.activate(logits)):
             item: dict[str, Any] = {"label": p.label, "score": p.score}
             if body.all_scores:
@@ -170,18 +175,31 @@ def create_app(settings: ServeSettings, registry: Registry | None = None) -> Fas
     @app.post("/predict", tags=["predict"], response_model=LabelScore, dependencies=read, responses=predict_errors)
     async def predict_seed(body: SeedRequest) -> JSONResponse:
         """The default model, in the request and response shape of the original Flask service."""
-        loaded, logits = await server.classify(server.default, [body.text])
+        if server.slots[server.default].current and server.slots[server.default].current.task != "text-classification":
+            raise ApiError(422, "wrong_task", f"/predict answers with a label; the default model {server.default!r} "
+                           f"finds entities. Use /v1/models/{server.default}/predict.")  # fmt: skip
+        loaded, logits = await server.infer(server.default, [body.text])
         p = loaded.predictor.decide(loaded.predictor.activate(logits))[0]
         label = p.label if isinstance(p.label, str) else ",".join(p.label)
         return JSONResponse({"label": label, "score": p.score})
 
-    @app.post("/models/{name}", tags=["predict"], response_model=list[list[LabelScore]], dependencies=read,
-              responses=predict_errors)  # fmt: skip
+    @app.post("/models/{name}", tags=["predict"], dependencies=read, responses=predict_errors,
+              response_model=list[list[LabelScore]] | list[HFEntity] | list[list[HFEntity]])  # fmt: skip
     async def predict_hf(name: str, body: HFRequest) -> JSONResponse:
-        """Hugging Face Inference API compatible text classification: one list of {label, score} per input,
-        most probable first, so `huggingface_hub.InferenceClient(base_url)` works unchanged."""
+        """Hugging Face Inference API compatible: text classification answers one list of {label, score} per
+        input, most probable first; token classification answers {entity_group, score, word, start, end} per
+        entity (a flat list for one input). `huggingface_hub.InferenceClient` works unchanged."""
         texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-        loaded, logits = await server.classify(name, texts)
+        loaded, logits = await server.infer(name, texts)
+        if loaded.task == "token-classification":
+            groups = [
+                [
+                    {"entity_group": e.label, "score": e.score, "word": e.text, "start": e.start, "end": e.end}
+                    for e in entities
+                ]
+                for entities in logits
+            ]
+            return JSONResponse(groups[0] if isinstance(body.inputs, str) else groups)
         params = body.parameters or HFParameters()
         probs = loaded.predictor.activate(logits, params.function_to_apply)
         labels = loaded.predictor.label_names

@@ -6,12 +6,11 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from tunesmith.inference import BaseClassifier
 from tunesmith.registry import ModelVersion
 from tunesmith.serving.schemas import ApiError
 from tunesmith.serving.settings import BatchSettings
@@ -44,8 +43,19 @@ class Loaded:
     """One loaded model version; replaced as a whole on a hot swap."""
 
     version: ModelVersion
-    predictor: BaseClassifier
+    predictor: Any  # a BaseClassifier, or an EntityTagger for token classification
     revision: tuple[int, str | None]
+
+    @property
+    def task(self) -> str:
+        return self.version.task
+
+    def compute(self, texts: list[str], batch_size: int) -> Any:
+        """One forward pass over `texts`: logits (text classification) or entity lists (token classification);
+        either way indexable per text, so the batcher can hand each request its slice."""
+        if self.task == "token-classification":
+            return self.predictor.predict(texts, batch_size)
+        return self.predictor.predict_logits(texts, batch_size)
 
 
 @dataclass
@@ -121,9 +131,7 @@ class MicroBatcher:
             texts = [t for p in live for t in p.texts]
             self.metrics.batch_size.labels(slot.name).observe(len(texts))
             try:
-                logits = await loop.run_in_executor(
-                    self.executor, loaded.predictor.predict_logits, texts, slot.batching.max_batch_size
-                )
+                logits = await loop.run_in_executor(self.executor, loaded.compute, texts, slot.batching.max_batch_size)
             except Exception as exc:  # a model failure answers its own requests, never stops the worker
                 log.exception("prediction failed")
                 for p in live:

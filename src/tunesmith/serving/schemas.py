@@ -46,11 +46,35 @@ class PredictionOut(BaseModel):
     scores: dict[str, float] | None = None
 
 
+class EntityOut(BaseModel):
+    label: str
+    text: str
+    start: int = Field(description="Character offset of the entity's first character.")
+    end: int = Field(description="Character offset just after the entity (text[start:end]).")
+    score: float
+
+
+class EntitiesOut(BaseModel):
+    entities: list[EntityOut]
+
+
 class PredictResponse(BaseModel):
     model: str
     version: int
     backend: str
-    predictions: list[PredictionOut]
+    predictions: list[PredictionOut | EntitiesOut] = Field(
+        description="Per text: a label and score (text classification) or entities (token classification)."
+    )
+
+
+class HFEntity(BaseModel):
+    """The Hugging Face Inference API's token-classification element (aggregation 'simple')."""
+
+    entity_group: str
+    score: float
+    word: str
+    start: int
+    end: int
 
 
 class SeedRequest(BaseModel):

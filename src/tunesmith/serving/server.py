@@ -9,7 +9,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
 from fastapi.security import HTTPAuthorizationCredentials
 
 from tunesmith.errors import ConfigError, TunesmithError
@@ -20,6 +19,7 @@ from tunesmith.serving.schemas import ApiError, ModelInfo
 from tunesmith.serving.settings import ServeSettings, auth_enabled
 
 log = logging.getLogger("tunesmith.server")
+SERVED_TASKS = ("text-classification", "token-classification")
 
 
 class Server:
@@ -36,8 +36,8 @@ class Server:
             version = registry.resolve(ref)  # unknown names fail here, before the port is bound
             if version.name in self.slots:
                 raise ConfigError(f"{version.name!r} is named twice; serve one reference per model name.")
-            if version.task != "text-classification":
-                raise ConfigError(f"{ref!r} is a {version.task} model; this server handles text-classification.")
+            if version.task not in SERVED_TASKS:
+                raise ConfigError(f"{ref!r} is a {version.task} model; this server handles {', '.join(SERVED_TASKS)}.")
             self.slots[version.name] = Slot(version.name, ref, settings.per_model.get(version.name, settings.batching))
         unknown = set(settings.per_model) - set(self.slots)
         if unknown:
@@ -69,9 +69,15 @@ class Server:
 
     def _load(self, version: ModelVersion) -> Loaded:
         revision = self._revision(version)
-        predictor = load_predictor(version.path, self.settings.backend, self.settings.threads)
-        predictor.predict_proba(["warm-up"])  # the first run allocates; do it before taking traffic
-        return Loaded(version, predictor, revision)
+        if version.task == "token-classification":
+            from tunesmith.tasks.token_classification import EntityTagger  # PyTorch: no ONNX export for NER yet
+
+            predictor: Any = EntityTagger.from_artifact(version.path)
+        else:
+            predictor = load_predictor(version.path, self.settings.backend, self.settings.threads)
+        loaded = Loaded(version, predictor, revision)
+        loaded.compute(["warm-up"], 1)  # the first run allocates; do it before taking traffic
+        return loaded
 
     async def refresh(self, name: str | None = None) -> None:
         """Load whatever each served reference names now, if it is not what is loaded."""
@@ -163,12 +169,18 @@ class Server:
                                f"{limits.max_text_chars} are accepted.")  # fmt: skip
         return [_valid_unicode(t) for t in texts]
 
-    async def classify(self, name: str, texts: list[str]) -> tuple[Loaded, np.ndarray]:
+    async def infer(self, name: str, texts: list[str]) -> tuple[Loaded, Any]:
+        """(the version that answered, its output for `texts`: logits, or entity lists for token classification)"""
         slot = self.slot(name)
         texts = self.check_texts(texts)
         loaded, logits = await self.batchers[slot.name].submit(texts, self.settings.request_timeout_s)
-        labels = loaded.predictor.label_names
         counter = self.metrics.predictions
+        if loaded.task == "token-classification":
+            for entities in logits:
+                for entity in entities:
+                    counter.labels(slot.name, entity.label).inc()
+            return loaded, logits
+        labels = loaded.predictor.label_names
         if not loaded.predictor.multi_label:
             for i in logits.argmax(axis=1):
                 counter.labels(slot.name, labels[int(i)]).inc()
@@ -183,7 +195,7 @@ class Server:
             version=loaded.version.version if loaded else None,
             backend=loaded.predictor.backend if loaded else None,
             status=slot.status,
-            task=meta.get("task", "text-classification"),
+            task=loaded.task if loaded else "text-classification",
             labels=meta.get("label_names", []),
             multi_label=bool(meta.get("multi_label", False)),
             aliases=loaded.version.aliases if loaded else [],
