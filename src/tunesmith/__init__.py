@@ -62,6 +62,10 @@ def load_model(ref: str, registry: Registry | None = None, backend: str = "auto"
         from tunesmith.tasks.token_classification import EntityTagger
 
         return EntityTagger.from_artifact(path)
+    if task == "question-answering":
+        from tunesmith.tasks.question_answering import AnswerFinder
+
+        return AnswerFinder.from_artifact(path)
     return load_predictor(path, backend)
 
 

@@ -14,6 +14,7 @@ from tunesmith.errors import ConfigError
 TASKS = {
     "text-classification": "tunesmith.training",
     "token-classification": "tunesmith.tasks.token_classification",
+    "question-answering": "tunesmith.tasks.question_answering",
 }
 
 

@@ -1,0 +1,454 @@
+"""Extractive question answering: find the answer to a question as a span of its context.
+
+Inputs: SQuAD v1.1 / v2.0 JSON (`{"data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]}`) and JSONL
+with `question`, `context` and `answers` (`{"text": [...], "answer_start": [...]}` as Hugging Face datasets
+write it, or a list of `{"text", "answer_start"}`); an empty answer list means "no answer" (SQuAD v2).
+
+Contexts longer than the token limit are cut into windows overlapping by `doc_stride` tokens; each window
+is trained to point at the answer if it holds all of it, else at [CLS] ("not here"). At prediction time
+the best span over all windows wins; for data with unanswerable questions the model answers "" when [CLS]
+scores higher than the best span. Scores: exact match and F1 with SQuAD's official answer normalisation.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import random
+import re
+import shutil
+import string
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunesmith.config import RunConfig, dump_config
+from tunesmith.data import DataIssue, fingerprint
+from tunesmith.errors import DataError
+from tunesmith.inference import ARTIFACT_META, _read_meta
+from tunesmith.models import bf16_supported, load_tokenizer, model_max_length, resolve_model
+from tunesmith.registry import ModelVersion, Registry
+
+TASK = "question-answering"
+MAX_LENGTH = 384  # question + context window, the usual SQuAD setting
+DOC_STRIDE = 128  # overlap between windows of one long context
+MAX_ANSWER_TOKENS = 30
+N_BEST = 20
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Example:
+    id: str
+    question: str
+    context: str
+    answers: list[tuple[str, int]]  # (text, character start); empty when the question has no answer
+    group: str = ""  # article title or context: splits keep a group together, so no context leaks
+
+
+@dataclass
+class Answer:
+    text: str
+    start: int
+    end: int
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"answer": self.text, "start": self.start, "end": self.end, "score": self.score}
+
+
+# -- reading and checking --------------------------------------------------------------------------
+
+
+def read_examples(path: str | Path) -> tuple[list[Example], list[DataIssue]]:
+    """Examples from SQuAD JSON or JSONL, with answers checked against their contexts."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Data file {path} does not exist.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte {exc.start}). Convert it, e.g. with iconv.") from None
+    raw: list[dict[str, Any]] = []
+    stripped = text.lstrip()
+    if stripped.startswith("{") and '"data"' in stripped[:200]:
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}).") from None
+        for article in document.get("data", []):
+            for paragraph in article.get("paragraphs", []):
+                for qa in paragraph.get("qas", []):
+                    answers = [] if qa.get("is_impossible") else qa.get("answers", [])
+                    raw.append({"id": qa.get("id"), "question": qa.get("question"), "context": paragraph.get("context"),
+                                "answers": answers, "group": article.get("title", "")})  # fmt: skip
+    else:
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    raw.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{number}: not valid JSON ({exc.msg}).") from None
+    if not raw:
+        raise DataError(f"{path} holds no questions. Expected SQuAD JSON or JSONL with question, context, answers.")
+    examples, issues = _check(raw, path)
+    return examples, issues
+
+
+def _answer_list(value: Any) -> list[tuple[str, int]]:
+    if isinstance(value, dict):  # {"text": [...], "answer_start": [...]}
+        return list(zip(value.get("text", []), value.get("answer_start", []), strict=False))
+    return [(a["text"], a["answer_start"]) for a in value or []]
+
+
+def _check(raw: list[dict[str, Any]], path: Path) -> tuple[list[Example], list[DataIssue]]:
+    examples, issues = [], []
+    empty, unfound, moved = [], [], 0
+    for i, row in enumerate(raw):
+        missing = [k for k in ("question", "context") if k not in row]
+        if missing:
+            raise DataError(f"{path}: question {i} has no {' or '.join(missing)} field; found {sorted(row)}.")
+        question, context = str(row["question"] or "").strip(), str(row["context"] or "")
+        if not question or not context.strip():
+            empty.append(i)
+            continue
+        try:
+            answers = _answer_list(row.get("answers", []))
+        except (KeyError, TypeError):
+            raise DataError(f"{path}: question {i}: answers must be {{'text': [...], 'answer_start': [...]}} or "
+                            "a list of {'text', 'answer_start'}.") from None  # fmt: skip
+        fixed = []
+        for answer, start in answers:
+            if context[start : start + len(answer)] == answer:
+                fixed.append((answer, start))
+                continue
+            near = context.find(answer, max(0, start - 20))  # offsets a few characters off are common
+            near = near if near != -1 else context.find(answer)
+            if answer and near != -1:
+                fixed.append((answer, near))
+                moved += 1
+        if answers and not fixed:
+            unfound.append(row.get("id") or i)
+            continue
+        examples.append(Example(str(row.get("id") or i), question, context, fixed, str(row.get("group") or context)))
+    if empty:
+        issues.append(DataIssue("warning", "empty", f"{path}: {len(empty)} question(s) with an empty question or "
+                                f"context were left out (rows {empty[:5]})."))  # fmt: skip
+    if unfound:
+        issues.append(DataIssue("warning", "answer_not_in_context", f"{path}: {len(unfound)} question(s) whose "
+                                f"answers do not occur in their context were left out (ids {unfound[:5]})."))  # fmt: skip
+    if moved:
+        issues.append(DataIssue("warning", "answer_moved", f"{path}: {moved} answer offset(s) did not point at "
+                                "the answer text; the nearest occurrence was used."))  # fmt: skip
+    if not examples:
+        raise DataError(f"{path}: no usable question is left after the checks above: {[str(i) for i in issues]}.")
+    return examples, issues
+
+
+# -- official SQuAD metrics ----------------------------------------------------------------------------
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def _f1(prediction: str, truth: str) -> float:
+    predicted, gold = normalize_answer(prediction).split(), normalize_answer(truth).split()
+    if not predicted or not gold:
+        return float(predicted == gold)
+    common = sum((collections.Counter(predicted) & collections.Counter(gold)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_scores(examples: Sequence[Example], predictions: Sequence[str]) -> dict[str, Any]:
+    """Exact match and F1 (0-1), each the best over an example's reference answers; "" answers no-answer."""
+    em, f1 = [], []
+    for example, prediction in zip(examples, predictions, strict=True):
+        golds = [a for a, _ in example.answers] or [""]
+        em.append(max(float(normalize_answer(prediction) == normalize_answer(g)) for g in golds))
+        f1.append(max(_f1(prediction, g) for g in golds))
+    return {"exact_match": float(np.mean(em)) if em else 0.0, "f1": float(np.mean(f1)) if f1 else 0.0, "n": len(em)}
+
+
+# -- features ----------------------------------------------------------------------------------------
+
+
+def features(tokenizer: Any, examples: Sequence[Example], max_length: int, stride: int, labels: bool) -> Any:
+    """Tokenized windows; with `labels`, each window's start/end token of the answer (0, [CLS], if not inside)."""
+    pad_right = tokenizer.padding_side == "right"
+    encoded = tokenizer(
+        [e.question for e in examples], [e.context for e in examples], truncation="only_second" if pad_right else
+        "only_first", max_length=max_length, stride=stride, return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+    )  # fmt: skip
+    if not labels:
+        return encoded
+    rows = []
+    for i, offsets in enumerate(encoded["offset_mapping"]):
+        example = examples[encoded["overflow_to_sample_mapping"][i]]
+        sequence = encoded.sequence_ids(i)
+        context_tokens = [t for t, s in enumerate(sequence) if s == 1]
+        start_token = end_token = 0
+        if example.answers and context_tokens:
+            text, char_start = example.answers[0]
+            char_end = char_start + len(text)
+            first, last = context_tokens[0], context_tokens[-1]
+            if offsets[first][0] <= char_start and offsets[last][1] >= char_end:
+                start_token = next(t for t in context_tokens if offsets[t][1] > char_start)
+                end_token = next(t for t in reversed(context_tokens) if offsets[t][0] < char_end)
+        row = {k: encoded[k][i] for k in encoded if k not in ("offset_mapping", "overflow_to_sample_mapping")}
+        rows.append({**row, "start_positions": start_token, "end_positions": end_token})
+    return rows
+
+
+def _trainer_metrics() -> Callable[[Any], dict[str, float]]:
+    from tunesmith.training import SELECTION_METRIC
+
+    def compute(eval_pred: Any) -> dict[str, float]:
+        (start_logits, end_logits), (starts, ends) = eval_pred.predictions, eval_pred.label_ids
+        exact = (start_logits.argmax(-1) == starts) & (end_logits.argmax(-1) == ends)
+        # Window-level exact spans are a cheap stand-in for answer EM while training; the real EM/F1 come after.
+        return {"span_accuracy": float(exact.mean()), SELECTION_METRIC: float(exact.mean())}
+
+    return compute
+
+
+# -- prediction ---------------------------------------------------------------------------------------
+
+
+class AnswerFinder:
+    """A fine-tuned extractive QA model: question + context in, answer spans with character offsets out."""
+
+    backend = "pytorch"
+
+    def __init__(self, model: Any, tokenizer: Any, max_length: int, allow_no_answer: bool = False,
+                 meta: dict[str, Any] | None = None) -> None:  # fmt: skip
+        self.model, self.tokenizer = model, tokenizer
+        self.max_length = max_length
+        self.stride = min(DOC_STRIDE, max_length // 3)
+        self.allow_no_answer = allow_no_answer
+        self.meta = meta or {}
+        self.task = TASK
+        self.label_names: list[str] = []
+
+    @classmethod
+    def from_artifact(cls, path: str | Path) -> AnswerFinder:
+        from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        path = Path(path)
+        meta = _read_meta(path)
+        model = AutoModelForQuestionAnswering.from_pretrained(path / "model")
+        tokenizer = AutoTokenizer.from_pretrained(path / "model")
+        return cls(model, tokenizer, meta["max_length"], meta.get("allow_no_answer", False), meta)
+
+    def answer(self, questions: Sequence[str], contexts: Sequence[str], top_k: int = 1,
+               batch_size: int = 32) -> list[list[Answer]]:  # fmt: skip
+        """The `top_k` best answers per question, best first ("" with start = end = -1 means no answer)."""
+        import torch
+
+        examples = [Example(str(i), q, c, []) for i, (q, c) in enumerate(zip(questions, contexts, strict=True))]
+        if not examples:
+            return []
+        encoded = features(self.tokenizer, examples, self.max_length, self.stride, labels=False)
+        n = len(encoded["input_ids"])
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
+        starts, ends = [], []
+        self.model.eval()
+        with torch.inference_mode():
+            for first in range(0, n, batch_size):
+                rows = [{k: encoded[k][i] for k in keys} for i in range(first, min(n, first + batch_size))]
+                batch = self.tokenizer.pad(rows, return_tensors="pt")
+                out = self.model(**batch)
+                for row in range(len(rows)):
+                    length = int(batch["attention_mask"][row].sum())
+                    starts.append(out.start_logits[row, :length].float().numpy())
+                    ends.append(out.end_logits[row, :length].float().numpy())
+        candidates: dict[int, list[Answer]] = collections.defaultdict(list)
+        null_score: dict[int, float] = {}
+        for i in range(n):
+            index = encoded["overflow_to_sample_mapping"][i]
+            context = examples[index].context
+            sequence, offsets = encoded.sequence_ids(i), encoded["offset_mapping"][i]
+            start_lp = starts[i] - np.logaddexp.reduce(starts[i])
+            end_lp = ends[i] - np.logaddexp.reduce(ends[i])
+            null_score[index] = max(null_score.get(index, -np.inf), start_lp[0] + end_lp[0])
+            for s in np.argsort(-start_lp)[:N_BEST]:
+                for e in np.argsort(-end_lp)[:N_BEST]:
+                    if sequence[s] != 1 or sequence[e] != 1 or e < s or e - s + 1 > MAX_ANSWER_TOKENS:
+                        continue
+                    a, b = offsets[s][0], offsets[e][1]
+                    candidates[index].append(Answer(context[a:b], a, b, float(np.exp(start_lp[s] + end_lp[e]))))
+        results = []
+        for index in range(len(examples)):
+            found = sorted(candidates[index], key=lambda x: -x.score)
+            unique, seen = [], set()
+            for a in found:
+                if (a.start, a.end) not in seen:
+                    seen.add((a.start, a.end))
+                    unique.append(a)
+            if self.allow_no_answer:
+                unique.append(Answer("", -1, -1, float(np.exp(null_score[index]))))
+                unique.sort(key=lambda x: -x.score)
+            results.append(unique[:top_k] or [Answer("", -1, -1, 0.0)])
+        return results
+
+
+# -- data and training ----------------------------------------------------------------------------------
+
+
+@dataclass
+class QAData:
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
+    allow_no_answer: bool
+    fingerprint: str
+    issues: list[DataIssue] = field(default_factory=list)
+
+
+def load_qa_data(config: RunConfig) -> QAData:
+    data = config.data
+    if data.train is None:
+        raise DataError(
+            "No training file: pass SQuAD JSON or JSONL, e.g. `tunesmith train squad.json --task question-answering`."
+        )
+    train, issues = read_examples(data.train)
+    extra = {}
+    for what in ("validation", "test"):
+        if getattr(data, what) is not None:
+            extra[what], more = read_examples(getattr(data, what))
+            issues += more
+    # Split by article (or context), so no context is seen in training and again when scored.
+    groups = sorted({e.group for e in train})
+    random.Random(config.seed).shuffle(groups)
+    n_val = 0 if "validation" in extra else max(1, round(len(groups) * data.validation_size))
+    n_test = 0 if "test" in extra else max(1, round(len(groups) * data.test_size))
+    if len(groups) - n_val - n_test < 1:
+        raise DataError(
+            f"{data.train} has {len(groups)} distinct contexts: too few to split; pass --validation and --test."
+        )
+    held = {g: "validation" for g in groups[:n_val]} | {g: "test" for g in groups[n_val : n_val + n_test]}
+    splits: dict[str, list[Example]] = {"train": [], "validation": [], "test": []}
+    for e in train:
+        splits[held.get(e.group, "train")].append(e)
+    splits.update(extra)
+    allow_no_answer = any(not e.answers for e in train)
+    return QAData(
+        splits["train"], splits["validation"], splits["test"], allow_no_answer,
+        fingerprint([e.question + "\n" + e.context for e in splits["train"]], [e.answers for e in splits["train"]]),
+        issues,
+    )  # fmt: skip
+
+
+def evaluate_examples(finder: AnswerFinder, examples: list[Example]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    answers = finder.answer([e.question for e in examples], [e.context for e in examples])
+    predictions = [a[0].text for a in answers]
+    scores = squad_scores(examples, predictions)
+    errors = [
+        {"id": e.id, "question": e.question, "answers": [a for a, _ in e.answers], "predicted": p}
+        for e, p in zip(examples, predictions, strict=True)
+        if normalize_answer(p) not in {normalize_answer(a) for a, _ in e.answers or [("", 0)]}
+    ]
+    return scores, errors
+
+
+def train(
+    config: RunConfig, *, registry: Registry | None = None, resume: bool = False, progress: bool = True,
+    log: Log = print,
+) -> Any:  # fmt: skip
+    """Fine-tune, evaluate (exact match, F1) and register an extractive question-answering model."""
+    from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding, set_seed
+    from transformers.utils import logging as hf_logging
+
+    from tunesmith.training import TrainResult, _prepare_run_dir, build_trainer, default_name, library_versions
+
+    hf_logging.disable_progress_bar()
+    registry = registry or Registry()
+    settings = config.train
+    name = default_name(config)
+    config = config.model_copy(update={"name": name})
+    data = load_qa_data(config)
+    tokenizer = load_tokenizer(settings.base_model, settings.trust_remote_code)
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError(f"{settings.base_model} has no fast tokenizer; question answering needs character offsets.")
+    set_seed(settings.seed)
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the span head is new, so "missing" from the base model: expected
+    try:
+        model = AutoModelForQuestionAnswering.from_pretrained(
+            resolve_model(settings.base_model), trust_remote_code=settings.trust_remote_code
+        )
+    finally:
+        hf_logging.set_verbosity(level)
+    max_length = min(settings.max_length or MAX_LENGTH, model_max_length(tokenizer, model.config))
+    stride = min(DOC_STRIDE, max_length // 3)
+    for issue in data.issues:
+        log(str(issue))
+    log(f"Data: {len(data.train)} train / {len(data.validation)} validation / {len(data.test)} test questions"
+        f"{' (some unanswerable)' if data.allow_no_answer else ''}; windows of {max_length} tokens, stride {stride}.")  # fmt: skip
+
+    run_dir = registry.home / "runs" / name
+    checkpoint = _prepare_run_dir(run_dir, data.fingerprint, config, resume, log)
+    use_bf16 = settings.precision == "bf16" or (settings.precision == "auto" and bf16_supported())
+    trainer = build_trainer(
+        model, tokenizer, settings, run_dir,
+        features(tokenizer, data.train, max_length, stride, labels=True),
+        features(tokenizer, data.validation, max_length, stride, labels=True),
+        collator=DataCollatorWithPadding(tokenizer), compute_metrics=_trainer_metrics(),
+        bf16=use_bf16, log=log, progress=progress,
+    )  # fmt: skip
+    log(f"Fine-tuning {settings.base_model} for {TASK} ({'bf16 autocast' if use_bf16 else 'fp32'}) ...")
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    minutes = (time.perf_counter() - started) / 60
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    finder = AnswerFinder(model, tokenizer, max_length, data.allow_no_answer)
+    metrics, errors = evaluate_examples(finder, data.test)
+    validation_metrics, _ = evaluate_examples(finder, data.validation)
+    log(f"Test: exact match {metrics['exact_match']:.4f}, F1 {metrics['f1']:.4f} ({metrics['n']} questions).")
+
+    with registry.staging() as staged:
+        model.save_pretrained(staged / "model", safe_serialization=True)
+        tokenizer.save_pretrained(staged / "model")
+        (staged / "data").mkdir()
+        for what in ("validation", "test"):
+            rows = [json.dumps({"id": e.id, "question": e.question, "context": e.context,
+                                "answers": {"text": [a for a, _ in e.answers], "answer_start": [s for _, s in e.answers]}},
+                               ensure_ascii=False) for e in getattr(data, what)]  # fmt: skip
+            (staged / "data" / f"{what}.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+        headline = {k: metrics[k] for k in ("exact_match", "f1")}
+        (staged / "metrics.json").write_text(json.dumps({"test": metrics, "validation": validation_metrics,
+                                                         "train_minutes": minutes}, indent=2))  # fmt: skip
+        (staged / "errors.jsonl").write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors))
+        (staged / "report.md").write_text(
+            f"# {name}: extractive question answering\n\nOn {metrics['n']} test questions: exact match "
+            f"{metrics['exact_match']:.4f}, F1 {metrics['f1']:.4f} (SQuAD normalisation). Validation: exact match "
+            f"{validation_metrics['exact_match']:.4f}, F1 {validation_metrics['f1']:.4f}.\n\n{len(errors)} test "
+            "question(s) answered wrongly: see errors.jsonl.\n", encoding="utf-8")  # fmt: skip
+        (staged / "config.yaml").write_text(dump_config(config), encoding="utf-8")
+        meta = {
+            "format": 1, "task": TASK, "name": name, "label_names": [], "max_length": max_length,
+            "allow_no_answer": data.allow_no_answer, "base_model": settings.base_model,
+            "precision": "bf16" if use_bf16 else "fp32", "created_at": datetime.now(UTC).isoformat(),
+            "metrics": headline, "data": {"fingerprint": data.fingerprint, "train_file": config.data.train,
+            "sizes": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)}},
+            "library_versions": library_versions(),
+        }  # fmt: skip
+        (staged / ARTIFACT_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        version: ModelVersion = registry.register(name, staged, TASK, metrics=headline)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return TrainResult(version, metrics, {}, data.issues, minutes)

@@ -1,0 +1,151 @@
+"""Extractive QA: input formats, validation rules, SQuAD metrics, long contexts, no-answer, end to end."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+import tunesmith
+from conftest import write_jsonl
+from tunesmith.errors import DataError
+from tunesmith.tasks.question_answering import (
+    AnswerFinder,
+    Example,
+    features,
+    normalize_answer,
+    read_examples,
+    squad_scores,
+)
+
+PEOPLE = ["alice", "bob", "carol", "dave", "erin", "frank"]
+CITIES = ["paris", "london", "berlin", "madrid", "rome", "oslo"]
+
+
+def squad(path: Path, paragraphs: list[tuple[str, list[dict]]], version: str = "1.1") -> Path:
+    data = [{"title": f"article {i}", "paragraphs": [{"context": c, "qas": q}]} for i, (c, q) in enumerate(paragraphs)]
+    path.write_text(json.dumps({"version": version, "data": data}), encoding="utf-8")
+    return path
+
+
+def make_paragraphs(n: int, seed: int = 0, unanswerable: bool = False) -> list[tuple[str, list[dict]]]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        person, city = rng.choice(PEOPLE), rng.choice(CITIES)
+        context = f"yesterday {person} moved to {city} with a friend ."
+        qas = [
+            {
+                "id": f"{i}w",
+                "question": "who moved ?",
+                "answers": [{"text": person, "answer_start": context.index(person)}],
+            },
+            {"id": f"{i}c", "question": "where to ?", "answers": [{"text": city, "answer_start": context.index(city)}]},
+        ]
+        if unanswerable and i % 3 == 0:
+            qas.append({"id": f"{i}n", "question": "how old ?", "answers": [], "is_impossible": True})
+        out.append((context, qas))
+    return out
+
+
+def test_squad_json_and_jsonl(tmp_path: Path) -> None:
+    examples, issues = read_examples(squad(tmp_path / "s.json", make_paragraphs(3, unanswerable=True), "v2.0"))
+    assert len(examples) == 7 and not issues
+    assert examples[0].answers == [(examples[0].context.split()[1], 10)]
+    assert next(e for e in examples if not e.answers).id == "0n"
+    records = [
+        {"question": "who?", "context": "bob went home", "answers": {"text": ["bob"], "answer_start": [0]}},
+        {"question": "where?", "context": "bob went home", "answers": [{"text": "home", "answer_start": 9}]},
+        {"question": "why?", "context": "bob went home", "answers": {"text": [], "answer_start": []}},
+    ]
+    examples, _ = read_examples(write_jsonl(tmp_path / "q.jsonl", records))
+    assert [e.answers for e in examples] == [[("bob", 0)], [("home", 9)], []]
+
+
+def test_answers_are_checked_against_their_context(tmp_path: Path) -> None:
+    records = [
+        {"question": "q1", "context": "the cat sat", "answers": [{"text": "cat", "answer_start": 6}]},  # off by 2
+        {"question": "q2", "context": "the cat sat", "answers": [{"text": "dog", "answer_start": 4}]},  # absent
+        {"question": "q3", "context": "   ", "answers": []},  # empty context
+        {"question": "q4", "context": "the cat sat", "answers": [{"text": "sat", "answer_start": 8}]},
+    ]
+    examples, issues = read_examples(write_jsonl(tmp_path / "q.jsonl", records))
+    assert [e.answers for e in examples] == [[("cat", 4)], [("sat", 8)]]
+    codes = {i.code: i.message for i in issues}
+    assert set(codes) == {"answer_moved", "answer_not_in_context", "empty"}
+    assert "do not occur in their context" in codes["answer_not_in_context"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"question": "q", "answers": []}\n', "has no context field"),
+        ('{"question": "q", "context": "c", "answers": [{"t": 1}]}\n', "answers must be"),
+        ('{"question": "q", "context": "abc", "answers": [{"text": "z", "answer_start": 0}]}\n', "no usable question"),
+        ('{"question": "q"\n', "not valid JSON"),
+        ("", "holds no questions"),
+    ],
+)
+def test_validation_rules(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "q.jsonl"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=message):
+        read_examples(path)
+
+
+def test_official_normalisation_and_scores() -> None:
+    assert normalize_answer("The  Eiffel-Tower!") == "eiffeltower"
+    assert normalize_answer("an apple, a pear") == "apple pear"
+    examples = [
+        Example("1", "q", "c", [("Denver Broncos", 0), ("the Broncos", 0)]),
+        Example("2", "q", "c", [("Carolina Panthers", 0)]),
+        Example("3", "q", "c", []),  # unanswerable: only "" is right
+    ]
+    scores = squad_scores(examples, ["broncos", "Panthers", ""])
+    assert scores["exact_match"] == pytest.approx(2 / 3)  # "broncos" matches "the Broncos"
+    assert scores["f1"] == pytest.approx((1 + 2 / 3 + 1) / 3)
+
+
+def test_long_context_windows_point_at_the_answer(tiny_model: str) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    context = "the order was late . " * 12 + "carol paid the refund . " + "the order was late . " * 12
+    example = Example("1", "who paid ?", context, [("carol", context.index("carol"))])
+    rows = features(tokenizer, [example], max_length=48, stride=16, labels=True)
+    assert len(rows) > 3  # the context is cut into overlapping windows
+    holding = [r for r in rows if r["start_positions"] > 0]
+    assert holding and all(r["start_positions"] == 0 and r["end_positions"] == 0 for r in rows if r not in holding)
+    for row in holding:
+        pieces = tokenizer.convert_ids_to_tokens(row["input_ids"][row["start_positions"] : row["end_positions"] + 1])
+        assert "".join(p.removeprefix("##") for p in pieces) == "carol"
+
+
+@pytest.fixture(scope="module")
+def qa_result(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> tuple[Path, object]:
+    folder = tmp_path_factory.mktemp("qa")
+    data = squad(folder / "train.json", make_paragraphs(90, unanswerable=True), "v2.0")
+    registry = tunesmith.Registry(folder / "home")
+    result = tunesmith.train(
+        data, task="question-answering", name="where", registry=registry, progress=False, base_model=tiny_model,
+        epochs=20, learning_rate=5e-3, batch_size=16, early_stopping_patience=0, max_length=64,
+    )  # fmt: skip
+    return folder / "home", result
+
+
+def test_train_register_and_answer(qa_result: tuple[Path, object]) -> None:
+    home, result = qa_result
+    assert result.version.task == "question-answering"
+    assert set(result.metrics) >= {"exact_match", "f1", "n"}
+    assert result.metrics["f1"] > 0.6, result.metrics
+    files = {p.name for p in result.version.path.iterdir()}
+    assert {"model", "tunesmith.json", "metrics.json", "report.md", "errors.jsonl", "data"} <= files
+    finder = tunesmith.load_model("where@1", registry=tunesmith.Registry(home))
+    assert isinstance(finder, AnswerFinder) and finder.allow_no_answer
+    context = "yesterday erin moved to rome with a friend ."
+    answers = finder.answer(["who moved ?", "where to ?"], [context, context], top_k=3)
+    assert len(answers[0]) == 3 and answers[0][0].score >= answers[0][1].score
+    best = answers[1][0]
+    assert best.text == "rome" and context[best.start : best.end] == "rome"
