@@ -149,3 +149,24 @@ def test_train_register_and_answer(qa_result: tuple[Path, object]) -> None:
     assert len(answers[0]) == 3 and answers[0][0].score >= answers[0][1].score
     best = answers[1][0]
     assert best.text == "rome" and context[best.start : best.end] == "rome"
+
+
+def test_cli_predict_answers_questions(qa_result: tuple[Path, object], capsys: pytest.CaptureFixture[str]) -> None:
+    from test_cli import run
+
+    home, _ = qa_result
+    context = "yesterday erin moved to rome with a friend ."
+    code, out, err = run(capsys, "--home", str(home), "predict", "where", "where to ?", "--context", context)
+    assert code == 0, err
+    answer, offsets, _score, question = out.strip().split("\t")
+    assert answer == "rome" and offsets == "[24:28]" and question == "where to ?"
+    code, _, err = run(capsys, "--home", str(home), "predict", "where", "where to ?")
+    assert code == 1 and "needs --context" in err
+
+
+def test_evaluate_on_another_file(qa_result: tuple[Path, object], tmp_path: Path) -> None:
+    home, _ = qa_result
+    data = squad(tmp_path / "more.json", make_paragraphs(10, seed=9))
+    result = tunesmith.evaluate(tunesmith.load_model("where", registry=tunesmith.Registry(home)), data, tmp_path / "r")
+    assert result["test"]["n"] == 20 and 0 <= result["test"]["exact_match"] <= result["test"]["f1"] <= 1
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["test"] == result["test"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -233,3 +234,21 @@ def test_task_registry_lists_tasks() -> None:
     assert get_task("token-classification").TASK == "token-classification"
     with pytest.raises(Exception, match="Available tasks: text-classification, token-classification"):
         get_task("summarization")
+
+
+def test_evaluate_on_another_file(
+    ner_home: tuple[Path, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_cli import run
+
+    home, _ = ner_home
+    bioes = make_sentences(20, seed=5)
+    for s in bioes:  # the same data written in BIOES: converted before scoring
+        s.tags = [t.replace("B-", "S-") if t == "B-LOC" else t for t in s.tags]
+    data = write_conll(tmp_path / "more.conll", bioes)
+    code, out, err = run(capsys, "--home", str(home), "evaluate", "people", str(data), "--output", str(tmp_path / "r"))
+    assert code == 0, err
+    assert "precision" in out and "f1" in out and "converted to IOB2" in err
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())["test"]
+    assert metrics["n"] == 20 and 0 <= metrics["f1"] <= 1
+    assert (tmp_path / "r" / "report.md").is_file() and (tmp_path / "r" / "errors.jsonl").is_file()

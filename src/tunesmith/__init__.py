@@ -82,13 +82,18 @@ def export_model(
 
 
 def evaluate(model: str | BaseClassifier, data: str | Path, out_dir: str | Path, **columns: Any) -> dict[str, Any]:
-    """Score a model (a reference or a loaded `TextClassifier`) on a labeled file; write report.md etc. to `out_dir`.
+    """Score a model (a reference or a loaded model) on a labeled file; write report.md etc. to `out_dir`.
 
     `columns` may name `text_column` and `label_column`; returns the metrics written to metrics.json.
     """
     from tunesmith.evaluation import evaluate as _evaluate
 
     classifier = load_model(model) if isinstance(model, str) else model
+    task = getattr(classifier, "task", "text-classification")
+    if task != "text-classification":
+        from tunesmith.tasks import get_task
+
+        return get_task(task).evaluate_file(classifier, data, out_dir)
     return _evaluate(classifier, data, out_dir, **columns)
 
 

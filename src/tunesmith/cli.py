@@ -111,7 +111,12 @@ def train(
     overrides.update({key: value for key, value in flags.items() if value is not None})
     settings = load_config(config, overrides)
     result = get_task(settings.task).train(settings, registry=_registry(), resume=resume, progress=progress, log=_say)
-    if settings.task == "token-classification":
+    if settings.task == "question-answering":
+        table = Table(title=f"{result.version.ref} - test split ({result.metrics['n']} questions)")
+        table.add_column("exact match", justify="right")
+        table.add_column("F1", justify="right")
+        table.add_row(f"{result.metrics['exact_match']:.4f}", f"{result.metrics['f1']:.4f}")
+    elif settings.task == "token-classification":
         table = Table(title=f"{result.version.ref} - test split ({result.metrics['n']} sentences), entity level")
         for column in ("entity type", "precision", "recall", "F1", "support"):
             table.add_column(column, justify="left" if column == "entity type" else "right")
@@ -146,8 +151,10 @@ def predict(
     text_column: Annotated[str | None, typer.Option(help="Text column of --input (default: detected).")] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
     backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "auto",
+    context: Annotated[str | None, typer.Option(help="For question-answering models: the text to search.")] = None,
 ) -> None:
-    """Classify texts with a registered model: from the command line, or a whole file with --input/--output."""
+    """Predict with a registered model: labels (or entities) for texts, answers to questions (--context),
+    or a whole file with --input/--output."""
     from tunesmith import load_model
 
     if not texts and input_file is None:
@@ -157,6 +164,15 @@ def predict(
     if output_file is not None and output_file.suffix.lower() not in (".csv", ".jsonl"):
         raise DataError(f"Cannot write {output_file.suffix!r}: pass an --output ending in .csv or .jsonl.")
     classifier = load_model(ref, backend=backend)
+    if getattr(classifier, "task", None) == "question-answering":
+        if not context:
+            raise DataError('A question-answering model needs --context "the text holding the answer".')
+        for question, answers in zip(
+            texts or [], classifier.answer(texts or [], [context] * len(texts or [])), strict=True
+        ):
+            a = answers[0]
+            print(f"{a.text or '(no answer)'}\t[{a.start}:{a.end}]\t{a.score:.3f}\t{question}")
+        return
     if getattr(classifier, "task", None) == "token-classification":
         if input_file is not None:
             raise DataError("--input is for text classifiers; pass texts to tag as arguments.")
@@ -184,19 +200,25 @@ def evaluate(
     label_column: Annotated[str | None, typer.Option(help="Label column (default: detected).")] = None,
 ) -> None:
     """Score a registered model on a labeled file: metrics, confusion matrix, errors and report.md."""
+    from tunesmith import evaluate as run_evaluation
     from tunesmith import load_model
-    from tunesmith.evaluation import evaluate as run_evaluation
 
     classifier = load_model(ref)
     name = str(classifier.meta.get("name", "model"))
     folder = output or Path(f"evaluation-{name}-{Path(data).name.split('.')[0]}")
     result = run_evaluation(classifier, data, folder, text_column=text_column, label_column=label_column)
     for issue in result["issues"]:
-        _say(issue)
+        _say(str(issue))
+    metrics = result["test"]
+    task = getattr(classifier, "task", "text-classification")
+    if task != "text-classification":
+        keys = ("exact_match", "f1") if task == "question-answering" else ("precision", "recall", "f1")
+        console.print(", ".join(f"{k} {metrics[k]:.4f}" for k in keys))
+        console.print(f"{metrics['n']} scored. Report: {folder / 'report.md'}")
+        return
     if result["skipped_rows"]:
         _say(f"warning: {result['skipped_rows']} row(s) carry labels the model does not know "
              f"({', '.join(result['unknown_labels'][:5])}); they were left out.")  # fmt: skip
-    metrics = result["test"]
     console.print(", ".join(f"{k} {metrics[k]:.4f}" for k in ("accuracy", "f1_macro", "f1_micro", "f1_weighted")))
     console.print(f"{metrics['n']} texts scored. Report: {folder / 'report.md'}")
 

@@ -452,3 +452,17 @@ def train(
         version: ModelVersion = registry.register(name, staged, TASK, metrics=headline)
     shutil.rmtree(run_dir, ignore_errors=True)
     return TrainResult(version, metrics, {}, data.issues, minutes)
+
+
+def evaluate_file(finder: AnswerFinder, path: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Score a QA model on a SQuAD JSON or JSONL file; write metrics.json, errors.jsonl and report.md."""
+    examples, issues = read_examples(path)
+    metrics, errors = evaluate_examples(finder, examples)
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps({"test": metrics}, indent=2), encoding="utf-8")
+    (folder / "errors.jsonl").write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors))
+    (folder / "report.md").write_text(
+        f"# {finder.meta.get('name', 'model')} on {Path(path).name}\n\nExact match {metrics['exact_match']:.4f}, "
+        f"F1 {metrics['f1']:.4f} over {metrics['n']} questions; wrong answers in errors.jsonl.\n", encoding="utf-8")  # fmt: skip
+    return {"test": metrics, "issues": [str(i) for i in issues]}

@@ -581,3 +581,17 @@ def report_markdown(name: str, metrics: dict[str, Any], n_errors: int) -> str:
         lines.append(f"| {kind} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |")
     lines += ["", f"{n_errors} test sentence(s) with at least one wrong tag: see errors.jsonl.", ""]
     return "\n".join(lines)
+
+
+def evaluate_file(tagger: EntityTagger, path: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Score a tagger on a labeled file (any input format above); write metrics.json, errors.jsonl, report.md."""
+    sentences = read_sentences(path)
+    scheme = normalize_tags(sentences, str(path))
+    metrics, errors = evaluate_sentences(tagger, sentences)
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps({"test": metrics}, indent=2), encoding="utf-8")
+    (folder / "errors.jsonl").write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors))
+    (folder / "report.md").write_text(report_markdown(str(tagger.meta.get("name", "model")), metrics, len(errors)))
+    issues = [] if scheme == "IOB2" else [f"warning: {path}: tags are {scheme}; converted to IOB2."]
+    return {"test": metrics, "issues": issues}
