@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import string
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -43,20 +45,23 @@ def support_csv(tmp_path: Path, support_rows: list[tuple[str, str]]) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory, support_rows: list[tuple[str, str]]) -> str:
-    """A 2-layer, 64-wide random BERT with a WordPiece vocabulary trained on the test texts."""
+    """A 2-layer, 64-wide random BERT with a WordPiece vocabulary of the test texts' words and characters."""
     import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     torch.manual_seed(0)  # the same random weights in every run, so results do not drift between runs
     folder = tmp_path_factory.mktemp("tiny-bert")
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    # A fixed vocabulary, not a trained one: the WordPiece trainer counts in parallel and breaks ties
+    # differently from run to run, which made the tiny model (and tests near a threshold) flaky.
+    # Whole words of the support texts, plus single characters so any other word still splits into pieces.
+    words = sorted({w for text, _ in support_rows for w in re.findall(r"\w+|[^\w\s]", text.lower())})
+    chars = sorted({c for w in words for c in w} | set(string.ascii_lowercase + string.digits))
+    vocab = [*specials, *words, *(c for c in chars if c not in words), *(f"##{c}" for c in chars)]
+    tok = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(
-        [t for t, _ in support_rows] * 2, trainers.WordPieceTrainer(vocab_size=400, special_tokens=specials)
-    )
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]

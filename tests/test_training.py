@@ -71,7 +71,7 @@ def test_tiny_model_learns_the_task(trained_home: Path, support_rows: list[tuple
     model = tunesmith.load_model(str(model_path(trained_home)))
     predicted = [p.label for p in model.predict([text for text, _ in support_rows])]
     accuracy = np.mean([p == label for p, (_, label) in zip(predicted, support_rows, strict=True)])
-    assert accuracy > 0.6  # chance is 1/6
+    assert accuracy > 0.8  # chance is 1/6; this model reaches 0.95
 
 
 def test_multi_label_tunes_a_threshold(train_tiny, tmp_path: Path) -> None:
