@@ -74,23 +74,28 @@ def load_classifier(
 ) -> Any:
     """A sequence-classification model with a fresh head sized for `label_names`."""
     from transformers import AutoModelForSequenceClassification
+
+    return load_with_new_head(
+        AutoModelForSequenceClassification,
+        name,
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={label: i for i, label in enumerate(label_names)},
+        problem_type="multi_label_classification" if multi_label else "single_label_classification",
+        trust_remote_code=trust_remote_code,
+    )
+
+
+def load_with_new_head(auto_class: Any, name: str, **kwargs: Any) -> Any:
+    """A base model with a fresh task head (`auto_class`, e.g. AutoModelForTokenClassification)."""
     from transformers.utils import logging as hf_logging
 
     # The load report would list the new head as "MISSING" weights: expected here, so not shown.
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        return _load(
-            AutoModelForSequenceClassification,
-            name,
-            num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)),
-            label2id={label: i for i, label in enumerate(label_names)},
-            problem_type="multi_label_classification" if multi_label else "single_label_classification",
-            # A base model's own head (if any) has another size: replace it instead of failing.
-            ignore_mismatched_sizes=True,
-            trust_remote_code=trust_remote_code,
-        )
+        # A base model's own head (if any) has another size: replace it instead of failing.
+        return _load(auto_class, name, ignore_mismatched_sizes=True, **kwargs)
     finally:
         hf_logging.set_verbosity(level)
 

@@ -363,6 +363,41 @@ def build_trainer(
     return trainer
 
 
+def run_trainer(trainer: Any, checkpoint: str | None) -> tuple[Any, float]:
+    """Train (from `checkpoint` if resuming); return the best model without accelerate's autocast wrapper, and
+    the minutes it took. Metrics must come from the model as it is saved and served (fp32)."""
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    return model, (time.perf_counter() - started) / 60
+
+
+def register_artifact(
+    registry: Registry,
+    config: RunConfig,
+    model: Any,
+    tokenizer: Any,
+    *,
+    files: dict[str, str],
+    meta: dict[str, Any],
+    metrics: dict[str, Any],
+) -> ModelVersion:
+    """Write a complete artifact (weights as safetensors, tokenizer, `files`, config.yaml, tunesmith.json)
+    to staging and register it as the next version of `config.name`."""
+    with registry.staging() as staged:
+        model.save_pretrained(staged / "model", safe_serialization=True)
+        tokenizer.save_pretrained(staged / "model")
+        for relative, content in files.items():
+            (staged / relative).parent.mkdir(parents=True, exist_ok=True)
+            (staged / relative).write_text(content, encoding="utf-8")
+        (staged / "config.yaml").write_text(dump_config(config), encoding="utf-8")
+        common = {"format": 1, "task": config.task, "name": config.name, "base_model": config.train.base_model,
+                  "created_at": datetime.now(UTC).isoformat(), "metrics": metrics,
+                  "library_versions": library_versions()}  # fmt: skip
+        (staged / ARTIFACT_META).write_text(json.dumps({**common, **meta}, indent=2), encoding="utf-8")
+        return registry.register(str(config.name), staged, config.task, metrics=metrics)
+
+
 def train(
     config: RunConfig,
     *,
@@ -423,13 +458,7 @@ def train(
         bf16=use_bf16, log=log, progress=progress,
     )  # fmt: skip
     log(f"Fine-tuning {settings.base_model} ({'bf16 autocast' if use_bf16 else 'fp32'}) ...")
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=checkpoint)
-    minutes = (time.perf_counter() - started) / 60
-
-    # Without accelerate's autocast wrapper: reported metrics must come from the model as it is saved and
-    # served (fp32), not from the bf16-autocast forward used for training.
-    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    model, minutes = run_trainer(trainer, checkpoint)
     classifier = TextClassifier(model, tokenizer, data.label_names, multi_label=data.multi_label, max_length=max_length)
     val_probs = classifier.predict_proba(data.validation.texts, settings.eval_batch_size)
     threshold = tune_threshold(multi_hot(data.validation.labels, n_classes), val_probs) if data.multi_label else 0.5

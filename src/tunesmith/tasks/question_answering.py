@@ -18,21 +18,19 @@ import random
 import re
 import shutil
 import string
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tunesmith.config import RunConfig, dump_config
+from tunesmith.config import RunConfig
 from tunesmith.data import DataIssue, fingerprint
 from tunesmith.errors import DataError
-from tunesmith.inference import ARTIFACT_META, _read_meta
-from tunesmith.models import bf16_supported, load_tokenizer, model_max_length, resolve_model
-from tunesmith.registry import ModelVersion, Registry
+from tunesmith.inference import _read_meta
+from tunesmith.models import bf16_supported, load_tokenizer, load_with_new_head, model_max_length
+from tunesmith.registry import Registry
 
 TASK = "question-answering"
 MAX_LENGTH = 384  # question + context window, the usual SQuAD setting
@@ -374,7 +372,14 @@ def train(
     from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding, set_seed
     from transformers.utils import logging as hf_logging
 
-    from tunesmith.training import TrainResult, _prepare_run_dir, build_trainer, default_name, library_versions
+    from tunesmith.training import (
+        TrainResult,
+        _prepare_run_dir,
+        build_trainer,
+        default_name,
+        register_artifact,
+        run_trainer,
+    )
 
     hf_logging.disable_progress_bar()
     registry = registry or Registry()
@@ -386,14 +391,9 @@ def train(
     if not getattr(tokenizer, "is_fast", False):
         raise DataError(f"{settings.base_model} has no fast tokenizer; question answering needs character offsets.")
     set_seed(settings.seed)
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the span head is new, so "missing" from the base model: expected
-    try:
-        model = AutoModelForQuestionAnswering.from_pretrained(
-            resolve_model(settings.base_model), trust_remote_code=settings.trust_remote_code
-        )
-    finally:
-        hf_logging.set_verbosity(level)
+    model = load_with_new_head(
+        AutoModelForQuestionAnswering, settings.base_model, trust_remote_code=settings.trust_remote_code
+    )
     max_length = min(settings.max_length or MAX_LENGTH, model_max_length(tokenizer, model.config))
     stride = min(DOC_STRIDE, max_length // 3)
     for issue in data.issues:
@@ -412,44 +412,42 @@ def train(
         bf16=use_bf16, log=log, progress=progress,
     )  # fmt: skip
     log(f"Fine-tuning {settings.base_model} for {TASK} ({'bf16 autocast' if use_bf16 else 'fp32'}) ...")
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=checkpoint)
-    minutes = (time.perf_counter() - started) / 60
-    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    model, minutes = run_trainer(trainer, checkpoint)
     finder = AnswerFinder(model, tokenizer, max_length, data.allow_no_answer)
     metrics, errors = evaluate_examples(finder, data.test)
     validation_metrics, _ = evaluate_examples(finder, data.validation)
     log(f"Test: exact match {metrics['exact_match']:.4f}, F1 {metrics['f1']:.4f} ({metrics['n']} questions).")
-
-    with registry.staging() as staged:
-        model.save_pretrained(staged / "model", safe_serialization=True)
-        tokenizer.save_pretrained(staged / "model")
-        (staged / "data").mkdir()
-        for what in ("validation", "test"):
-            rows = [json.dumps({"id": e.id, "question": e.question, "context": e.context,
-                                "answers": {"text": [a for a, _ in e.answers], "answer_start": [s for _, s in e.answers]}},
-                               ensure_ascii=False) for e in getattr(data, what)]  # fmt: skip
-            (staged / "data" / f"{what}.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
-        headline = {k: metrics[k] for k in ("exact_match", "f1")}
-        (staged / "metrics.json").write_text(json.dumps({"test": metrics, "validation": validation_metrics,
-                                                         "train_minutes": minutes}, indent=2))  # fmt: skip
-        (staged / "errors.jsonl").write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors))
-        (staged / "report.md").write_text(
-            f"# {name}: extractive question answering\n\nOn {metrics['n']} test questions: exact match "
-            f"{metrics['exact_match']:.4f}, F1 {metrics['f1']:.4f} (SQuAD normalisation). Validation: exact match "
-            f"{validation_metrics['exact_match']:.4f}, F1 {validation_metrics['f1']:.4f}.\n\n{len(errors)} test "
-            "question(s) answered wrongly: see errors.jsonl.\n", encoding="utf-8")  # fmt: skip
-        (staged / "config.yaml").write_text(dump_config(config), encoding="utf-8")
-        meta = {
-            "format": 1, "task": TASK, "name": name, "label_names": [], "max_length": max_length,
-            "allow_no_answer": data.allow_no_answer, "base_model": settings.base_model,
-            "precision": "bf16" if use_bf16 else "fp32", "created_at": datetime.now(UTC).isoformat(),
-            "metrics": headline, "data": {"fingerprint": data.fingerprint, "train_file": config.data.train,
-            "sizes": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)}},
-            "library_versions": library_versions(),
-        }  # fmt: skip
-        (staged / ARTIFACT_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        version: ModelVersion = registry.register(name, staged, TASK, metrics=headline)
+    splits = {
+        f"data/{what}.jsonl": "".join(
+            json.dumps({"id": e.id, "question": e.question, "context": e.context,
+                        "answers": {"text": [a for a, _ in e.answers], "answer_start": [s for _, s in e.answers]}},
+                       ensure_ascii=False) + "\n"
+            for e in getattr(data, what)
+        )
+        for what in ("validation", "test")
+    }  # fmt: skip
+    report = (
+        f"# {name}: extractive question answering\n\nOn {metrics['n']} test questions: exact match "
+        f"{metrics['exact_match']:.4f}, F1 {metrics['f1']:.4f} (SQuAD normalisation). Validation: exact match "
+        f"{validation_metrics['exact_match']:.4f}, F1 {validation_metrics['f1']:.4f}.\n\n{len(errors)} test "
+        "question(s) answered wrongly: see errors.jsonl.\n"
+    )
+    version = register_artifact(
+        registry, config, model, tokenizer,
+        files={
+            **splits,
+            "metrics.json": json.dumps({"test": metrics, "validation": validation_metrics, "train_minutes": minutes}, indent=2),
+            "errors.jsonl": "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors),
+            "report.md": report,
+        },
+        meta={
+            "label_names": [], "max_length": max_length, "allow_no_answer": data.allow_no_answer,
+            "precision": "bf16" if use_bf16 else "fp32",
+            "data": {"fingerprint": data.fingerprint, "train_file": config.data.train,
+                     "sizes": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)}},
+        },
+        metrics={k: metrics[k] for k in ("exact_match", "f1")},
+    )  # fmt: skip
     shutil.rmtree(run_dir, ignore_errors=True)
     return TrainResult(version, metrics, {}, data.issues, minutes)
 

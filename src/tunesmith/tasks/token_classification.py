@@ -21,22 +21,20 @@ import json
 import random
 import re
 import shutil
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tunesmith.config import RunConfig, dump_config
+from tunesmith.config import RunConfig
 from tunesmith.data import DataIssue, fingerprint
 from tunesmith.errors import DataError
-from tunesmith.inference import ARTIFACT_META, _read_meta
-from tunesmith.models import bf16_supported, load_tokenizer, model_max_length, resolve_model
-from tunesmith.registry import ModelVersion, Registry
+from tunesmith.inference import _read_meta
+from tunesmith.models import bf16_supported, load_tokenizer, load_with_new_head, model_max_length
+from tunesmith.registry import Registry
 
 TASK = "token-classification"
 TAG = re.compile(r"^(?:O|([BIESLU])-(\S+))$")
@@ -466,7 +464,14 @@ def train(
     from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification, set_seed
     from transformers.utils import logging as hf_logging
 
-    from tunesmith.training import TrainResult, _prepare_run_dir, build_trainer, default_name, library_versions
+    from tunesmith.training import (
+        TrainResult,
+        _prepare_run_dir,
+        build_trainer,
+        default_name,
+        register_artifact,
+        run_trainer,
+    )
 
     hf_logging.disable_progress_bar()
     registry = registry or Registry()
@@ -479,16 +484,10 @@ def train(
         raise DataError(f"{settings.base_model} has no fast tokenizer; token classification needs word alignment.")
     label2id = {t: i for i, t in enumerate(data.label_names)}
     set_seed(settings.seed)
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the new head's weights are "missing" from the base model, as expected
-    try:
-        model = AutoModelForTokenClassification.from_pretrained(
-            resolve_model(settings.base_model), num_labels=len(data.label_names),
-            id2label=dict(enumerate(data.label_names)), label2id=label2id, ignore_mismatched_sizes=True,
-            trust_remote_code=settings.trust_remote_code,
-        )  # fmt: skip
-    finally:
-        hf_logging.set_verbosity(level)
+    model = load_with_new_head(
+        AutoModelForTokenClassification, settings.base_model, num_labels=len(data.label_names),
+        id2label=dict(enumerate(data.label_names)), label2id=label2id, trust_remote_code=settings.trust_remote_code,
+    )  # fmt: skip
     limit = model_max_length(tokenizer, model.config)
     lengths = [len(ids) for ids in tokenizer([s.tokens for s in data.train], is_split_into_words=True)["input_ids"]]
     max_length = min(settings.max_length or limit, limit, max(16, int(np.ceil(max(lengths) / 8) * 8)))
@@ -512,37 +511,31 @@ def train(
         bf16=use_bf16, log=log, progress=progress,
     )  # fmt: skip
     log(f"Fine-tuning {settings.base_model} for {TASK} ({'bf16 autocast' if use_bf16 else 'fp32'}) ...")
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=checkpoint)
-    minutes = (time.perf_counter() - started) / 60
-    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    model, minutes = run_trainer(trainer, checkpoint)
     tagger = EntityTagger(model, tokenizer, data.label_names, max_length)
     metrics, errors = evaluate_sentences(tagger, data.test)
     validation_metrics, _ = evaluate_sentences(tagger, data.validation)
-
-    with registry.staging() as staged:
-        model.save_pretrained(staged / "model", safe_serialization=True)
-        tokenizer.save_pretrained(staged / "model")
-        (staged / "data").mkdir()
-        for what in ("validation", "test"):
-            rows = [json.dumps({"tokens": s.tokens, "tags": s.tags}, ensure_ascii=False) for s in getattr(data, what)]
-            (staged / "data" / f"{what}.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
-        headline = {k: metrics[k] for k in ("f1", "precision", "recall", "f1_macro", "token_accuracy")}
-        (staged / "metrics.json").write_text(json.dumps({"test": metrics, "validation": validation_metrics,
-                                                         "train_minutes": minutes}, indent=2))  # fmt: skip
-        (staged / "errors.jsonl").write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors))
-        (staged / "report.md").write_text(report_markdown(name, metrics, len(errors)), encoding="utf-8")
-        (staged / "config.yaml").write_text(dump_config(config), encoding="utf-8")
-        meta = {
-            "format": 1, "task": TASK, "name": name, "label_names": data.label_names, "max_length": max_length,
-            "base_model": settings.base_model, "precision": "bf16" if use_bf16 else "fp32",
-            "created_at": datetime.now(UTC).isoformat(), "metrics": headline, "tag_scheme_in_data": data.scheme,
+    splits = {
+        f"data/{what}.jsonl": "".join(json.dumps({"tokens": s.tokens, "tags": s.tags}, ensure_ascii=False) + "\n"
+                                      for s in getattr(data, what))
+        for what in ("validation", "test")
+    }  # fmt: skip
+    version = register_artifact(
+        registry, config, model, tokenizer,
+        files={
+            **splits,
+            "metrics.json": json.dumps({"test": metrics, "validation": validation_metrics, "train_minutes": minutes}, indent=2),
+            "errors.jsonl": "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors),
+            "report.md": report_markdown(name, metrics, len(errors)),
+        },
+        meta={
+            "label_names": data.label_names, "max_length": max_length, "precision": "bf16" if use_bf16 else "fp32",
+            "tag_scheme_in_data": data.scheme,
             "data": {"fingerprint": data.fingerprint, "train_file": config.data.train,
                      "sizes": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)}},
-            "library_versions": library_versions(),
-        }  # fmt: skip
-        (staged / ARTIFACT_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        version: ModelVersion = registry.register(name, staged, TASK, metrics=headline)
+        },
+        metrics={k: metrics[k] for k in ("f1", "precision", "recall", "f1_macro", "token_accuracy")},
+    )  # fmt: skip
     shutil.rmtree(run_dir, ignore_errors=True)
     return TrainResult(version, metrics, {}, data.issues, minutes)
 
