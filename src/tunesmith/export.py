@@ -202,23 +202,17 @@ def export_artifact(
 
     workdir = path / f".{EXPORT_DIR}-{uuid.uuid4().hex[:8]}"
     workdir.mkdir()
+
+    def check(record: dict[str, Any], model: OnnxClassifier) -> None:
+        _check(record, model, workdir, texts, labels, test_texts, reference, reference_probs, reference_test,
+               min_agreement)  # fmt: skip
+
     try:
         started = time.perf_counter()
         _torch_export(reference, workdir / "model.onnx")
         variants = {"fp32": {"file": "model.onnx", "scheme": "fp32", "export_seconds": time.perf_counter() - started}}
         fp32 = OnnxClassifier.from_file(path, workdir / "model.onnx", "fp32", pad_id)
-        _check(
-            variants["fp32"],
-            fp32,
-            workdir,
-            texts,
-            labels,
-            test_texts,
-            reference,
-            reference_probs,
-            reference_test,
-            min_agreement,
-        )
+        check(variants["fp32"], fp32)
         if quantize:
             calibration = fp32.encode(texts[:CALIBRATION_TEXTS] or test_texts[:CALIBRATION_TEXTS] or ["calibration"])
             best: dict[str, Any] | None = None
@@ -234,18 +228,7 @@ def export_artifact(
                 )
                 record = {"file": "model.int8.onnx", "scheme": scheme, "export_seconds": time.perf_counter() - started}
                 int8 = OnnxClassifier.from_file(path, workdir / "model.int8.onnx", "int8", pad_id)
-                _check(
-                    record,
-                    int8,
-                    workdir,
-                    texts,
-                    labels,
-                    test_texts,
-                    reference,
-                    reference_probs,
-                    reference_test,
-                    min_agreement,
-                )
+                check(record, int8)
                 log(f"int8 ({scheme}): agreement {record['agreement']:.2%}")
                 if best is None or record["agreement"] > best["agreement"]:
                     best = record

@@ -34,7 +34,7 @@ from tunesmith.data import (
     check_unknown_tokens,
     load_classification_data,
 )
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, DataError
 from tunesmith.evaluation import classification_metrics, headline, multi_hot, tune_threshold, write_report
 from tunesmith.inference import ARTIFACT_META, TextClassifier
 from tunesmith.models import bf16_supported, load_classifier, load_tokenizer, model_max_length
@@ -361,6 +361,21 @@ def build_trainer(
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(_progress_callback(log, progress))
     return trainer
+
+
+def begin_run(
+    config: RunConfig, registry: Registry | None, offsets_for: str | None = None
+) -> tuple[RunConfig, Registry, Any]:
+    """The run's config with its name settled, the registry, and the base model's tokenizer (which must be a
+    fast one when `offsets_for` names a task that maps tokens back to characters)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight loading/saving bars; the training bar is ours
+    config = config.model_copy(update={"name": default_name(config)})
+    tokenizer = load_tokenizer(config.train.base_model, config.train.trust_remote_code)
+    if offsets_for and not getattr(tokenizer, "is_fast", False):
+        raise DataError(f"{config.train.base_model} has no fast tokenizer; {offsets_for} needs its character offsets.")
+    return config, registry or Registry(), tokenizer
 
 
 def run_trainer(trainer: Any, checkpoint: str | None) -> tuple[Any, float]:

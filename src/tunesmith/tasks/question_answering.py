@@ -29,7 +29,7 @@ from tunesmith.config import RunConfig
 from tunesmith.data import DataIssue, fingerprint
 from tunesmith.errors import DataError
 from tunesmith.inference import _read_meta
-from tunesmith.models import bf16_supported, load_tokenizer, load_with_new_head, model_max_length
+from tunesmith.models import bf16_supported, load_with_new_head, model_max_length
 from tunesmith.registry import Registry
 
 TASK = "question-answering"
@@ -370,26 +370,19 @@ def train(
 ) -> Any:  # fmt: skip
     """Fine-tune, evaluate (exact match, F1) and register an extractive question-answering model."""
     from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding, set_seed
-    from transformers.utils import logging as hf_logging
 
     from tunesmith.training import (
         TrainResult,
         _prepare_run_dir,
+        begin_run,
         build_trainer,
-        default_name,
         register_artifact,
         run_trainer,
     )
 
-    hf_logging.disable_progress_bar()
-    registry = registry or Registry()
-    settings = config.train
-    name = default_name(config)
-    config = config.model_copy(update={"name": name})
+    config, registry, tokenizer = begin_run(config, registry, offsets_for="question answering")
+    settings, name = config.train, str(config.name)
     data = load_qa_data(config)
-    tokenizer = load_tokenizer(settings.base_model, settings.trust_remote_code)
-    if not getattr(tokenizer, "is_fast", False):
-        raise DataError(f"{settings.base_model} has no fast tokenizer; question answering needs character offsets.")
     set_seed(settings.seed)
     model = load_with_new_head(
         AutoModelForQuestionAnswering, settings.base_model, trust_remote_code=settings.trust_remote_code
