@@ -170,3 +170,27 @@ def test_evaluate_on_another_file(qa_result: tuple[Path, object], tmp_path: Path
     result = tunesmith.evaluate(tunesmith.load_model("where", registry=tunesmith.Registry(home)), data, tmp_path / "r")
     assert result["test"]["n"] == 20 and 0 <= result["test"]["exact_match"] <= result["test"]["f1"] <= 1
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["test"] == result["test"]
+
+
+def test_served_over_http(qa_result: tuple[Path, object], start_server) -> None:
+    import httpx
+    from huggingface_hub import InferenceClient
+
+    home, _ = qa_result
+    server = start_server(home, "where")
+    context = "yesterday erin moved to rome with a friend ."
+    ours = httpx.post(f"{server.url}/v1/models/where/answer",
+                      json={"question": "where to ?", "context": context, "top_k": 2}).json()  # fmt: skip
+    assert ours["version"] == 1 and len(ours["answers"]) == 2
+    best = ours["answers"][0]
+    assert best["answer"] == "rome" and context[best["start"] : best["end"]] == "rome"
+    hf = httpx.post(
+        f"{server.url}/models/where", json={"inputs": {"question": "where to ?", "context": context}}
+    ).json()
+    assert hf["answer"] == "rome" and hf["start"] == best["start"]
+    client = InferenceClient(model=f"{server.url}/models/where")
+    assert client.question_answering(question="where to ?", context=context).answer == "rome"
+    wrong = httpx.post(f"{server.url}/v1/models/where/predict", json={"text": "where to ?"})
+    assert wrong.status_code == 404 and wrong.json()["code"] == "wrong_task"
+    too_long = httpx.post(f"{server.url}/v1/models/where/answer", json={"question": "q", "context": "x" * 20_000})
+    assert too_long.status_code == 422 and too_long.json()["code"] == "text_too_long"

@@ -226,7 +226,7 @@ def test_served_over_http(ner_home: tuple[Path, object], start_server) -> None:
     client = InferenceClient(model=f"{server.url}/models/people")
     assert [e.word for e in client.token_classification(text)] == [e["text"] for e in entities]
     wrong = httpx.post(f"{server.url}/predict", json={"text": text})
-    assert wrong.status_code == 422 and wrong.json()["code"] == "wrong_task"
+    assert wrong.status_code == 404 and wrong.json()["code"] == "wrong_task"
     assert 'tunesmith_predictions_total{label="LOC",model="people"}' in httpx.get(f"{server.url}/metrics").text
 
 

@@ -21,6 +21,9 @@ from tunesmith.serving.schemas import (
     ERRORS,
     AliasName,
     AliasRequest,
+    AnswerOut,
+    AnswerRequest,
+    AnswerResponse,
     ApiError,
     HFEntity,
     HFParameters,
@@ -30,6 +33,7 @@ from tunesmith.serving.schemas import (
     ModelList,
     PredictRequest,
     PredictResponse,
+    QuestionContext,
     SeedRequest,
 )
 from tunesmith.serving.server import Server
@@ -176,7 +180,7 @@ def create_app(settings: ServeSettings, registry: Registry | None = None) -> Fas
     async def predict_seed(body: SeedRequest) -> JSONResponse:
         """The default model, in the request and response shape of the original Flask service."""
         if server.slots[server.default].current and server.slots[server.default].current.task != "text-classification":
-            raise ApiError(422, "wrong_task", f"/predict answers with a label; the default model {server.default!r} "
+            raise ApiError(404, "wrong_task", f"/predict answers with a label; the default model {server.default!r} "
                            f"finds entities. Use /v1/models/{server.default}/predict.")  # fmt: skip
         loaded, logits = await server.infer(server.default, [body.text])
         p = loaded.predictor.decide(loaded.predictor.activate(logits))[0]
@@ -184,11 +188,16 @@ def create_app(settings: ServeSettings, registry: Registry | None = None) -> Fas
         return JSONResponse({"label": label, "score": p.score})
 
     @app.post("/models/{name}", tags=["predict"], dependencies=read, responses=predict_errors,
-              response_model=list[list[LabelScore]] | list[HFEntity] | list[list[HFEntity]])  # fmt: skip
+              response_model=list[list[LabelScore]] | list[HFEntity] | list[list[HFEntity]] | AnswerOut | list[AnswerOut])  # fmt: skip
     async def predict_hf(name: str, body: HFRequest) -> JSONResponse:
         """Hugging Face Inference API compatible: text classification answers one list of {label, score} per
         input, most probable first; token classification answers {entity_group, score, word, start, end} per
         entity (a flat list for one input). `huggingface_hub.InferenceClient` works unchanged."""
+        if isinstance(body.inputs, QuestionContext):
+            params = body.parameters or HFParameters()
+            loaded, answers = await server.answer(name, body.inputs.question, body.inputs.context)
+            found = [{"answer": a.text, "score": a.score, "start": a.start, "end": a.end} for a in answers]
+            return JSONResponse(found[: params.top_k] if params.top_k else found[0])
         texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
         loaded, logits = await server.infer(name, texts)
         if loaded.task == "token-classification":
@@ -209,6 +218,15 @@ def create_app(settings: ServeSettings, registry: Registry | None = None) -> Fas
             best = np.argsort(-row, kind="stable")[:k]
             out.append([{"label": labels[i], "score": float(row[i])} for i in best])
         return JSONResponse(out)
+
+    @app.post("/v1/models/{name}/answer", tags=["predict"], response_model=AnswerResponse, dependencies=read,
+              responses=predict_errors)  # fmt: skip
+    async def answer(name: str, body: AnswerRequest) -> JSONResponse:
+        """Extractive question answering: the best `top_k` spans of `context` that answer `question`."""
+        loaded, answers = await server.answer(name, body.question, body.context)
+        return JSONResponse({"model": loaded.version.name, "version": loaded.version.version,
+                             "backend": loaded.predictor.backend,
+                             "answers": [a.to_dict() for a in answers[: body.top_k]]})  # fmt: skip
 
     admin_errors = {k: ERRORS[k] for k in (400, 401, 403, 404, 409, 422)}
 
@@ -264,7 +282,8 @@ def _document_limits(app: FastAPI, settings: ServeSettings, served: list[str]) -
             schema = generate()
             components = schema.get("components", {}).get("schemas", {})
             for model, fields in (("PredictRequest", ("text", "texts")), ("SeedRequest", ("text",)),
-                                  ("HFRequest", ("inputs",))):  # fmt: skip
+                                  ("HFRequest", ("inputs",)), ("QuestionContext", ("question", "context")),
+                                  ("AnswerRequest", ("question", "context"))):  # fmt: skip
                 for name in fields:
                     limit(components.get(model, {}).get("properties", {}).get(name))
             for operation in (op for path in schema.get("paths", {}).values() for op in path.values()):

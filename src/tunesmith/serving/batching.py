@@ -12,7 +12,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tunesmith.registry import ModelVersion
-from tunesmith.serving.schemas import ApiError
+from tunesmith.serving.schemas import MAX_ANSWERS, ApiError
 from tunesmith.serving.settings import BatchSettings
 
 log = logging.getLogger("tunesmith.server")
@@ -55,6 +55,9 @@ class Loaded:
         either way indexable per text, so the batcher can hand each request its slice."""
         if self.task == "token-classification":
             return self.predictor.predict(texts, batch_size)
+        if self.task == "question-answering":  # here each "text" is a (question, context) pair
+            questions, contexts = [q for q, _ in texts], [c for _, c in texts]
+            return self.predictor.answer(questions, contexts, top_k=MAX_ANSWERS, batch_size=batch_size)
         return self.predictor.predict_logits(texts, batch_size)
 
 

@@ -8,6 +8,8 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
+MAX_ANSWERS = 10  # answers computed per question; top_k chooses among them
+
 
 class PredictRequest(BaseModel):
     """Exactly one of `text` and `texts` (the schema says so with oneOf, so generated clients know)."""
@@ -94,12 +96,39 @@ class HFParameters(BaseModel):
     function_to_apply: Literal["sigmoid", "softmax", "none"] | None = None
 
 
-class HFRequest(BaseModel):
-    """The Hugging Face Inference API's text-classification request."""
+class QuestionContext(BaseModel):
+    question: str = Field(description="The question.")
+    context: str = Field(description="The text that holds the answer.")
 
-    inputs: str | Annotated[list[str], Field(min_length=1)] = Field(description="A text or a list of texts.")
+
+class HFRequest(BaseModel):
+    """The Hugging Face Inference API's request: a text or texts (classification, token classification), or a
+    question with its context (question answering)."""
+
+    inputs: str | Annotated[list[str], Field(min_length=1)] | QuestionContext = Field(
+        description="A text, a list of texts, or {question, context}."
+    )
     parameters: HFParameters | None = None
     options: dict[str, Any] | None = None
+
+
+class AnswerRequest(QuestionContext):
+    model_config = ConfigDict(extra="forbid")
+    top_k: int = Field(1, ge=1, le=MAX_ANSWERS, description="How many answers, best first.")
+
+
+class AnswerOut(BaseModel):
+    answer: str = Field(description='The answer span ("" when the model finds none).')
+    start: int = Field(description="Character offset of the answer in the context (-1 for no answer).")
+    end: int
+    score: float
+
+
+class AnswerResponse(BaseModel):
+    model: str
+    version: int
+    backend: str
+    answers: list[AnswerOut]
 
 
 class ModelInfo(BaseModel):

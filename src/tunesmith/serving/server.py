@@ -19,7 +19,7 @@ from tunesmith.serving.schemas import ApiError, ModelInfo
 from tunesmith.serving.settings import ServeSettings, auth_enabled
 
 log = logging.getLogger("tunesmith.server")
-SERVED_TASKS = ("text-classification", "token-classification")
+SERVED_TASKS = ("text-classification", "token-classification", "question-answering")
 
 
 class Server:
@@ -73,10 +73,16 @@ class Server:
             from tunesmith.tasks.token_classification import EntityTagger  # PyTorch: no ONNX export for NER yet
 
             predictor: Any = EntityTagger.from_artifact(version.path)
+        elif version.task == "question-answering":
+            from tunesmith.tasks.question_answering import AnswerFinder  # PyTorch: no ONNX export for QA yet
+
+            predictor = AnswerFinder.from_artifact(version.path)
         else:
             predictor = load_predictor(version.path, self.settings.backend, self.settings.threads)
         loaded = Loaded(version, predictor, revision)
-        loaded.compute(["warm-up"], 1)  # the first run allocates; do it before taking traffic
+        loaded.compute(
+            [("warm-up?", "warm-up")] if version.task == "question-answering" else ["warm-up"], 1
+        )  # the first run allocates; do it before taking traffic
         return loaded
 
     async def refresh(self, name: str | None = None) -> None:
@@ -169,9 +175,25 @@ class Server:
                                f"{limits.max_text_chars} are accepted.")  # fmt: skip
         return [_valid_unicode(t) for t in texts]
 
+    def _require_task(self, slot: Slot, wanted: set[str], hint: str) -> None:
+        task = slot.current.task if slot.current else None
+        if task is not None and task not in wanted:
+            # 404: this route of that model does not exist (the request itself may be well-formed).
+            raise ApiError(404, "wrong_task", f"{slot.name!r} is a {task} model; {hint}")
+
+    async def answer(self, name: str, question: str, context: str) -> tuple[Loaded, Any]:
+        """(the version that answered, its best answers to `question` in `context`)"""
+        slot = self.slot(name)
+        self._require_task(slot, {"question-answering"}, f"send texts to /v1/models/{name}/predict instead.")
+        question, context = self.check_texts([question, context])
+        loaded, answers = await self.batchers[slot.name].submit([(question, context)], self.settings.request_timeout_s)
+        return loaded, answers[0]
+
     async def infer(self, name: str, texts: list[str]) -> tuple[Loaded, Any]:
         """(the version that answered, its output for `texts`: logits, or entity lists for token classification)"""
         slot = self.slot(name)
+        self._require_task(slot, {"text-classification", "token-classification"},
+                           f'ask it with {{"question", "context"}} at /v1/models/{name}/answer.')  # fmt: skip
         texts = self.check_texts(texts)
         loaded, logits = await self.batchers[slot.name].submit(texts, self.settings.request_timeout_s)
         counter = self.metrics.predictions
