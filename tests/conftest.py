@@ -200,3 +200,18 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterable[Callable[
     yield start
     for server in servers:
         server.stop()
+
+
+def fuzz_openapi(url: str, workdir: Path) -> None:
+    """schemathesis generates requests from the server's OpenAPI schema (valid and invalid) and checks every
+    answer: no 5xx, documented status codes and content types, responses matching their schemas."""
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-m", "schemathesis.cli", "--config-file", str(ROOT / "tests" / "schemathesis.toml"),
+         "run", f"{url}/openapi.json", "--checks", "all",
+         "--max-examples", "25", "--seed", "1", "--phases", "examples,coverage,fuzzing", "--no-color"],
+        capture_output=True, text=True, cwd=workdir, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[result.stdout.find("FAILURES") :][:6000]
+    assert "No issues found" in result.stdout or "passed" in result.stdout

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import tunesmith
-from conftest import write_jsonl
+from conftest import fuzz_openapi, write_jsonl
 from tunesmith.errors import DataError
 from tunesmith.tasks.question_answering import (
     AnswerFinder,
@@ -194,3 +194,9 @@ def test_served_over_http(qa_result: tuple[Path, object], start_server) -> None:
     assert wrong.status_code == 404 and wrong.json()["code"] == "wrong_task"
     too_long = httpx.post(f"{server.url}/v1/models/where/answer", json={"question": "q", "context": "x" * 20_000})
     assert too_long.status_code == 422 and too_long.json()["code"] == "text_too_long"
+
+
+def test_property_based_run_over_openapi_has_no_5xx(
+    qa_result: tuple[Path, object], start_server, tmp_path: Path
+) -> None:
+    fuzz_openapi(start_server(qa_result[0], "where").url, tmp_path)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import RunningServer, private_copy
+from conftest import RunningServer, fuzz_openapi, private_copy
 
 LIMITS = ("--max-texts-per-request", "8", "--max-text-chars", "300", "--max-body-bytes", "4096")
 TEXTS = [
@@ -210,13 +208,4 @@ def test_json_access_log_with_request_ids(client: httpx.Client, server: RunningS
 
 
 def test_property_based_run_over_openapi_has_no_5xx(server: RunningServer, tmp_path: Path) -> None:
-    """schemathesis generates requests from the OpenAPI schema (valid and invalid) and checks every answer:
-    no 5xx, documented status codes and content types, responses matching their schemas."""
-    result = subprocess.run(
-        [sys.executable, "-m", "schemathesis.cli", "--config-file", str(Path(__file__).with_name("schemathesis.toml")),
-         "run", f"{server.url}/openapi.json", "--checks", "all",
-         "--max-examples", "25", "--seed", "1", "--phases", "examples,coverage,fuzzing", "--no-color"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[result.stdout.find("FAILURES") :][:6000]
-    assert "No issues found" in result.stdout or "passed" in result.stdout
+    fuzz_openapi(server.url, tmp_path)

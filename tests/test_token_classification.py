@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import tunesmith
-from conftest import write_jsonl
+from conftest import fuzz_openapi, write_jsonl
 from tunesmith.errors import DataError
 from tunesmith.tasks import get_task
 from tunesmith.tasks.token_classification import (
@@ -200,8 +200,9 @@ def test_train_predict_and_register_end_to_end(ner_home: tuple[Path, object]) ->
     assert {"model", "tunesmith.json", "metrics.json", "report.md", "errors.jsonl", "config.yaml", "data"} <= files
     tagger = tunesmith.load_model("people@1", registry=tunesmith.Registry(home))
     text = "yesterday  dave moved to oslo"
-    entities = tagger.predict([text, ""])
-    assert entities[1] == []
+    entities = tagger.predict([text, "", "\u200b\x00", "dave \u200b oslo"])  # the tokenizer drops \u200b, \x00
+    assert entities[1] == [] and entities[2] == []
+    assert {e.text for e in entities[3]} <= {"dave", "oslo"}
     found = {(e.label, e.text) for e in entities[0]}
     assert ("PER", "dave") in found and ("LOC", "oslo") in found
     for e in entities[0]:
@@ -252,3 +253,9 @@ def test_evaluate_on_another_file(
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())["test"]
     assert metrics["n"] == 20 and 0 <= metrics["f1"] <= 1
     assert (tmp_path / "r" / "report.md").is_file() and (tmp_path / "r" / "errors.jsonl").is_file()
+
+
+def test_property_based_run_over_openapi_has_no_5xx(
+    ner_home: tuple[Path, object], start_server, tmp_path: Path
+) -> None:
+    fuzz_openapi(start_server(ner_home[0], "people").url, tmp_path)

@@ -400,6 +400,8 @@ class EntityTagger:
                     sentence = int(encoded["overflow_to_sample_mapping"][window])
                     word_ids = encoded.word_ids(window)
                     positions = [i for i, w in enumerate(word_ids) if w is not None]
+                    if not positions:  # every word was dropped by the tokenizer (control or format characters)
+                        continue
                     first, last = positions[0], positions[-1]
                     previous = None
                     for i, word in enumerate(word_ids):
