@@ -18,6 +18,10 @@ sys.path.insert(0, str(ROOT / "examples"))
 from make_support_data import make_rows  # noqa: E402
 from tunesmith.registry import Registry  # noqa: E402
 
+# Names and places of the synthetic NER and QA data: the words a tiny model can learn to find.
+PEOPLE = ["alice", "bob", "carol", "dave", "erin", "frank"]
+CITIES = ["paris", "london", "berlin", "madrid", "rome", "oslo"]
+
 
 def write_csv(path: Path, rows: Iterable[Iterable[object]], header: Iterable[str] = ("text", "label")) -> Path:
     with path.open("w", newline="", encoding="utf-8") as handle:

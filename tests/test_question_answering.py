@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import tunesmith
-from conftest import fuzz_openapi, write_jsonl
+from conftest import CITIES, PEOPLE, fuzz_openapi, write_jsonl
 from tunesmith.errors import DataError
 from tunesmith.tasks.question_answering import (
     AnswerFinder,
@@ -19,9 +19,6 @@ from tunesmith.tasks.question_answering import (
     read_examples,
     squad_scores,
 )
-
-PEOPLE = ["alice", "bob", "carol", "dave", "erin", "frank"]
-CITIES = ["paris", "london", "berlin", "madrid", "rome", "oslo"]
 
 
 def squad(path: Path, paragraphs: list[tuple[str, list[dict]]], version: str = "1.1") -> Path:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import tunesmith
-from conftest import fuzz_openapi, write_jsonl
+from conftest import CITIES, PEOPLE, fuzz_openapi, write_jsonl
 from tunesmith.errors import DataError
 from tunesmith.tasks import get_task
 from tunesmith.tasks.token_classification import (
@@ -22,9 +22,6 @@ from tunesmith.tasks.token_classification import (
     read_sentences,
     spans_to_sentence,
 )
-
-PEOPLE = ["alice", "bob", "carol", "dave", "erin", "frank"]
-CITIES = ["paris", "london", "berlin", "madrid", "rome", "oslo"]
 
 
 def make_sentences(n: int, seed: int = 0) -> list[Sentence]:

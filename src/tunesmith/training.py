@@ -396,9 +396,18 @@ def register_artifact(
     files: dict[str, str],
     meta: dict[str, Any],
     metrics: dict[str, Any],
+    evaluation: dict[str, Any],
+    errors: list[dict[str, Any]],
+    report: str,
 ) -> ModelVersion:
-    """Write a complete artifact (weights as safetensors, tokenizer, `files`, config.yaml, tunesmith.json)
-    to staging and register it as the next version of `config.name`."""
+    """Write a complete artifact (weights as safetensors, tokenizer, `files`, metrics.json from `evaluation`,
+    errors.jsonl, report.md, config.yaml, tunesmith.json) to staging and register it as the next version."""
+    files = {
+        **files,
+        "metrics.json": json.dumps(evaluation, indent=2),
+        "errors.jsonl": "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors),
+        "report.md": report,
+    }
     with registry.staging() as staged:
         model.save_pretrained(staged / "model", safe_serialization=True)
         tokenizer.save_pretrained(staged / "model")

@@ -427,12 +427,10 @@ def train(
     )
     version = register_artifact(
         registry, config, model, tokenizer,
-        files={
-            **splits,
-            "metrics.json": json.dumps({"test": metrics, "validation": validation_metrics, "train_minutes": minutes}, indent=2),
-            "errors.jsonl": "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors),
-            "report.md": report,
-        },
+        files=splits,
+        evaluation={"test": metrics, "validation": validation_metrics, "train_minutes": minutes},
+        errors=errors,
+        report=report,
         meta={
             "label_names": [], "max_length": max_length, "allow_no_answer": data.allow_no_answer,
             "precision": "bf16" if use_bf16 else "fp32",

@@ -517,12 +517,10 @@ def train(
     }  # fmt: skip
     version = register_artifact(
         registry, config, model, tokenizer,
-        files={
-            **splits,
-            "metrics.json": json.dumps({"test": metrics, "validation": validation_metrics, "train_minutes": minutes}, indent=2),
-            "errors.jsonl": "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors),
-            "report.md": report_markdown(name, metrics, len(errors)),
-        },
+        files=splits,
+        evaluation={"test": metrics, "validation": validation_metrics, "train_minutes": minutes},
+        errors=errors,
+        report=report_markdown(name, metrics, len(errors)),
         meta={
             "label_names": data.label_names, "max_length": max_length, "precision": "bf16" if use_bf16 else "fp32",
             "tag_scheme_in_data": data.scheme,
