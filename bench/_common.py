@@ -46,3 +46,18 @@ def save(name: str, payload: dict[str, object]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def export_and_print(model_path: Path) -> dict[str, object]:
+    """Export a trained artifact to ONNX (fp32 + int8, checked against PyTorch); print the check as a table."""
+    from tunesmith.export import export_artifact, export_summary
+
+    record = export_artifact(model_path, log=lambda _message: None)
+    rows = export_summary(record)
+    reference = record["reference"]
+    print(f"\nONNX export, checked on {record['checked_on']['n']} validation / {record['checked_on']['test_n']} test "
+          f"items; PyTorch: {reference['texts_per_second']:.1f} items/s on the test split\n")  # fmt: skip
+    print("| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]))
+    for row in rows:
+        print("| " + " | ".join(row.values()) + " |")
+    return record

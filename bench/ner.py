@@ -3,7 +3,8 @@
     python bench/ner.py
 
 Trains the embedded all-MiniLM-L6-v2 on wnut17train.conll, early-stops on emerging.dev.conll and scores
-emerging.test.annotated with seqeval (strict IOB2, micro-averaged over entity types).
+emerging.test.annotated with seqeval (strict IOB2, micro-averaged over entity types); then exports it to
+ONNX fp32 and int8 and reports their agreement with PyTorch, metric change and speed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tunesmith
-from _common import require_shared_data, save
+from _common import export_and_print, require_shared_data, save
 
 REFERENCE = (
     "DistilBERT-base-uncased (66M parameters) fine-tuned on the same wnut_17 files with the Hugging Face "
@@ -35,6 +36,7 @@ def main() -> None:
             registry=tunesmith.Registry(Path(work) / "home"),
         )  # fmt: skip
         minutes = (time.perf_counter() - started) / 60
+        export = export_and_print(result.version.path)
     m = result.metrics
     print(f"\nWNUT-17 test ({m['n']} sentences), entity level, embedded all-MiniLM-L6-v2, defaults\n")
     print("| type | precision | recall | F1 | support |\n|---|---|---|---|---|")
@@ -43,7 +45,7 @@ def main() -> None:
     print(f"| **all (micro)** | {m['precision']:.3f} | {m['recall']:.3f} | **{m['f1']:.3f}** | |")
     print(f"\ntraining {result.train_minutes:.1f} min, total {minutes:.1f} min. Reference: {REFERENCE}")
     path = save("ner_wnut17", {"metrics": m, "train_minutes": result.train_minutes, "total_minutes": minutes,
-                               "reference": REFERENCE})  # fmt: skip
+                               "reference": REFERENCE, "export": export})  # fmt: skip
     print(f"wrote {path}")
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tunesmith
-from _common import require_shared_data, save
+from _common import export_and_print, require_shared_data, save
 
 TRAIN_ARTICLES = 18
 
@@ -40,6 +40,7 @@ def main() -> None:
             max_minutes=args.max_minutes, max_steps=args.max_steps, registry=tunesmith.Registry(Path(work) / "home"),
         )  # fmt: skip
         minutes = (time.perf_counter() - started) / 60
+        export = export_and_print(result.version.path)
     m = result.metrics
     print(f"\nSQuAD v1.1 dev part 1: {len(articles) - TRAIN_ARTICLES} held-out articles, {m['n']} questions")
     print("| model | exact match | F1 | training minutes |\n|---|---|---|---|")
@@ -47,7 +48,7 @@ def main() -> None:
         f"| embedded all-MiniLM-L6-v2, defaults | {m['exact_match']:.3f} | {m['f1']:.3f} | {result.train_minutes:.1f} |"
     )
     path = save("qa_squad_part1", {"metrics": m, "train_minutes": result.train_minutes, "total_minutes": minutes,
-                                   "train_articles": TRAIN_ARTICLES, "max_minutes": args.max_minutes})  # fmt: skip
+                                   "train_articles": TRAIN_ARTICLES, "max_minutes": args.max_minutes, "export": export})  # fmt: skip
     print(f"wrote {path}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 import re
 import string
 import sys
@@ -17,6 +18,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from make_support_data import make_rows  # noqa: E402
 from tunesmith.registry import Registry  # noqa: E402
+from tunesmith.tasks.token_classification import Sentence  # noqa: E402
 
 # Names and places of the synthetic NER and QA data: the words a tiny model can learn to find.
 PEOPLE = ["alice", "bob", "carol", "dave", "erin", "frank"]
@@ -34,6 +36,64 @@ def write_csv(path: Path, rows: Iterable[Iterable[object]], header: Iterable[str
 def write_jsonl(path: Path, records: Iterable[dict[str, object]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return path
+
+
+def make_sentences(n: int, seed: int = 0) -> list[Sentence]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        person, city = rng.choice(PEOPLE), rng.choice(CITIES)
+        pattern = rng.choice(["{p} flew to {c} today", "yesterday {p} moved to {c}", "{p} smith lives in {c}"])
+        tokens, tags = [], []
+        for word in pattern.split():
+            if word == "{p}":
+                tokens.append(person)
+                tags.append("B-PER")
+            elif word == "{c}":
+                tokens.append(city)
+                tags.append("B-LOC")
+            else:
+                tokens.append(word)
+                tags.append("I-PER" if word == "smith" else "O")
+        out.append(Sentence(tokens, tags))
+    return out
+
+
+def write_conll(path: Path, sentences: list[Sentence], columns: int = 2, docstart: bool = True) -> Path:
+    lines = ["-DOCSTART- -X- -X- O", ""] if docstart else []
+    for s in sentences:
+        for token, tag in zip(s.tokens, s.tags, strict=True):
+            middle = ["NN", "B-NP"][: columns - 2]
+            lines.append("\t".join([token, *middle, tag]))
+        lines.append("\t")  # a whitespace-only separator line, as WNUT-17 has
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def squad(path: Path, paragraphs: list[tuple[str, list[dict]]], version: str = "1.1") -> Path:
+    data = [{"title": f"article {i}", "paragraphs": [{"context": c, "qas": q}]} for i, (c, q) in enumerate(paragraphs)]
+    path.write_text(json.dumps({"version": version, "data": data}), encoding="utf-8")
+    return path
+
+
+def make_paragraphs(n: int, seed: int = 0, unanswerable: bool = False) -> list[tuple[str, list[dict]]]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        person, city = rng.choice(PEOPLE), rng.choice(CITIES)
+        context = f"yesterday {person} moved to {city} with a friend ."
+        qas = [
+            {
+                "id": f"{i}w",
+                "question": "who moved ?",
+                "answers": [{"text": person, "answer_start": context.index(person)}],
+            },
+            {"id": f"{i}c", "question": "where to ?", "answers": [{"text": city, "answer_start": context.index(city)}]},
+        ]
+        if unanswerable and i % 3 == 0:
+            qas.append({"id": f"{i}n", "question": "how old ?", "answers": [], "is_impossible": True})
+        out.append((context, qas))
+    return out
 
 
 @pytest.fixture(scope="session")

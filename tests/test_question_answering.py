@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 
 import tunesmith
-from conftest import CITIES, PEOPLE, fuzz_openapi, write_jsonl
+from conftest import fuzz_openapi, make_paragraphs, squad, write_jsonl
 from tunesmith.errors import DataError
 from tunesmith.tasks.question_answering import (
     AnswerFinder,
@@ -19,32 +18,6 @@ from tunesmith.tasks.question_answering import (
     read_examples,
     squad_scores,
 )
-
-
-def squad(path: Path, paragraphs: list[tuple[str, list[dict]]], version: str = "1.1") -> Path:
-    data = [{"title": f"article {i}", "paragraphs": [{"context": c, "qas": q}]} for i, (c, q) in enumerate(paragraphs)]
-    path.write_text(json.dumps({"version": version, "data": data}), encoding="utf-8")
-    return path
-
-
-def make_paragraphs(n: int, seed: int = 0, unanswerable: bool = False) -> list[tuple[str, list[dict]]]:
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        person, city = rng.choice(PEOPLE), rng.choice(CITIES)
-        context = f"yesterday {person} moved to {city} with a friend ."
-        qas = [
-            {
-                "id": f"{i}w",
-                "question": "who moved ?",
-                "answers": [{"text": person, "answer_start": context.index(person)}],
-            },
-            {"id": f"{i}c", "question": "where to ?", "answers": [{"text": city, "answer_start": context.index(city)}]},
-        ]
-        if unanswerable and i % 3 == 0:
-            qas.append({"id": f"{i}n", "question": "how old ?", "answers": [], "is_impossible": True})
-        out.append((context, qas))
-    return out
 
 
 def test_squad_json_and_jsonl(tmp_path: Path) -> None:

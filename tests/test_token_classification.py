@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import tunesmith
-from conftest import CITIES, PEOPLE, fuzz_openapi, write_jsonl
+from conftest import fuzz_openapi, make_sentences, write_conll, write_jsonl
 from tunesmith.errors import DataError
+from tunesmith.inference import torch_runner
 from tunesmith.tasks import get_task
 from tunesmith.tasks.token_classification import (
     EntityTagger,
@@ -22,38 +22,6 @@ from tunesmith.tasks.token_classification import (
     read_sentences,
     spans_to_sentence,
 )
-
-
-def make_sentences(n: int, seed: int = 0) -> list[Sentence]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        person, city = rng.choice(PEOPLE), rng.choice(CITIES)
-        pattern = rng.choice(["{p} flew to {c} today", "yesterday {p} moved to {c}", "{p} smith lives in {c}"])
-        tokens, tags = [], []
-        for word in pattern.split():
-            if word == "{p}":
-                tokens.append(person)
-                tags.append("B-PER")
-            elif word == "{c}":
-                tokens.append(city)
-                tags.append("B-LOC")
-            else:
-                tokens.append(word)
-                tags.append("I-PER" if word == "smith" else "O")
-        out.append(Sentence(tokens, tags))
-    return out
-
-
-def write_conll(path: Path, sentences: list[Sentence], columns: int = 2, docstart: bool = True) -> Path:
-    lines = ["-DOCSTART- -X- -X- O", ""] if docstart else []
-    for s in sentences:
-        for token, tag in zip(s.tokens, s.tags, strict=True):
-            middle = ["NN", "B-NP"][: columns - 2]
-            lines.append("\t".join([token, *middle, tag]))
-        lines.append("\t")  # a whitespace-only separator line, as WNUT-17 has
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 @pytest.mark.parametrize("columns", [2, 3, 4])
@@ -155,7 +123,7 @@ def test_long_sentences_cross_window_boundaries(tiny_model: str) -> None:
     labelled = sum(1 for r in rows for label in r["labels"] if label != -100)
     assert labelled > len(long.tokens)  # windows overlap: words near cuts are seen twice
     model = AutoModelForTokenClassification.from_pretrained(tiny_model, num_labels=3)
-    tagger = EntityTagger(model, tokenizer, labels, max_length=32)
+    tagger = EntityTagger(torch_runner(model, ["logits"]), tokenizer, labels, max_length=32)
     probs = tagger.word_probabilities([long.tokens, ["short"]])
     assert probs[0].shape == (120, 3) and np.allclose(probs[0].sum(1), 1.0, atol=1e-5)  # every word got a window
     assert probs[1].shape == (1, 3)

@@ -8,7 +8,7 @@ from typing import Any
 
 from tunesmith.config import DataConfig, RunConfig, TrainConfig, load_config
 from tunesmith.errors import ConfigError, DataError, ModelError, RegistryError, TunesmithError
-from tunesmith.inference import BaseClassifier, OnnxClassifier, Prediction, TextClassifier, load_predictor
+from tunesmith.inference import BaseClassifier, OnnxClassifier, Prediction, TextClassifier
 from tunesmith.registry import ModelVersion, Registry
 
 __version__ = "0.1.0"
@@ -54,19 +54,13 @@ def load_model(ref: str, registry: Registry | None = None, backend: str = "auto"
 
     backend "auto" uses the ONNX export when one passed its agreement check (see `export`), else PyTorch.
     """
+    from tunesmith.tasks import get_task
+
     path = Path(ref)
     if not (path / "tunesmith.json").is_file():
         path = (registry or Registry()).resolve(ref).path
-    task = json.loads((path / "tunesmith.json").read_text(encoding="utf-8")).get("task")
-    if task == "token-classification":
-        from tunesmith.tasks.token_classification import EntityTagger
-
-        return EntityTagger.from_artifact(path)
-    if task == "question-answering":
-        from tunesmith.tasks.question_answering import AnswerFinder
-
-        return AnswerFinder.from_artifact(path)
-    return load_predictor(path, backend)
+    task = json.loads((path / "tunesmith.json").read_text(encoding="utf-8")).get("task", "text-classification")
+    return get_task(task).load(path, backend)
 
 
 def export_model(
@@ -86,15 +80,10 @@ def evaluate(model: str | BaseClassifier, data: str | Path, out_dir: str | Path,
 
     `columns` may name `text_column` and `label_column`; returns the metrics written to metrics.json.
     """
-    from tunesmith.evaluation import evaluate as _evaluate
+    from tunesmith.tasks import get_task
 
-    classifier = load_model(model) if isinstance(model, str) else model
-    task = getattr(classifier, "task", "text-classification")
-    if task != "text-classification":
-        from tunesmith.tasks import get_task
-
-        return get_task(task).evaluate_file(classifier, data, out_dir)
-    return _evaluate(classifier, data, out_dir, **columns)
+    predictor = load_model(model) if isinstance(model, str) else model
+    return get_task(predictor.task).evaluate_file(predictor, data, out_dir, **columns)
 
 
 __all__ = [

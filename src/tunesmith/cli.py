@@ -387,17 +387,19 @@ def models_show(ref: Annotated[str, typer.Argument(help="NAME, NAME@VERSION or N
     meta = json.loads((version.path / "tunesmith.json").read_text(encoding="utf-8"))
     console.print(f"[bold]{version.ref}[/bold]  aliases: {', '.join(version.aliases) or '-'}")
     console.print(f"path:       {version.path}")
-    console.print(f"task:       {meta['task']} ({'multi-label' if meta['multi_label'] else 'single-label'})")
+    kind = {True: " (multi-label)", False: " (single-label)"}.get(meta.get("multi_label"), "")
+    console.print(f"task:       {meta['task']}{kind}")
     console.print(f"base model: {meta['base_model']}  max_length: {meta['max_length']}  precision: {meta['precision']}")
-    console.print(f"labels:     {', '.join(meta['label_names'])}")
+    if meta.get("label_names"):
+        console.print(f"labels:     {', '.join(meta['label_names'])}")
     console.print(
         f"data:       {meta['data']['train_file']}  {meta['data']['sizes']}  {meta['data']['fingerprint'][:23]}"
     )
     console.print(f"created:    {meta['created_at']}")
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in meta["metrics"].items())
-    baseline = ", ".join(f"{k} {v:.4f}" for k, v in meta["baseline_metrics"].items())
     console.print(f"test:       {metrics}")
-    console.print(f"baseline:   {baseline}")
+    if meta.get("baseline_metrics"):
+        console.print(f"baseline:   {', '.join(f'{k} {v:.4f}' for k, v in meta['baseline_metrics'].items())}")
     console.print(f"report:     {version.path / 'report.md'}")
     export = read_export(version.path)
     if export is None:

@@ -17,13 +17,15 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 
 from tunesmith.config import DataConfig
 from tunesmith.errors import DataError
+
+if TYPE_CHECKING:  # pandas loads only when a table is read: a server never needs it
+    import pandas as pd
 
 FORMATS = {
     ".csv": "csv",
@@ -119,6 +121,8 @@ def _looks_like_data(header: Sequence[str]) -> bool:
 
 
 def _read_delimited(path: Path, text: str, sep: str) -> pd.DataFrame:
+    import pandas as pd
+
     # GLUE-style TSV files hold unescaped quotes inside texts: only CSV gets quote handling.
     quoting = csv.QUOTE_MINIMAL if sep == "," else csv.QUOTE_NONE
     first_line = text.split("\n", 1)[0]
@@ -148,6 +152,8 @@ def _read_delimited(path: Path, text: str, sep: str) -> pd.DataFrame:
 
 
 def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
+    import pandas as pd
+
     records = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -169,6 +175,8 @@ def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
 
 
 def _read_json(path: Path, text: str) -> pd.DataFrame:
+    import pandas as pd
+
     try:
         content = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -193,6 +201,8 @@ def _read_json(path: Path, text: str) -> pd.DataFrame:
 
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a data file into a DataFrame, or raise a `DataError` that says how to fix it."""
+    import pandas as pd
+
     path = Path(path)
     if not path.exists():
         hint = ""

@@ -1,4 +1,4 @@
-"""Export a registered classifier to ONNX (fp32 and int8) and check every export against PyTorch.
+"""Export a registered model to ONNX (fp32 and int8) and check every export against PyTorch.
 
 Quantization scheme, chosen by measurement (bench/export.py): *static* int8 with per-channel weight
 scales, activations calibrated on the artifact's stored validation texts. Dynamic quantization is a
@@ -25,7 +25,8 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,19 +34,11 @@ from typing import Any
 import numpy as np
 
 from tunesmith.errors import ModelError
-from tunesmith.inference import (
-    EXPORT_DIR,
-    EXPORT_META,
-    BaseClassifier,
-    OnnxClassifier,
-    TextClassifier,
-    _read_meta,
-    read_export,
-)
+from tunesmith.inference import EXPORT_DIR, EXPORT_META, _read_meta, read_export
 
 DEFAULT_MIN_AGREEMENT = 0.99
 OPSET = 17
-CALIBRATION_TEXTS = 256
+CALIBRATION_ITEMS = 256
 # The feed-forward output projections (BERT's `output.dense`, DistilBERT's `ffn.lin2`) read the GELU
 # activations, whose outliers an 8-bit scale resolves worst; keeping some of them in fp32 is what
 # brought a 77-class Banking77 model from 98.5% to 99.5% agreement (bench/export.py).
@@ -72,91 +65,75 @@ def int8_schemes(model_file: Path) -> list[tuple[str, list[str]]]:
 Log = Callable[[str], None]
 
 
-def _read_split(path: Path, label_names: Sequence[str], multi_label: bool) -> tuple[list[str], list[Any]]:
-    if not path.is_file():
-        return [], []
-    index = {name: i for i, name in enumerate(label_names)}
-    texts, labels = [], []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            texts.append(row["text"])
-            labels.append([index[n] for n in row["label"]] if multi_label else index[row["label"]])
-    return texts, labels
+class ExportCheck(ABC):
+    """What a task gives the exporter: its PyTorch model and how to trace it, calibration inputs, and how to
+    score an exported candidate against PyTorch on the artifact's stored validation (and test) split.
+
+    `compare` returns agreement (share of validation items whose prediction is unchanged), test_agreement,
+    max_probability_difference, metrics, metric_delta (against `reference_metrics`) and texts_per_second.
+    """
+
+    pad_token_id: int
+    model: Any  # the PyTorch model, loaded with eager attention (plain MatMul/Softmax export and quantize well)
+    output_axes: dict[str, dict[int, str]]  # graph outputs, in order, with their dynamic axes
+    trace_feeds: dict[str, np.ndarray]  # a small padded batch to trace with
+    calibration_feeds: list[dict[str, np.ndarray]]  # unpadded single items: ranges of real tokens only
+    reference_metrics: dict[str, float]
+    n: int  # validation items the agreement is measured on
+    test_n: int
+    reference_seconds: float  # PyTorch's time over the test split, the baseline of each variant's speed
+
+    @abstractmethod
+    def candidate(self, onnx_file: Path, variant: str) -> Any:
+        """The task's predictor running `onnx_file`."""
+
+    @abstractmethod
+    def compare(self, candidate: Any) -> dict[str, Any]:
+        """Agreement and metric changes of `candidate` against the PyTorch model."""
 
 
-def _decisions(model: BaseClassifier, probs: np.ndarray) -> np.ndarray:
-    return probs >= model.threshold if model.multi_label else probs.argmax(axis=1)
+def _torch_export(check: ExportCheck, target: Path) -> None:
+    import warnings
 
-
-def _agreement(model: BaseClassifier, reference: np.ndarray, probs: np.ndarray) -> float:
-    if not len(probs):
-        return 1.0
-    same = _decisions(model, reference) == _decisions(model, probs)
-    return float(same.all(axis=1).mean() if model.multi_label else same.mean())
-
-
-def _score(model: BaseClassifier, labels: list[Any], probs: np.ndarray) -> dict[str, float]:
-    from tunesmith.evaluation import classification_metrics
-
-    if not labels:
-        return {}
-    metrics = classification_metrics(labels, probs, model.label_names, model.multi_label, model.threshold)
-    return {k: metrics[k] for k in ("accuracy", "f1_macro", "f1_micro")}
-
-
-def _torch_export(reference: TextClassifier, target: Path) -> None:
     import torch
 
-    encoded = reference.tokenizer(
-        ["a short text", "a somewhat longer text, so the batch has padding"], padding=True, return_tensors="pt"
-    )
-    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in encoded]
+    names = list(check.trace_feeds)
+    outputs = list(check.output_axes)
 
-    class Logits(torch.nn.Module):
-        # Positional inputs and a bare logits output: the graph's signature is then exactly `names` -> logits.
+    class Outputs(torch.nn.Module):
+        # Positional inputs and bare tensor outputs: the graph's signature is then exactly `names` -> `outputs`.
         def __init__(self, model: torch.nn.Module) -> None:
             super().__init__()
             self.model = model
 
-        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-            return self.model(**dict(zip(names, inputs, strict=True))).logits
+        def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            result = self.model(**dict(zip(names, inputs, strict=True)))
+            return tuple(getattr(result, name) for name in outputs)
 
-    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
-    import warnings
-
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | check.output_axes
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            Logits(reference.model.eval()),
-            tuple(encoded[n] for n in names),
+            Outputs(check.model.eval()),
+            tuple(torch.from_numpy(np.asarray(check.trace_feeds[n], dtype=np.int64)) for n in names),
             str(target),
             input_names=names,
-            output_names=["logits"],
+            output_names=outputs,
             dynamic_axes=axes,
             opset_version=OPSET,
             dynamo=False,  # the TorchScript exporter handles dynamic axes of HF encoders reliably at opset 17
         )
 
 
-def _quantize(
-    source: Path, target: Path, calibration: list[list[int]], pad_id: int, inputs: set[str], keep_fp32: list[str]
-) -> None:
+def _quantize(source: Path, target: Path, calibration: list[dict[str, np.ndarray]], keep_fp32: list[str]) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
-        # One text per feed: no padding, so the calibrated ranges are those of real tokens.
         def __init__(self) -> None:
             self.items = iter(calibration)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
-            ids = next(self.items, None)
-            if ids is None:
-                return None
-            feed = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
-            if "token_type_ids" in inputs:
-                feed["token_type_ids"] = np.zeros((1, len(ids)), np.int64)
-            return feed
+            return next(self.items, None)
 
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs advice about pre-processing at WARNING
@@ -184,51 +161,37 @@ def export_artifact(
     log: Log = print,
 ) -> dict[str, Any]:
     """Export the model in artifact folder `path` to ONNX, check it, and return the export record."""
+    from tunesmith.tasks import get_task
+
     path = Path(path)
     if not 0 < min_agreement <= 1:
         raise ModelError(f"min_agreement must be in (0, 1], e.g. 0.99; got {min_agreement}.")
     meta = _read_meta(path)
-    if meta.get("task", "text-classification") != "text-classification":
-        raise ModelError(f"ONNX export handles text-classification models; this one is {meta['task']}.")
-    # Eager attention exports to plain MatMul/Softmax, which both ONNX Runtime and the quantizer handle well.
-    reference = TextClassifier.from_artifact(path, attn_implementation="eager")
-    texts, labels = _read_split(path / "data" / "validation.jsonl", reference.label_names, reference.multi_label)
-    test_texts, _ = _read_split(path / "data" / "test.jsonl", reference.label_names, reference.multi_label)
-    if len(texts) < 50:
-        log(f"warning: the validation split has {len(texts)} texts; agreement measured on so few is a rough guide.")
-    reference_probs = reference.predict_proba(texts)
-    reference_test = reference.predict_proba(test_texts)
-    pad_id = reference.tokenizer.pad_token_id or 0
+    check: ExportCheck = get_task(meta.get("task", "text-classification")).export_check(path)
+    if check.n < 50:
+        log(f"warning: the validation split has {check.n} items; agreement measured on so few is a rough guide.")
 
     workdir = path / f".{EXPORT_DIR}-{uuid.uuid4().hex[:8]}"
     workdir.mkdir()
 
-    def check(record: dict[str, Any], model: OnnxClassifier) -> None:
-        _check(record, model, workdir, texts, labels, test_texts, reference, reference_probs, reference_test,
-               min_agreement)  # fmt: skip
+    def scored(record: dict[str, Any], variant: str) -> dict[str, Any]:
+        record.update(check.compare(check.candidate(workdir / record["file"], variant)))
+        record["size_mb"] = (workdir / record["file"]).stat().st_size / 2**20
+        record["passed"] = record["agreement"] >= min_agreement
+        return record
 
     try:
         started = time.perf_counter()
-        _torch_export(reference, workdir / "model.onnx")
-        variants = {"fp32": {"file": "model.onnx", "scheme": "fp32", "export_seconds": time.perf_counter() - started}}
-        fp32 = OnnxClassifier.from_file(path, workdir / "model.onnx", "fp32", pad_id)
-        check(variants["fp32"], fp32)
+        _torch_export(check, workdir / "model.onnx")
+        seconds = time.perf_counter() - started
+        variants = {"fp32": scored({"file": "model.onnx", "scheme": "fp32", "export_seconds": seconds}, "fp32")}
         if quantize:
-            calibration = fp32.encode(texts[:CALIBRATION_TEXTS] or test_texts[:CALIBRATION_TEXTS] or ["calibration"])
             best: dict[str, Any] | None = None
             for scheme, keep_fp32 in int8_schemes(workdir / "model.onnx"):
                 started = time.perf_counter()
-                _quantize(
-                    workdir / "model.onnx",
-                    workdir / "model.int8.onnx",
-                    calibration,
-                    pad_id,
-                    fp32.input_names,
-                    keep_fp32,
-                )
-                record = {"file": "model.int8.onnx", "scheme": scheme, "export_seconds": time.perf_counter() - started}
-                int8 = OnnxClassifier.from_file(path, workdir / "model.int8.onnx", "int8", pad_id)
-                check(record, int8)
+                _quantize(workdir / "model.onnx", workdir / "model.int8.onnx", check.calibration_feeds, keep_fp32)
+                seconds = time.perf_counter() - started
+                record = scored({"file": "model.int8.onnx", "scheme": scheme, "export_seconds": seconds}, "int8")
                 log(f"int8 ({scheme}): agreement {record['agreement']:.2%}")
                 if best is None or record["agreement"] > best["agreement"]:
                     best = record
@@ -241,12 +204,17 @@ def export_artifact(
         default = next((v for v in ("int8", "fp32") if v in variants and variants[v]["passed"]), None)
         record = {
             "format": 1,
+            "task": meta.get("task", "text-classification"),
             "created_at": datetime.now(UTC).isoformat(),
             "opset": OPSET,
-            "pad_token_id": pad_id,
+            "pad_token_id": check.pad_token_id,
             "min_agreement": min_agreement,
-            "checked_on": {"split": "validation", "n": len(texts), "test_n": len(test_texts)},
-            "reference": {"backend": "pytorch", "metrics": _score(reference, labels, reference_probs)},
+            "checked_on": {"split": "validation", "n": check.n, "test_n": check.test_n},
+            "reference": {
+                "backend": "pytorch",
+                "metrics": check.reference_metrics,
+                "texts_per_second": check.test_n / check.reference_seconds if check.test_n else None,
+            },
             "variants": variants,
             "default": default,
         }
@@ -257,34 +225,17 @@ def export_artifact(
     return record
 
 
-def _check(
-    record: dict[str, Any],
-    model: OnnxClassifier,
-    folder: Path,
-    texts: list[str],
-    labels: list[Any],
-    test_texts: list[str],
-    reference: TextClassifier,
-    reference_probs: np.ndarray,
-    reference_test: np.ndarray,
-    min_agreement: float,
-) -> None:
-    probs = model.predict_proba(texts)
-    metrics = _score(model, labels, probs)
-    base = _score(reference, labels, reference_probs)
+def single_feeds(encoded: Any, keys: list[str], limit: int = CALIBRATION_ITEMS) -> list[dict[str, np.ndarray]]:
+    """Calibration feeds, one unpadded window each, from an unpadded tokenizer output."""
+    n = min(limit, len(encoded["input_ids"]))
+    return [{k: np.array([encoded[k][i]], dtype=np.int64) for k in keys} for i in range(n)]
+
+
+def timed(function: Callable[[], Any]) -> tuple[Any, float]:
+    """`function()` and the seconds it took."""
     started = time.perf_counter()
-    test_probs = model.predict_proba(test_texts)
-    seconds = time.perf_counter() - started
-    record.update(
-        agreement=_agreement(model, reference_probs, probs),
-        test_agreement=_agreement(model, reference_test, test_probs),
-        max_probability_difference=float(np.abs(probs - reference_probs).max()) if len(probs) else 0.0,
-        metrics=metrics,
-        metric_delta={k: metrics[k] - base[k] for k in metrics},
-        size_mb=(folder / record["file"]).stat().st_size / 2**20,
-        texts_per_second=len(test_texts) / seconds if test_texts and seconds > 0 else None,
-    )
-    record["passed"] = record["agreement"] >= min_agreement
+    result = function()
+    return result, time.perf_counter() - started
 
 
 def _put_in_place(new: Path, target: Path) -> None:
@@ -299,13 +250,16 @@ def _put_in_place(new: Path, target: Path) -> None:
 def export_summary(record: dict[str, Any]) -> list[dict[str, str]]:
     """One row per variant, for printing: what its check found."""
     rows = []
+    base = record["reference"].get("texts_per_second")
     for name, v in record["variants"].items():
+        speed = f"{v['texts_per_second'] / base:.2f}x" if base and v.get("texts_per_second") else "n/a"
         rows.append({
             "variant": name,
             "status": "default" if name == record["default"] else ("FLAGGED" if not v["passed"] else "ok"),
             "agreement": f"{v['agreement']:.2%}",
             "test agreement": f"{v['test_agreement']:.2%}",
             "MB": f"{v['size_mb']:.0f}",
+            "speed vs PyTorch": speed,
             "metric change": ", ".join(f"{k} {d:+.4f}" for k, d in v["metric_delta"].items()) or "n/a",
             "scheme": v["scheme"],
         })  # fmt: skip

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,7 @@ class BaseClassifier:
     """What every backend shares: label decisions and the public `predict`."""
 
     backend = "base"
+    task = "text-classification"
 
     def __init__(
         self,
@@ -113,8 +114,14 @@ class BaseClassifier:
             return logits.astype(np.float32)
         if function == "sigmoid":
             return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
+        return softmax(logits)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, computed in float64, returned as float32."""
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
@@ -200,16 +207,9 @@ class OnnxClassifier(BaseClassifier):
     def from_file(
         cls, path: Path, onnx_file: Path, variant: str, pad_id: int, threads: int | None = None
     ) -> OnnxClassifier:
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning threads would burn the core the HTTP event loop needs between requests.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+        session = onnx_session(onnx_file, threads)
         tokenizer = Tokenizer.from_file(str(path / "model" / "tokenizer.json"))
         meta = _read_meta(path)
         return cls(session, tokenizer, meta["label_names"], variant, pad_id, **_settings(meta))
@@ -251,22 +251,62 @@ def read_export(path: str | Path) -> dict[str, Any] | None:
     return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
 
 
-def load_predictor(path: str | Path, backend: str = "auto", threads: int | None = None) -> BaseClassifier:
-    """Load an artifact with the fastest backend that passed its export check.
+def onnx_session(onnx_file: str | Path, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session set up for serving."""
+    import onnxruntime as ort
 
-    backend: "auto" (the export's default variant if there is one that passed, else PyTorch), "onnx" (the
-    default variant; fails without an export), "onnx-fp32" / "onnx-int8" (that variant), or "pytorch".
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning threads would burn the core the HTTP event loop needs between requests.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+
+
+Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+"""A model as the span tasks use it: padded numpy inputs in, named float32 numpy outputs out."""
+
+
+def torch_runner(model: Any, outputs: Sequence[str]) -> Runner:
+    """Run a transformers model on numpy feeds (the PyTorch backend of a `Runner`)."""
+    import torch
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        model.eval()
+        with torch.inference_mode():
+            out = model(**{k: torch.from_numpy(np.asarray(v)).to(model.device) for k, v in feeds.items()})
+        return {name: getattr(out, name).float().cpu().numpy() for name in outputs}
+
+    return run
+
+
+def onnx_runner(onnx_file: str | Path, threads: int | None = None) -> Runner:
+    """Run an exported graph on the same feeds (inputs the graph does not take, e.g. token_type_ids, are dropped)."""
+    session = onnx_session(onnx_file, threads)
+    inputs = {i.name for i in session.get_inputs()}
+    outputs = [o.name for o in session.get_outputs()]
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = session.run(outputs, {k: np.asarray(v, dtype=np.int64) for k, v in feeds.items() if k in inputs})
+        return dict(zip(outputs, values, strict=True))
+
+    return run
+
+
+def choose_variant(path: str | Path, backend: str = "auto") -> str | None:
+    """The exported variant `backend` asks for in the artifact at `path`, or None for PyTorch.
+
+    backend: "auto" (the export's default variant if one passed its agreement check, else PyTorch), "onnx"
+    (the default variant; fails without one), "onnx-fp32" / "onnx-int8" (that variant), or "pytorch".
     """
     from tunesmith.errors import ModelError
 
-    path = Path(path)
     if backend == "pytorch":
-        return TextClassifier.from_artifact(path)
+        return None
     export = read_export(path)
     if backend == "auto":
-        if export is None or export.get("default") is None:
-            return TextClassifier.from_artifact(path)
-        return OnnxClassifier.from_artifact(path, threads=threads)
+        return None if export is None else export.get("default")
     if not backend.startswith("onnx"):
         raise ModelError(f"Unknown backend {backend!r}: use one of {', '.join(BACKENDS)}, onnx-int8.")
     variant = backend.removeprefix("onnx").removeprefix("-") or None
@@ -276,4 +316,19 @@ def load_predictor(path: str | Path, backend: str = "auto", threads: int | None 
         raise ModelError(f"The export has no {variant!r} variant; it has {', '.join(export['variants'])}.")
     if variant is None and export.get("default") is None:
         raise ModelError("No exported variant passed its agreement check; name one (onnx-fp32) or use pytorch.")
+    return variant or export["default"]
+
+
+def export_file(path: str | Path, variant: str) -> Path:
+    """The ONNX file of an exported variant."""
+    export = read_export(path)
+    assert export is not None
+    return Path(path) / EXPORT_DIR / export["variants"][variant]["file"]
+
+
+def load_predictor(path: str | Path, backend: str = "auto", threads: int | None = None) -> BaseClassifier:
+    """Load a text classifier with the fastest backend that passed its export check (see `choose_variant`)."""
+    variant = choose_variant(path, backend)
+    if variant is None:
+        return TextClassifier.from_artifact(path)
     return OnnxClassifier.from_artifact(path, variant=variant, threads=threads)

@@ -1,10 +1,10 @@
-"""Fine-tune a text classifier: a thin layer over `transformers.Trainer`.
+"""Fine-tuning shared by every task: a thin layer over `transformers.Trainer`.
 
 What this adds over a plain Trainer set-up, each measured on these 2-core CPUs (see
-bench/train_speed.py): texts tokenized once and padded per batch to the batch's longest text,
-batches grouped by length, bf16 autocast where the CPU supports it, a token limit taken from the
-data rather than the model's 512. Around it: data checks, a TF-IDF baseline, a test report, and
-registration of the result as a new immutable version.
+bench/train_speed.py): pre-tokenized rows padded per batch to the batch's longest, batches grouped by
+length, bf16 autocast where the CPU supports it, early stopping on the task's selection score, time
+and step budgets, resumable runs, and registration of the result as a new immutable version.
+The tasks themselves live in `tunesmith.tasks`.
 """
 
 from __future__ import annotations
@@ -22,22 +22,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from tunesmith.baseline import train_baseline
 from tunesmith.config import RunConfig, TrainConfig, dump_config
 from tunesmith.data import (
-    ClassificationData,
     DataIssue,
-    Split,
-    check_lengths,
-    check_unknown_tokens,
-    load_classification_data,
 )
 from tunesmith.errors import ConfigError, DataError
-from tunesmith.evaluation import classification_metrics, headline, multi_hot, tune_threshold, write_report
-from tunesmith.inference import ARTIFACT_META, TextClassifier
-from tunesmith.models import bf16_supported, load_classifier, load_tokenizer, model_max_length
+from tunesmith.inference import ARTIFACT_META
+from tunesmith.models import load_tokenizer
 from tunesmith.registry import ModelVersion, Registry
 
 Log = Callable[[str], None]
@@ -68,21 +59,6 @@ class _ListDataset:
         return self.rows[index]
 
 
-def _encode(tokenizer: Any, split: Split, max_length: int, n_classes: int, multi_label: bool) -> _ListDataset:
-    encoded = tokenizer(split.texts, truncation=True, max_length=max_length)
-    rows = []
-    for i, label in enumerate(split.labels):
-        row = {key: values[i] for key, values in encoded.items()}
-        if multi_label:
-            target = np.zeros(n_classes, dtype=np.float32)
-            target[list(label)] = 1.0
-            row["labels"] = target.tolist()
-        else:
-            row["labels"] = int(label)
-        rows.append(row)
-    return _ListDataset(rows)
-
-
 def choose_max_length(lengths: list[int], limit: int, wanted: int | None) -> int:
     """The configured token limit, or the longest training text rounded up to 8, within the model's limit.
 
@@ -102,66 +78,6 @@ def choose_epochs(n_train: int, batch_size: int, wanted: float | None) -> float:
         return wanted
     steps_per_epoch = max(1, math.ceil(n_train / batch_size))
     return float(min(30, max(8, math.ceil(300 / steps_per_epoch))))
-
-
-def _trainer_metrics(multi_label: bool) -> Callable[[Any], dict[str, float]]:
-    from sklearn.metrics import accuracy_score, f1_score
-
-    def compute(eval_pred: Any) -> dict[str, float]:
-        logits, labels = eval_pred.predictions, eval_pred.label_ids
-        if isinstance(logits, tuple):
-            logits = logits[0]
-        logits = logits.astype(np.float64)
-        if multi_label:
-            predicted = (logits >= 0).astype(np.int64)  # sigmoid(x) >= 0.5
-            truth = labels.astype(np.int64)
-            loss = float(np.mean(np.logaddexp(0, logits) - truth * logits))
-            metrics = {
-                "f1_micro": f1_score(truth, predicted, average="micro", zero_division=0),
-                "f1_macro": f1_score(truth, predicted, average="macro", zero_division=0),
-                "accuracy": accuracy_score(truth, predicted),
-            }
-            main = metrics["f1_micro"]
-        else:
-            predicted = logits.argmax(axis=-1)
-            shifted = logits - logits.max(axis=-1, keepdims=True)
-            log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-            loss = float(-log_probs[np.arange(len(labels)), labels].mean())
-            metrics = {
-                "accuracy": accuracy_score(labels, predicted),
-                "f1_macro": f1_score(labels, predicted, average="macro", zero_division=0),
-            }
-            main = metrics["f1_macro"]
-        # Model selection and early stopping use the main F1, with ties broken by lower validation loss:
-        # on small validation sets F1 saturates early, and the first checkpoint to reach it is undertrained.
-        metrics[SELECTION_METRIC] = main + 1e-4 / (1.0 + loss)
-        return metrics
-
-    return compute
-
-
-def _weighted_loss(data: ClassificationData) -> Callable[..., Any]:
-    """Loss weighted by inverse class frequency (capped at 10x) for imbalanced data."""
-    import torch
-
-    n = len(data.label_names)
-    if data.multi_label:
-        positives = multi_hot(data.train.labels, n).sum(axis=0)
-        weights = np.clip((len(data.train) - positives) / np.maximum(positives, 1), 1.0, 10.0)
-    else:
-        counts = np.bincount(np.asarray(data.train.labels), minlength=n)
-        weights = np.clip(counts.max() / np.maximum(counts, 1), 1.0, 10.0)
-    tensor = torch.tensor(weights, dtype=torch.float32)
-
-    def loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
-        logits = outputs["logits"].float()
-        if data.multi_label:
-            return torch.nn.functional.binary_cross_entropy_with_logits(
-                logits, labels.float(), pos_weight=tensor.to(logits.device)
-            )
-        return torch.nn.functional.cross_entropy(logits, labels, weight=tensor.to(logits.device))
-
-    return loss
 
 
 def _budget_callback(minutes: float) -> Any:
@@ -420,155 +336,3 @@ def register_artifact(
                   "library_versions": library_versions()}  # fmt: skip
         (staged / ARTIFACT_META).write_text(json.dumps({**common, **meta}, indent=2), encoding="utf-8")
         return registry.register(str(config.name), staged, config.task, metrics=metrics)
-
-
-def train(
-    config: RunConfig,
-    *,
-    registry: Registry | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    log: Log = print,
-) -> TrainResult:
-    """Train, evaluate and register a text classifier as described by `config`."""
-    from transformers import DataCollatorWithPadding, set_seed
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # weight loading/saving bars; the training bar is ours
-
-    registry = registry or Registry()
-    settings = config.train
-    name = default_name(config)
-    config = config.model_copy(update={"name": name})
-
-    data = load_classification_data(config.data, seed=config.seed)
-    tokenizer = load_tokenizer(settings.base_model, settings.trust_remote_code)
-    set_seed(settings.seed)  # before the new head's weights are drawn
-    model = load_classifier(settings.base_model, data.label_names, data.multi_label, settings.trust_remote_code)
-    limit = model_max_length(tokenizer, model.config)
-    token_ids = tokenizer(data.train.texts, add_special_tokens=False)["input_ids"]
-    lengths = [len(ids) + tokenizer.num_special_tokens_to_add() for ids in token_ids]
-    max_length = choose_max_length(lengths, limit, settings.max_length)
-    for issue in (
-        check_lengths(data.train.texts, lengths, max_length),
-        check_unknown_tokens(token_ids, tokenizer.unk_token_id, settings.base_model),
-    ):
-        if issue is not None:
-            data.issues.append(issue)
-    for issue in data.issues:
-        log(str(issue))
-    kind = "multi-label" if data.multi_label else "single-label"
-    log(
-        f"Data: {len(data.train)} train / {len(data.validation)} validation / {len(data.test)} test texts, "
-        f"{len(data.label_names)} classes ({kind}); text column {data.text_column!r}, label column "
-        f"{data.label_column!r}; max_length {max_length} tokens."
-    )
-
-    baseline = train_baseline(data, seed=settings.seed)
-    log(f"TF-IDF baseline trained in {baseline.seconds:.1f} s.")
-
-    run_dir = registry.home / "runs" / name
-    checkpoint = _prepare_run_dir(run_dir, data.fingerprint, config, resume, log)
-    n_classes = len(data.label_names)
-    train_set = _encode(tokenizer, data.train, max_length, n_classes, data.multi_label)
-    val_set = _encode(tokenizer, data.validation, max_length, n_classes, data.multi_label)
-    use_bf16 = settings.precision == "bf16" or (settings.precision == "auto" and bf16_supported())
-    metric = "f1_micro" if data.multi_label else "f1_macro"
-    trainer = build_trainer(
-        model, tokenizer, settings, run_dir, train_set, val_set,
-        collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=_trainer_metrics(data.multi_label),
-        compute_loss_func=_weighted_loss(data) if settings.class_weights else None,
-        bf16=use_bf16, log=log, progress=progress,
-    )  # fmt: skip
-    log(f"Fine-tuning {settings.base_model} ({'bf16 autocast' if use_bf16 else 'fp32'}) ...")
-    model, minutes = run_trainer(trainer, checkpoint)
-    classifier = TextClassifier(model, tokenizer, data.label_names, multi_label=data.multi_label, max_length=max_length)
-    val_probs = classifier.predict_proba(data.validation.texts, settings.eval_batch_size)
-    threshold = tune_threshold(multi_hot(data.validation.labels, n_classes), val_probs) if data.multi_label else 0.5
-    test_probs = classifier.predict_proba(data.test.texts, settings.eval_batch_size)
-    validation_metrics = classification_metrics(
-        data.validation.labels, val_probs, data.label_names, data.multi_label, threshold
-    )
-
-    with registry.staging() as staged:
-        report = write_report(
-            staged,
-            name=name,
-            test_texts=data.test.texts,
-            test_labels=data.test.labels,
-            probs=test_probs,
-            baseline_probs=baseline.probabilities,
-            # Thresholds are tuned on validation for both models, never on the test split they are scored on.
-            baseline_threshold=tune_threshold(
-                multi_hot(data.validation.labels, n_classes), baseline.validation_probabilities
-            )
-            if data.multi_label
-            else 0.5,
-            label_names=data.label_names,
-            multi_label=data.multi_label,
-            threshold=threshold,
-            log_history=trainer.state.log_history,
-            metric=metric,
-            extra={
-                "validation": headline(validation_metrics),
-                "train_minutes": minutes,
-                "baseline_seconds": baseline.seconds,
-                "epochs_run": trainer.state.epoch,
-                "best_checkpoint_metric": trainer.state.best_metric,
-            },
-        )
-        model.save_pretrained(staged / "model", safe_serialization=True)
-        tokenizer.save_pretrained(staged / "model")
-        _write_splits(staged / "data", data)
-        (staged / "config.yaml").write_text(dump_config(config), encoding="utf-8")
-        meta = _artifact_meta(config, data, report, threshold=threshold, max_length=max_length, bf16=use_bf16)
-        (staged / ARTIFACT_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        version = registry.register(name, staged, config.task, metrics=headline(report["test"]))
-    shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints are only needed to resume an unfinished run
-    return TrainResult(version, report["test"], report["baseline"], data.issues, minutes)
-
-
-def _artifact_meta(
-    config: RunConfig,
-    data: ClassificationData,
-    report: dict[str, Any],
-    *,
-    threshold: float,
-    max_length: int,
-    bf16: bool,
-) -> dict[str, Any]:
-    """What `tunesmith.json` records: enough to load, use and explain the model without anything else."""
-    return {
-        "format": 1,
-        "task": config.task,
-        "name": config.name,
-        "label_names": data.label_names,
-        "multi_label": data.multi_label,
-        "threshold": threshold,
-        "max_length": max_length,
-        "base_model": config.train.base_model,
-        "precision": "bf16" if bf16 else "fp32",
-        "created_at": datetime.now(UTC).isoformat(),
-        "metrics": headline(report["test"]),
-        "baseline_metrics": headline(report["baseline"]),
-        "data": {
-            "fingerprint": data.fingerprint,
-            "train_file": config.data.train,
-            "text_column": data.text_column,
-            "label_column": data.label_column,
-            "sizes": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)},
-        },
-        "library_versions": library_versions(),
-    }
-
-
-def _write_splits(folder: Path, data: ClassificationData) -> None:
-    """Keep the held-out splits with the model, to re-check exports and compare versions on the same rows."""
-    folder.mkdir()
-    for what in ("validation", "test"):
-        split: Split = getattr(data, what)
-        with (folder / f"{what}.jsonl").open("w", encoding="utf-8") as handle:
-            for text, label in zip(split.texts, split.labels, strict=True):
-                names = [data.label_names[i] for i in label] if data.multi_label else data.label_names[label]
-                handle.write(json.dumps({"text": text, "label": names}, ensure_ascii=False) + "\n")

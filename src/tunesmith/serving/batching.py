@@ -12,7 +12,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tunesmith.registry import ModelVersion
-from tunesmith.serving.schemas import MAX_ANSWERS, ApiError
+from tunesmith.serving.schemas import ApiError
 from tunesmith.serving.settings import BatchSettings
 
 log = logging.getLogger("tunesmith.server")
@@ -53,12 +53,9 @@ class Loaded:
     def compute(self, texts: list[str], batch_size: int) -> Any:
         """One forward pass over `texts`: logits (text classification) or entity lists (token classification);
         either way indexable per text, so the batcher can hand each request its slice."""
-        if self.task == "token-classification":
-            return self.predictor.predict(texts, batch_size)
-        if self.task == "question-answering":  # here each "text" is a (question, context) pair
-            questions, contexts = [q for q, _ in texts], [c for _, c in texts]
-            return self.predictor.answer(questions, contexts, top_k=MAX_ANSWERS, batch_size=batch_size)
-        return self.predictor.predict_logits(texts, batch_size)
+        from tunesmith.tasks import get_task
+
+        return get_task(self.task).serve_compute(self.predictor, texts, batch_size)
 
 
 @dataclass

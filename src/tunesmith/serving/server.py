@@ -12,11 +12,12 @@ from typing import Any
 from fastapi.security import HTTPAuthorizationCredentials
 
 from tunesmith.errors import ConfigError, TunesmithError
-from tunesmith.inference import load_predictor, read_export
+from tunesmith.inference import read_export
 from tunesmith.registry import ModelVersion, Registry, key_digest
 from tunesmith.serving.batching import Loaded, Metrics, MicroBatcher, Slot
 from tunesmith.serving.schemas import ApiError, ModelInfo
 from tunesmith.serving.settings import ServeSettings, auth_enabled
+from tunesmith.tasks import get_task
 
 log = logging.getLogger("tunesmith.server")
 SERVED_TASKS = ("text-classification", "token-classification", "question-answering")
@@ -69,20 +70,9 @@ class Server:
 
     def _load(self, version: ModelVersion) -> Loaded:
         revision = self._revision(version)
-        if version.task == "token-classification":
-            from tunesmith.tasks.token_classification import EntityTagger  # PyTorch: no ONNX export for NER yet
-
-            predictor: Any = EntityTagger.from_artifact(version.path)
-        elif version.task == "question-answering":
-            from tunesmith.tasks.question_answering import AnswerFinder  # PyTorch: no ONNX export for QA yet
-
-            predictor = AnswerFinder.from_artifact(version.path)
-        else:
-            predictor = load_predictor(version.path, self.settings.backend, self.settings.threads)
-        loaded = Loaded(version, predictor, revision)
-        loaded.compute(
-            [("warm-up?", "warm-up")] if version.task == "question-answering" else ["warm-up"], 1
-        )  # the first run allocates; do it before taking traffic
+        task = get_task(version.task)
+        loaded = Loaded(version, task.load(version.path, self.settings.backend, self.settings.threads), revision)
+        loaded.compute([task.WARM_UP], 1)  # the first run allocates; do it before taking traffic
         return loaded
 
     async def refresh(self, name: str | None = None) -> None:

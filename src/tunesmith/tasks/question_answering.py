@@ -28,7 +28,8 @@ import numpy as np
 from tunesmith.config import RunConfig
 from tunesmith.data import DataIssue, fingerprint
 from tunesmith.errors import DataError
-from tunesmith.inference import _read_meta
+from tunesmith.export import ExportCheck, single_feeds, timed
+from tunesmith.inference import Runner, _read_meta, choose_variant, export_file, onnx_runner, torch_runner
 from tunesmith.models import bf16_supported, load_with_new_head, model_max_length
 from tunesmith.registry import Registry
 
@@ -37,6 +38,7 @@ MAX_LENGTH = 384  # question + context window, the usual SQuAD setting
 DOC_STRIDE = 128  # overlap between windows of one long context
 MAX_ANSWER_TOKENS = 30
 N_BEST = 20
+OUTPUTS = ["start_logits", "end_logits"]
 
 Log = Callable[[str], None]
 
@@ -227,37 +229,46 @@ def _trainer_metrics() -> Callable[[Any], dict[str, float]]:
 
 
 class AnswerFinder:
-    """A fine-tuned extractive QA model: question + context in, answer spans with character offsets out."""
+    """A fine-tuned extractive QA model: question + context in, answer spans with character offsets out.
 
-    backend = "pytorch"
+    `runner` is the model (PyTorch, or an ONNX export: see `inference.torch_runner` / `onnx_runner`).
+    """
 
-    def __init__(self, model: Any, tokenizer: Any, max_length: int, allow_no_answer: bool = False,
-                 meta: dict[str, Any] | None = None) -> None:  # fmt: skip
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, runner: Runner, tokenizer: Any, max_length: int, allow_no_answer: bool = False,
+                 meta: dict[str, Any] | None = None, backend: str = "pytorch", model: Any = None) -> None:  # fmt: skip
+        self.runner, self.tokenizer = runner, tokenizer
         self.max_length = max_length
         self.stride = min(DOC_STRIDE, max_length // 3)
         self.allow_no_answer = allow_no_answer
         self.meta = meta or {}
+        self.backend = backend
+        self.model = model  # the PyTorch model, when that is the backend
         self.task = TASK
         self.label_names: list[str] = []
 
     @classmethod
-    def from_artifact(cls, path: str | Path) -> AnswerFinder:
-        from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+    def from_artifact(
+        cls, path: str | Path, backend: str = "auto", threads: int | None = None, **model_kwargs: Any
+    ) -> AnswerFinder:
+        from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         path = Path(path)
         meta = _read_meta(path)
-        model = AutoModelForQuestionAnswering.from_pretrained(path / "model")
         tokenizer = AutoTokenizer.from_pretrained(path / "model")
-        return cls(model, tokenizer, meta["max_length"], meta.get("allow_no_answer", False), meta)
+        settings = (meta["max_length"], meta.get("allow_no_answer", False), meta)
+        variant = choose_variant(path, backend)
+        if variant is not None:
+            return cls(onnx_runner(export_file(path, variant), threads), tokenizer, *settings, f"onnx-{variant}")
+        from transformers import AutoModelForQuestionAnswering
+
+        model = AutoModelForQuestionAnswering.from_pretrained(path / "model", **model_kwargs)
+        return cls(torch_runner(model, OUTPUTS), tokenizer, *settings, model=model)
 
     def answer(self, questions: Sequence[str], contexts: Sequence[str], top_k: int = 1,
                batch_size: int = 32) -> list[list[Answer]]:  # fmt: skip
         """The `top_k` best answers per question, best first ("" with start = end = -1 means no answer)."""
-        import torch
-
         examples = [Example(str(i), q, c, []) for i, (q, c) in enumerate(zip(questions, contexts, strict=True))]
         if not examples:
             return []
@@ -265,16 +276,14 @@ class AnswerFinder:
         n = len(encoded["input_ids"])
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
         starts, ends = [], []
-        self.model.eval()
-        with torch.inference_mode():
-            for first in range(0, n, batch_size):
-                rows = [{k: encoded[k][i] for k in keys} for i in range(first, min(n, first + batch_size))]
-                batch = self.tokenizer.pad(rows, return_tensors="pt")
-                out = self.model(**batch)
-                for row in range(len(rows)):
-                    length = int(batch["attention_mask"][row].sum())
-                    starts.append(out.start_logits[row, :length].float().numpy())
-                    ends.append(out.end_logits[row, :length].float().numpy())
+        for first in range(0, n, batch_size):
+            rows = [{k: encoded[k][i] for k in keys} for i in range(first, min(n, first + batch_size))]
+            batch = dict(self.tokenizer.pad(rows, return_tensors="np"))
+            out = self.runner(batch)
+            for row in range(len(rows)):
+                length = int(batch["attention_mask"][row].sum())
+                starts.append(out["start_logits"][row, :length])
+                ends.append(out["end_logits"][row, :length])
         candidates: dict[int, list[Answer]] = collections.defaultdict(list)
         null_score: dict[int, float] = {}
         for i in range(n):
@@ -406,7 +415,7 @@ def train(
     )  # fmt: skip
     log(f"Fine-tuning {settings.base_model} for {TASK} ({'bf16 autocast' if use_bf16 else 'fp32'}) ...")
     model, minutes = run_trainer(trainer, checkpoint)
-    finder = AnswerFinder(model, tokenizer, max_length, data.allow_no_answer)
+    finder = AnswerFinder(torch_runner(model, OUTPUTS), tokenizer, max_length, data.allow_no_answer)
     metrics, errors = evaluate_examples(finder, data.test)
     validation_metrics, _ = evaluate_examples(finder, data.validation)
     log(f"Test: exact match {metrics['exact_match']:.4f}, F1 {metrics['f1']:.4f} ({metrics['n']} questions).")
@@ -443,7 +452,7 @@ def train(
     return TrainResult(version, metrics, {}, data.issues, minutes)
 
 
-def evaluate_file(finder: AnswerFinder, path: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def evaluate_file(finder: AnswerFinder, path: str | Path, out_dir: str | Path, **_columns: Any) -> dict[str, Any]:
     """Score a QA model on a SQuAD JSON or JSONL file; write metrics.json, errors.jsonl and report.md."""
     examples, issues = read_examples(path)
     metrics, errors = evaluate_examples(finder, examples)
@@ -455,3 +464,83 @@ def evaluate_file(finder: AnswerFinder, path: str | Path, out_dir: str | Path) -
         f"# {finder.meta.get('name', 'model')} on {Path(path).name}\n\nExact match {metrics['exact_match']:.4f}, "
         f"F1 {metrics['f1']:.4f} over {metrics['n']} questions; wrong answers in errors.jsonl.\n", encoding="utf-8")  # fmt: skip
     return {"test": metrics, "issues": [str(i) for i in issues]}
+
+
+# -- the task contract beyond training ----------------------------------------------------------------
+
+WARM_UP = ("warm-up?", "warm-up")
+
+
+def load(path: str | Path, backend: str = "auto", threads: int | None = None) -> AnswerFinder:
+    """The QA model in artifact `path`, on the backend asked for (see `inference.choose_variant`)."""
+    return AnswerFinder.from_artifact(path, backend, threads)
+
+
+def serve_compute(finder: AnswerFinder, pairs: list[tuple[str, str]], batch_size: int) -> list[list[Answer]]:
+    """One server batch of (question, context) pairs: the best answers of each, best first."""
+    from tunesmith.serving.schemas import MAX_ANSWERS
+
+    return finder.answer([q for q, _ in pairs], [c for _, c in pairs], top_k=MAX_ANSWERS, batch_size=batch_size)
+
+
+class _FinderCheck(ExportCheck):
+    """Agreement = share of validation questions whose best answer is the same span."""
+
+    def __init__(self, path: Path) -> None:
+        self.reference = ref = AnswerFinder.from_artifact(path, backend="pytorch", attn_implementation="eager")
+        self.model, self.pad_token_id = ref.model, ref.tokenizer.pad_token_id or 0
+        self.examples = self._read(path / "data" / "validation.jsonl")
+        self.test_examples = self._read(path / "data" / "test.jsonl")
+        self.n, self.test_n = len(self.examples), len(self.test_examples)
+        self.reference_answers = self._best(ref, self.examples)
+        self.reference_test, self.reference_seconds = timed(lambda: self._best(ref, self.test_examples))
+        self.reference_metrics = self._score(self.reference_answers)
+        self.output_axes = {name: {0: "batch", 1: "sequence"} for name in OUTPUTS}
+        trace = ref.tokenizer(["Who?", "Where is it?"], ["A short context.", "A longer context, so there is padding."],
+                              padding=True, return_tensors="np")  # fmt: skip
+        self.trace_feeds = {k: trace[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in trace}
+        encoded = features(ref.tokenizer, self.examples or [Example("0", "Who?", "Calibration.", [])],
+                           ref.max_length, ref.stride, labels=False)  # fmt: skip
+        self.calibration_feeds = single_feeds(encoded, list(self.trace_feeds))
+
+    @staticmethod
+    def _read(path: Path) -> list[Example]:
+        return read_examples(path)[0] if path.is_file() and path.stat().st_size else []
+
+    @staticmethod
+    def _best(finder: AnswerFinder, examples: list[Example]) -> list[Answer]:
+        return [a[0] for a in finder.answer([e.question for e in examples], [e.context for e in examples])]
+
+    def _score(self, answers: list[Answer]) -> dict[str, float]:
+        if not answers:
+            return {}
+        scores = squad_scores(self.examples, [a.text for a in answers])
+        return {k: scores[k] for k in ("exact_match", "f1")}
+
+    @staticmethod
+    def _agreement(reference: list[Answer], answers: list[Answer]) -> float:
+        same = [(r.start, r.end) == (a.start, a.end) for r, a in zip(reference, answers, strict=True)]
+        return float(np.mean(same)) if same else 1.0
+
+    def candidate(self, onnx_file: Path, variant: str) -> AnswerFinder:
+        ref = self.reference
+        return AnswerFinder(onnx_runner(onnx_file), ref.tokenizer, ref.max_length, ref.allow_no_answer, ref.meta,
+                            f"onnx-{variant}")  # fmt: skip
+
+    def compare(self, candidate: AnswerFinder) -> dict[str, Any]:
+        answers = self._best(candidate, self.examples)
+        test_answers, seconds = timed(lambda: self._best(candidate, self.test_examples))
+        metrics = self._score(answers)
+        differences = [abs(r.score - a.score) for r, a in zip(self.reference_answers, answers, strict=True)]
+        return {
+            "agreement": self._agreement(self.reference_answers, answers),
+            "test_agreement": self._agreement(self.reference_test, test_answers),
+            "max_probability_difference": float(max(differences, default=0.0)),
+            "metrics": metrics,
+            "metric_delta": {k: metrics[k] - self.reference_metrics[k] for k in metrics},
+            "texts_per_second": self.test_n / seconds if self.test_n and seconds > 0 else None,
+        }
+
+
+def export_check(path: str | Path) -> ExportCheck:
+    return _FinderCheck(Path(path))

@@ -32,7 +32,8 @@ import numpy as np
 from tunesmith.config import RunConfig
 from tunesmith.data import DataIssue, fingerprint
 from tunesmith.errors import DataError
-from tunesmith.inference import _read_meta
+from tunesmith.export import CALIBRATION_ITEMS, ExportCheck, single_feeds, timed
+from tunesmith.inference import Runner, _read_meta, choose_variant, export_file, onnx_runner, softmax, torch_runner
 from tunesmith.models import bf16_supported, load_with_new_head, model_max_length
 from tunesmith.registry import Registry
 
@@ -355,64 +356,79 @@ def _trainer_metrics(label_names: list[str]) -> Callable[[Any], dict[str, float]
 
 
 class EntityTagger:
-    """A fine-tuned token classifier: raw text in, entities with character offsets out."""
+    """A fine-tuned token classifier: raw text in, entities with character offsets out.
 
-    backend = "pytorch"
+    `runner` is the model (PyTorch, or an ONNX export: see `inference.torch_runner` / `onnx_runner`); the
+    tokenizer and everything around the forward pass are the same for both.
+    """
 
-    def __init__(self, model: Any, tokenizer: Any, label_names: Sequence[str], max_length: int,
-                 meta: dict[str, Any] | None = None) -> None:  # fmt: skip
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, runner: Runner, tokenizer: Any, label_names: Sequence[str], max_length: int,
+                 meta: dict[str, Any] | None = None, backend: str = "pytorch", model: Any = None) -> None:  # fmt: skip
+        self.runner, self.tokenizer = runner, tokenizer
         self.label_names = list(label_names)
         self.max_length = max_length
         self.meta = meta or {}
+        self.backend = backend
+        self.model = model  # the PyTorch model, when that is the backend
         self.task = TASK
 
     @classmethod
-    def from_artifact(cls, path: str | Path) -> EntityTagger:
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
+    def from_artifact(
+        cls, path: str | Path, backend: str = "auto", threads: int | None = None, **model_kwargs: Any
+    ) -> EntityTagger:
+        from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         path = Path(path)
         meta = _read_meta(path)
-        model = AutoModelForTokenClassification.from_pretrained(path / "model")
-        return cls(model, AutoTokenizer.from_pretrained(path / "model"), meta["label_names"], meta["max_length"], meta)
+        tokenizer = AutoTokenizer.from_pretrained(path / "model")
+        variant = choose_variant(path, backend)
+        if variant is not None:
+            runner = onnx_runner(export_file(path, variant), threads)
+            return cls(runner, tokenizer, meta["label_names"], meta["max_length"], meta, f"onnx-{variant}")
+        from transformers import AutoModelForTokenClassification
+
+        model = AutoModelForTokenClassification.from_pretrained(path / "model", **model_kwargs)
+        return cls(torch_runner(model, ["logits"]), tokenizer, meta["label_names"], meta["max_length"], meta,
+                   model=model)  # fmt: skip
+
+    def windows(self, words: list[list[str]], padding: bool = True) -> Any:
+        """The token windows of pre-split sentences (overlapping by `stride_for(max_length)`)."""
+        return self.tokenizer(
+            words, is_split_into_words=True, truncation=True, max_length=self.max_length,
+            stride=stride_for(self.max_length), return_overflowing_tokens=True, padding=padding,
+            return_tensors="np" if padding else None,
+        )  # fmt: skip
 
     def word_probabilities(self, words: list[list[str]], batch_size: int = 32) -> list[np.ndarray]:
         """Per sentence, a (n_words, n_tags) array: each word's tag probabilities from its first sub-token, taken
         from the window where the word is farthest from a cut."""
-        import torch
-
-        encoded = self.tokenizer(
-            words, is_split_into_words=True, truncation=True, max_length=self.max_length,
-            stride=stride_for(self.max_length), return_overflowing_tokens=True, padding=True, return_tensors="pt",
-        )  # fmt: skip
+        encoded = self.windows(words)
         n_windows = encoded["input_ids"].shape[0]
         probs_out = [np.zeros((len(w), len(self.label_names)), dtype=np.float32) for w in words]
         best_margin = [np.full(len(w), -1) for w in words]
-        self.model.eval()
-        with torch.inference_mode():
-            for start in range(0, n_windows, batch_size):
-                batch = {k: encoded[k][start : start + batch_size] for k in ("input_ids", "attention_mask")}
-                probs = torch.softmax(self.model(**batch).logits.float(), dim=-1).numpy()
-                for offset in range(len(probs)):
-                    window = start + offset
-                    sentence = int(encoded["overflow_to_sample_mapping"][window])
-                    word_ids = encoded.word_ids(window)
-                    positions = [i for i, w in enumerate(word_ids) if w is not None]
-                    if not positions:  # every word was dropped by the tokenizer (control or format characters)
-                        continue
-                    first, last = positions[0], positions[-1]
-                    previous = None
-                    for i, word in enumerate(word_ids):
-                        if word is None or word == previous:
-                            previous = word
-                            continue
+        for start in range(0, n_windows, batch_size):
+            batch = {k: encoded[k][start : start + batch_size] for k in ("input_ids", "attention_mask")}
+            probs = softmax(self.runner(batch)["logits"])
+            for offset in range(len(probs)):
+                window = start + offset
+                sentence = int(encoded["overflow_to_sample_mapping"][window])
+                word_ids = encoded.word_ids(window)
+                positions = [i for i, w in enumerate(word_ids) if w is not None]
+                if not positions:  # every word was dropped by the tokenizer (control or format characters)
+                    continue
+                first, last = positions[0], positions[-1]
+                previous = None
+                for i, word in enumerate(word_ids):
+                    if word is None or word == previous:
                         previous = word
-                        margin = min(i - first, last - i)
-                        if margin > best_margin[sentence][word]:
-                            best_margin[sentence][word] = margin
-                            probs_out[sentence][word] = probs[offset, i]
+                        continue
+                    previous = word
+                    margin = min(i - first, last - i)
+                    if margin > best_margin[sentence][word]:
+                        best_margin[sentence][word] = margin
+                        probs_out[sentence][word] = probs[offset, i]
         return probs_out
 
     def predict(self, texts: str | Sequence[str], batch_size: int = 32) -> list[list[Entity]]:
@@ -507,7 +523,7 @@ def train(
     )  # fmt: skip
     log(f"Fine-tuning {settings.base_model} for {TASK} ({'bf16 autocast' if use_bf16 else 'fp32'}) ...")
     model, minutes = run_trainer(trainer, checkpoint)
-    tagger = EntityTagger(model, tokenizer, data.label_names, max_length)
+    tagger = EntityTagger(torch_runner(model, ["logits"]), tokenizer, data.label_names, max_length)
     metrics, errors = evaluate_sentences(tagger, data.test)
     validation_metrics, _ = evaluate_sentences(tagger, data.validation)
     splits = {
@@ -569,7 +585,7 @@ def report_markdown(name: str, metrics: dict[str, Any], n_errors: int) -> str:
     return "\n".join(lines)
 
 
-def evaluate_file(tagger: EntityTagger, path: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def evaluate_file(tagger: EntityTagger, path: str | Path, out_dir: str | Path, **_columns: Any) -> dict[str, Any]:
     """Score a tagger on a labeled file (any input format above); write metrics.json, errors.jsonl, report.md."""
     sentences = read_sentences(path)
     scheme = normalize_tags(sentences, str(path))
@@ -581,3 +597,88 @@ def evaluate_file(tagger: EntityTagger, path: str | Path, out_dir: str | Path) -
     (folder / "report.md").write_text(report_markdown(str(tagger.meta.get("name", "model")), metrics, len(errors)))
     issues = [] if scheme == "IOB2" else [f"warning: {path}: tags are {scheme}; converted to IOB2."]
     return {"test": metrics, "issues": issues}
+
+
+# -- the task contract beyond training ----------------------------------------------------------------
+
+WARM_UP = "warm-up"
+
+
+def load(path: str | Path, backend: str = "auto", threads: int | None = None) -> EntityTagger:
+    """The tagger in artifact `path`, on the backend asked for (see `inference.choose_variant`)."""
+    return EntityTagger.from_artifact(path, backend, threads)
+
+
+def serve_compute(tagger: EntityTagger, texts: list[str], batch_size: int) -> list[list[Entity]]:
+    """One server batch: entities per text."""
+    return tagger.predict(texts, batch_size)
+
+
+def _read_split(path: Path) -> list[Sentence]:
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [Sentence(r["tokens"], r["tags"]) for r in rows]
+
+
+class _TaggerCheck(ExportCheck):
+    """Agreement = share of validation sentences whose every word keeps its tag (word agreement beside it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.reference = ref = EntityTagger.from_artifact(path, backend="pytorch", attn_implementation="eager")
+        self.model, self.pad_token_id = ref.model, ref.tokenizer.pad_token_id or 0
+        self.sentences = _read_split(path / "data" / "validation.jsonl")
+        self.test_sentences = _read_split(path / "data" / "test.jsonl")
+        self.n, self.test_n = len(self.sentences), len(self.test_sentences)
+        self.reference_probs = self._probs(ref, self.sentences)
+        self.reference_test, self.reference_seconds = timed(lambda: self._probs(ref, self.test_sentences))
+        self.reference_metrics = self._score(self.reference_probs)
+        self.output_axes = {"logits": {0: "batch", 1: "sequence"}}
+        trace = ref.windows([["a", "short", "one"], ["a", "longer", "sentence", ",", "so", "there", "is", "padding"]])
+        self.trace_feeds = {k: trace[k] for k in ("input_ids", "attention_mask")}
+        sample = [s.tokens for s in self.sentences[:CALIBRATION_ITEMS]] or [["calibration"]]
+        self.calibration_feeds = single_feeds(ref.windows(sample, padding=False), list(self.trace_feeds))
+
+    def candidate(self, onnx_file: Path, variant: str) -> EntityTagger:
+        ref = self.reference
+        return EntityTagger(onnx_runner(onnx_file), ref.tokenizer, ref.label_names, ref.max_length, ref.meta,
+                            f"onnx-{variant}")  # fmt: skip
+
+    @staticmethod
+    def _probs(tagger: EntityTagger, sentences: list[Sentence]) -> list[np.ndarray]:
+        return tagger.word_probabilities([s.tokens for s in sentences]) if sentences else []
+
+    def _score(self, probs: list[np.ndarray]) -> dict[str, float]:
+        if not probs:
+            return {}
+        predicted = [_repair([self.reference.label_names[j] for j in p.argmax(1)]) for p in probs]
+        report = seqeval_report([s.tags for s in self.sentences], predicted)
+        return {k: report[k] for k in ("f1", "precision", "recall")}
+
+    @staticmethod
+    def _agreement(reference: list[np.ndarray], probs: list[np.ndarray]) -> tuple[float, float]:
+        if not probs:
+            return 1.0, 1.0
+        same = [r.argmax(1) == p.argmax(1) for r, p in zip(reference, probs, strict=True)]
+        return float(np.mean([s.all() for s in same])), float(np.concatenate(same).mean())
+
+    def compare(self, candidate: EntityTagger) -> dict[str, Any]:
+        probs = self._probs(candidate, self.sentences)
+        test_probs, seconds = timed(lambda: self._probs(candidate, self.test_sentences))
+        metrics = self._score(probs)
+        agreement, word_agreement = self._agreement(self.reference_probs, probs)
+        differences = [np.abs(r - p).max() for r, p in zip(self.reference_probs, probs, strict=True) if r.size]
+        return {
+            "agreement": agreement,
+            "word_agreement": word_agreement,
+            "test_agreement": self._agreement(self.reference_test, test_probs)[0],
+            "max_probability_difference": float(max(differences, default=0.0)),
+            "metrics": metrics,
+            "metric_delta": {k: metrics[k] - self.reference_metrics[k] for k in metrics},
+            "texts_per_second": self.test_n / seconds if self.test_n and seconds > 0 else None,
+        }
+
+
+def export_check(path: str | Path) -> ExportCheck:
+    return _TaggerCheck(Path(path))

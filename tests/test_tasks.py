@@ -1,0 +1,112 @@
+"""The task contract: every registered task goes train -> evaluate -> register -> export -> serve -> predict.
+
+A task added to `tunesmith.tasks.TASKS` without a case here fails `test_every_registered_task_has_a_case`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tunesmith
+from conftest import make_paragraphs, make_sentences, squad, write_conll, write_csv
+from tunesmith.tasks import TASKS, get_task
+
+CONTRACT = ("TASK", "WARM_UP", "train", "load", "evaluate_file", "export_check", "serve_compute")
+CONTEXT = "yesterday erin moved to rome with a friend ."
+
+
+@dataclass
+class Case:
+    write_data: Callable[[Path, list[tuple[str, str]]], Path]  # (folder, support rows) -> a training file
+    settings: dict[str, Any]
+    outputs: Callable[[Any], Any]  # predictor -> comparable predictions on a few inputs
+    hf_inputs: Any  # the Hugging Face Inference API request's "inputs"
+    check_hf: Callable[[Any], bool]  # is the response the shape that API returns for this task?
+
+
+CASES = {
+    "text-classification": Case(
+        lambda folder, rows: write_csv(folder / "train.csv", rows),
+        {},
+        lambda model: [p.label for p in model.predict(["where is my parcel", "refund please", "the app crashes"])],
+        "where is my parcel",
+        lambda body: isinstance(body, list) and {"label", "score"} <= set(body[0][0]),
+    ),
+    "token-classification": Case(
+        lambda folder, _rows: write_conll(folder / "train.conll", make_sentences(80)),
+        {},
+        lambda model: [
+            [(e.label, e.start, e.end) for e in f] for f in model.predict(["dave moved to oslo", "bob ran"])
+        ],
+        "yesterday dave moved to oslo",
+        lambda body: isinstance(body, list) and all({"entity_group", "word", "start", "end"} <= set(e) for e in body),
+    ),
+    "question-answering": Case(
+        lambda folder, _rows: squad(folder / "train.json", make_paragraphs(60, unanswerable=True), "v2.0"),
+        {"max_length": 64},
+        lambda model: [(a[0].start, a[0].end) for a in model.answer(["who moved ?", "where to ?"], [CONTEXT] * 2)],
+        {"question": "where to ?", "context": CONTEXT},
+        lambda body: isinstance(body, dict) and {"answer", "score", "start", "end"} <= set(body),
+    ),
+}
+
+
+def test_every_registered_task_has_a_case_and_the_contract() -> None:
+    assert set(CASES) == set(TASKS)
+    for name in TASKS:
+        module = get_task(name)
+        assert name == module.TASK
+        assert [a for a in CONTRACT if not hasattr(module, a)] == [], name
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_train_evaluate_register_export_serve_predict(
+    task: str, tiny_model: str, support_rows: list[tuple[str, str]], tmp_path: Path, start_server
+) -> None:
+    import httpx
+
+    case = CASES[task]
+    data = case.write_data(tmp_path, support_rows)
+    registry = tunesmith.Registry(tmp_path / "home")
+    result = tunesmith.train(
+        data, task=task, name="m", registry=registry, progress=False, base_model=tiny_model, epochs=2,
+        learning_rate=5e-3, batch_size=16, **case.settings,
+    )  # fmt: skip
+    version = registry.resolve("m@1")
+    assert version.task == task and result.version.version == 1
+    assert {"model", "tunesmith.json", "metrics.json", "report.md", "data"} <= {p.name for p in version.path.iterdir()}
+
+    report = tunesmith.evaluate(tunesmith.load_model("m", registry=registry), data, tmp_path / "evaluation")
+    assert report["test"]["n"] > 0
+    assert json.loads((tmp_path / "evaluation" / "metrics.json").read_text())["test"] == report["test"]
+
+    record = tunesmith.export_model("m", registry=registry)
+    print(
+        task,
+        json.dumps(
+            {
+                k: {m: v[m] for m in ("agreement", "test_agreement", "metric_delta", "scheme", "texts_per_second")}
+                for k, v in record["variants"].items()
+            }
+        ),
+    )
+    assert record["task"] == task and set(record["variants"]) == {"fp32", "int8"}
+    assert record["variants"]["fp32"]["agreement"] == 1.0 and record["variants"]["fp32"]["passed"]
+    for variant in record["variants"].values():
+        assert 0 <= variant["agreement"] <= 1 and set(variant["metric_delta"]) == set(record["reference"]["metrics"])
+
+    pytorch = case.outputs(tunesmith.load_model("m", registry=registry, backend="pytorch"))
+    onnx = tunesmith.load_model("m", registry=registry, backend="onnx-fp32")
+    assert onnx.backend == "onnx-fp32" and case.outputs(onnx) == pytorch
+
+    server = start_server(registry.home, "m")
+    info = httpx.get(f"{server.url}/v1/models/m").json()
+    assert info["task"] == task and info["backend"].startswith("onnx")
+    response = httpx.post(f"{server.url}/models/m", json={"inputs": case.hf_inputs})
+    assert response.status_code == 200 and case.check_hf(response.json()), response.text
