@@ -119,6 +119,9 @@ def test_train_register_and_answer(qa_result: tuple[Path, object]) -> None:
     assert len(answers[0]) == 3 and answers[0][0].score >= answers[0][1].score
     best = answers[1][0]
     assert best.text == "rome" and context[best.start : best.end] == "rome"
+    unanswerable = finder.answer(["how old ?"], [context], top_k=2)[0]  # v2 data: always without an answer
+    assert (unanswerable[0].text, unanswerable[0].start, unanswerable[0].end) == ("", -1, -1)
+    assert unanswerable[1].text and unanswerable[0].score > unanswerable[1].score
 
 
 def test_cli_predict_answers_questions(qa_result: tuple[Path, object], capsys: pytest.CaptureFixture[str]) -> None:

@@ -73,6 +73,7 @@ def train(
     ] = None,
     label_delimiter: Annotated[str | None, typer.Option(help=_doc(DataConfig, "label_delimiter"))] = None,
     model: Annotated[str | None, typer.Option(help=_doc(TrainConfig, "base_model"))] = None,
+    method: Annotated[str | None, typer.Option(help=_doc(TrainConfig, "method"))] = None,
     epochs: Annotated[float | None, typer.Option(help=_doc(TrainConfig, "epochs"))] = None,
     learning_rate: Annotated[
         float | None, typer.Option("--learning-rate", "--lr", help=_doc(TrainConfig, "learning_rate"))
@@ -101,7 +102,7 @@ def train(
     flags = {
         "data.train": data, "name": name, "task": task, "seed": seed, "data.validation": validation, "data.test": test,
         "data.text_column": text_column, "data.label_column": label_column, "data.multi_label": multi_label,
-        "data.label_delimiter": label_delimiter, "train.base_model": model, "train.epochs": epochs,
+        "data.label_delimiter": label_delimiter, "train.base_model": model, "train.method": method, "train.epochs": epochs,
         "train.learning_rate": learning_rate, "train.batch_size": batch_size, "train.max_length": max_length,
         "train.max_steps": max_steps, "train.max_minutes": max_minutes, "train.class_weights": class_weights,
         "train.precision": precision, "train.seed": seed,

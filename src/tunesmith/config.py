@@ -56,9 +56,25 @@ class TrainConfig(_Settings):
         description="Passes over the training data. None: 8, raised on small data so that training makes at "
         "least 300 optimisation steps (at most 30 epochs); early stopping usually ends sooner.",
     )
-    learning_rate: Annotated[float, Field(gt=0, lt=1)] = Field(
-        1e-4,
-        description="Peak AdamW learning rate. MiniLM-sized encoders want more than BERT-base's usual 2e-5.",
+    method: Literal["full", "lora", "adalora", "ia3", "frozen", "fewshot", "prefix"] = Field(
+        "full",
+        description="What trains: 'full' (every weight), 'lora' / 'adalora' / 'ia3' (peft adapters + the head; "
+        "the artifact stores only the adapter), 'frozen' (only the head), 'fewshot' (SetFit-style contrastive "
+        "tuning + a logistic-regression head, for a few examples per class; text classification only). "
+        "See README 'Choosing a method'.",
+    )
+    learning_rate: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        None,
+        description="Peak AdamW learning rate. None: 1e-4 for full fine-tuning (MiniLM-sized encoders want more "
+        "than BERT-base's usual 2e-5), 1e-3 for lora/adalora, 3e-3 for ia3/frozen, 2e-5 for fewshot.",
+    )
+    lora_r: Annotated[int, Field(ge=1)] = Field(8, description="LoRA rank (AdaLoRA: the target average rank).")
+    lora_alpha: Annotated[int, Field(ge=1)] = Field(16, description="LoRA scaling: updates are scaled by alpha/r.")
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = Field(0.1, description="Dropout on the LoRA path.")
+    target_modules: list[str] | None = Field(
+        None,
+        description="Layers the adapter is put on, by name (e.g. ['query', 'value']). None: peft's default for "
+        "the architecture (BERT: query and value; IA3 also the feed-forward output).",
     )
     batch_size: Annotated[int, Field(ge=1)] = Field(
         16,

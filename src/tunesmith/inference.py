@@ -151,7 +151,9 @@ class TextClassifier(BaseClassifier):
         hf_logging.disable_progress_bar()
         path = Path(path)
         meta = _read_meta(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path / "model", **model_kwargs)
+        from tunesmith import methods
+
+        model = methods.load(AutoModelForSequenceClassification, path, **model_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path / "model")
         return cls(model, tokenizer, meta["label_names"], **_settings(meta))
 

@@ -22,6 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tunesmith import methods
 from tunesmith.config import RunConfig, TrainConfig, dump_config
 from tunesmith.data import (
     DataIssue,
@@ -216,6 +217,7 @@ def build_trainer(
     train_set: Any,
     val_set: Any,
     *,
+    task: str,
     collator: Any,
     compute_metrics: Callable[[Any], dict[str, float]],
     bf16: bool,
@@ -223,18 +225,25 @@ def build_trainer(
     progress: bool,
     compute_loss_func: Callable[..., Any] | None = None,
 ) -> Any:
-    """The Trainer every task uses: AdamW + linear warmup, eval and save each epoch, the best checkpoint kept
-    (by `SELECTION_METRIC`, which `compute_metrics` must return), early stopping, budgets, our progress lines."""
+    """The Trainer every task uses: the training method applied to `model` (`trainer.model` is the result),
+    AdamW + linear warmup, eval and save each epoch, the best checkpoint kept (by `SELECTION_METRIC`, which
+    `compute_metrics` must return), early stopping, budgets, our progress lines."""
     import torch
     from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     steps_per_epoch = math.ceil(len(train_set) / settings.batch_size)
+    epochs = choose_epochs(len(train_set), settings.batch_size, settings.epochs)
+    total_steps = settings.max_steps or math.ceil(steps_per_epoch * epochs)
+    model = methods.prepare(model, settings, task, total_steps)
+    counts = methods.parameter_counts(model)
+    log(f"Method {settings.method}: {counts['trainable']:,} of {counts['total']:,} parameters train "
+        f"({counts['trainable'] / max(1, counts['total']):.2%}).")  # fmt: skip
     args = TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
-        num_train_epochs=choose_epochs(len(train_set), settings.batch_size, settings.epochs),
+        num_train_epochs=epochs,
         max_steps=settings.max_steps or -1,
-        learning_rate=settings.learning_rate,
+        learning_rate=methods.learning_rate(settings),
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.eval_batch_size,
         warmup_steps=settings.warmup_ratio,  # a float below 1 is a ratio of all steps in transformers 5
@@ -257,7 +266,7 @@ def build_trainer(
         disable_tqdm=True,  # replaced by _progress_callback
         dataloader_num_workers=0,
     )
-    callbacks: list[Any] = []
+    callbacks: list[Any] = methods.callbacks(model)
     if settings.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
     if settings.max_minutes:
@@ -325,13 +334,14 @@ def register_artifact(
         "report.md": report,
     }
     with registry.staging() as staged:
-        model.save_pretrained(staged / "model", safe_serialization=True)
+        methods.save(model, staged)
         tokenizer.save_pretrained(staged / "model")
         for relative, content in files.items():
             (staged / relative).parent.mkdir(parents=True, exist_ok=True)
             (staged / relative).write_text(content, encoding="utf-8")
         (staged / "config.yaml").write_text(dump_config(config), encoding="utf-8")
         common = {"format": 1, "task": config.task, "name": config.name, "base_model": config.train.base_model,
+                  "method": config.train.method, "parameters": methods.parameter_counts(model),
                   "created_at": datetime.now(UTC).isoformat(), "metrics": metrics,
                   "library_versions": library_versions()}  # fmt: skip
         (staged / ARTIFACT_META).write_text(json.dumps({**common, **meta}, indent=2), encoding="utf-8")

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from tunesmith import methods
 from tunesmith.config import RunConfig
 from tunesmith.data import DataIssue, fingerprint
 from tunesmith.errors import DataError
@@ -263,7 +264,7 @@ class AnswerFinder:
             return cls(onnx_runner(export_file(path, variant), threads), tokenizer, *settings, f"onnx-{variant}")
         from transformers import AutoModelForQuestionAnswering
 
-        model = AutoModelForQuestionAnswering.from_pretrained(path / "model", **model_kwargs)
+        model = methods.load(AutoModelForQuestionAnswering, path, **model_kwargs)
         return cls(torch_runner(model, OUTPUTS), tokenizer, *settings, model=model)
 
     def answer(self, questions: Sequence[str], contexts: Sequence[str], top_k: int = 1,
@@ -410,7 +411,7 @@ def train(
         model, tokenizer, settings, run_dir,
         features(tokenizer, data.train, max_length, stride, labels=True),
         features(tokenizer, data.validation, max_length, stride, labels=True),
-        collator=DataCollatorWithPadding(tokenizer), compute_metrics=_trainer_metrics(),
+        task=TASK, collator=DataCollatorWithPadding(tokenizer), compute_metrics=_trainer_metrics(),
         bf16=use_bf16, log=log, progress=progress,
     )  # fmt: skip
     log(f"Fine-tuning {settings.base_model} for {TASK} ({'bf16 autocast' if use_bf16 else 'fp32'}) ...")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tunesmith import methods
 from tunesmith.config import RunConfig, dump_config
 from tunesmith.evaluation import classification_metrics, headline, multi_hot, tune_threshold, write_report
 from tunesmith.export import CALIBRATION_ITEMS, ExportCheck, timed
@@ -181,7 +182,7 @@ def train(
     metric = "f1_micro" if data.multi_label else "f1_macro"
     trainer = build_trainer(
         model, tokenizer, settings, run_dir, train_set, val_set,
-        collator=DataCollatorWithPadding(tokenizer),
+        task=TASK, collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=_trainer_metrics(data.multi_label),
         compute_loss_func=_weighted_loss(data) if settings.class_weights else None,
         bf16=use_bf16, log=log, progress=progress,
@@ -223,11 +224,19 @@ def train(
                 "best_checkpoint_metric": trainer.state.best_metric,
             },
         )
-        model.save_pretrained(staged / "model", safe_serialization=True)
+        methods.save(model, staged)
         tokenizer.save_pretrained(staged / "model")
         _write_splits(staged / "data", data)
         (staged / "config.yaml").write_text(dump_config(config), encoding="utf-8")
-        meta = _artifact_meta(config, data, report, threshold=threshold, max_length=max_length, bf16=use_bf16)
+        meta = _artifact_meta(
+            config,
+            data,
+            report,
+            threshold=threshold,
+            max_length=max_length,
+            bf16=use_bf16,
+            parameters=methods.parameter_counts(model),
+        )
         (staged / ARTIFACT_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         version = registry.register(name, staged, config.task, metrics=headline(report["test"]))
     shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints are only needed to resume an unfinished run
@@ -239,6 +248,7 @@ def _artifact_meta(
     data: ClassificationData,
     report: dict[str, Any],
     *,
+    parameters: dict[str, int],
     threshold: float,
     max_length: int,
     bf16: bool,
@@ -253,6 +263,8 @@ def _artifact_meta(
         "threshold": threshold,
         "max_length": max_length,
         "base_model": config.train.base_model,
+        "method": config.train.method,
+        "parameters": parameters,
         "precision": "bf16" if bf16 else "fp32",
         "created_at": datetime.now(UTC).isoformat(),
         "metrics": headline(report["test"]),

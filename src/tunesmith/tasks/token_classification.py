@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from tunesmith import methods
 from tunesmith.config import RunConfig
 from tunesmith.data import DataIssue, fingerprint
 from tunesmith.errors import DataError
@@ -389,7 +390,7 @@ class EntityTagger:
             return cls(runner, tokenizer, meta["label_names"], meta["max_length"], meta, f"onnx-{variant}")
         from transformers import AutoModelForTokenClassification
 
-        model = AutoModelForTokenClassification.from_pretrained(path / "model", **model_kwargs)
+        model = methods.load(AutoModelForTokenClassification, path, **model_kwargs)
         return cls(torch_runner(model, ["logits"]), tokenizer, meta["label_names"], meta["max_length"], meta,
                    model=model)  # fmt: skip
 
@@ -518,7 +519,7 @@ def train(
     trainer = build_trainer(
         model, tokenizer, settings, run_dir,
         encode(tokenizer, data.train, label2id, max_length), encode(tokenizer, data.validation, label2id, max_length),
-        collator=DataCollatorForTokenClassification(tokenizer), compute_metrics=_trainer_metrics(data.label_names),
+        task=TASK, collator=DataCollatorForTokenClassification(tokenizer), compute_metrics=_trainer_metrics(data.label_names),
         bf16=use_bf16, log=log, progress=progress,
     )  # fmt: skip
     log(f"Fine-tuning {settings.base_model} for {TASK} ({'bf16 autocast' if use_bf16 else 'fp32'}) ...")

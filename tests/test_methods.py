@@ -1,0 +1,105 @@
+"""Training methods: full, peft adapters (lora, adalora, ia3), frozen encoder; adapter artifacts round-trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import tunesmith
+from conftest import make_paragraphs, make_sentences, squad, write_conll, write_csv
+from tunesmith.errors import ConfigError
+from tunesmith.methods import ADAPTER_DIR
+
+QUICK = {"epochs": 3, "batch_size": 16, "early_stopping_patience": 0}
+
+
+@pytest.mark.parametrize("method", ["lora", "adalora", "ia3", "frozen"])
+def test_each_method_trains_and_predicts(
+    method: str, tiny_model: str, support_rows: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    data = write_csv(tmp_path / "support.csv", support_rows)
+    registry = tunesmith.Registry(tmp_path / "home")
+    logs: list[str] = []
+    config = tunesmith.load_config(None, {"data.train": str(data), "name": "s", "train.base_model": tiny_model,
+                                          "train.method": method, **{f"train.{k}": v for k, v in QUICK.items()}})  # fmt: skip
+    from tunesmith.tasks.text_classification import train
+
+    result = train(config, registry=registry, progress=False, log=logs.append)
+    meta = tunesmith.load_model("s", registry=registry).meta
+    assert meta["method"] == method
+    counts = meta["parameters"]
+    assert 0 < counts["trainable"] < counts["total"] * (0.5 if method != "frozen" else 0.2)
+    assert any(f"Method {method}: " in line and "parameters train" in line for line in logs)
+    files = {p.name for p in result.version.path.iterdir()}
+    if method == "frozen":
+        assert ADAPTER_DIR not in files and (result.version.path / "model" / "model.safetensors").is_file()
+    else:  # only the adapter is stored, with the base model named in tunesmith.json
+        assert ADAPTER_DIR in files and not (result.version.path / "model" / "model.safetensors").exists()
+        assert (result.version.path / ADAPTER_DIR / "adapter_model.safetensors").is_file()
+    predictions = tunesmith.load_model("s", registry=registry).predict(["where is my parcel", "refund please"])
+    assert all(p.label in meta["label_names"] for p in predictions)
+    assert result.metrics["n"] > 0
+
+
+def test_lora_artifact_round_trips_and_exports_merged(
+    tiny_model: str, support_rows: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    import numpy as np
+
+    data = write_csv(tmp_path / "support.csv", support_rows)
+    registry = tunesmith.Registry(tmp_path / "home")
+    full = tunesmith.train(data, name="full", registry=registry, progress=False, base_model=tiny_model, **QUICK)
+    lora = tunesmith.train(data, name="lora", method="lora", registry=registry, progress=False,
+                           base_model=tiny_model, **QUICK)  # fmt: skip
+    size = {
+        r.version.ref: sum(p.stat().st_size for p in r.version.path.rglob("*") if p.is_file()) for r in (full, lora)
+    }
+    adapter = sum(p.stat().st_size for p in (lora.version.path / ADAPTER_DIR).iterdir())
+    full_weights = (full.version.path / "model" / "model.safetensors").stat().st_size
+    assert adapter < full_weights / 2, size
+    # Loaded (base + adapter, merged), the model scores the test split as it did when training ended.
+    model = tunesmith.load_model("lora", registry=registry, backend="pytorch")
+    assert not hasattr(model.model, "peft_config")  # merged into a plain transformers model
+    report = tunesmith.evaluate(model, lora.version.path / "data" / "test.jsonl", tmp_path / "again")
+    assert report["test"]["accuracy"] == pytest.approx(lora.metrics["accuracy"], abs=1e-9)
+    record = tunesmith.export_model("lora", registry=registry)
+    assert record["variants"]["fp32"]["agreement"] == 1.0
+    texts = ["where is my parcel", "refund please", "the app crashes on start"]
+    onnx = tunesmith.load_model("lora", registry=registry, backend="onnx-fp32").predict_proba(texts)
+    assert np.allclose(onnx, model.predict_proba(texts), atol=1e-4)
+
+
+def test_lora_for_entities_and_answers(tiny_model: str, tmp_path: Path) -> None:
+    registry = tunesmith.Registry(tmp_path / "home")
+    ner = write_conll(tmp_path / "train.conll", make_sentences(60))
+    result = tunesmith.train(ner, task="token-classification", method="lora", name="ner", registry=registry,
+                             progress=False, base_model=tiny_model, **QUICK)  # fmt: skip
+    assert (result.version.path / ADAPTER_DIR).is_dir()
+    assert isinstance(tunesmith.load_model("ner", registry=registry).predict(["dave moved to oslo"])[0], list)
+    qa = squad(tmp_path / "train.json", make_paragraphs(40))
+    result = tunesmith.train(qa, task="question-answering", method="ia3", name="qa", registry=registry,
+                             progress=False, base_model=tiny_model, max_length=64, **QUICK)  # fmt: skip
+    assert (result.version.path / ADAPTER_DIR).is_dir()
+    answer = tunesmith.load_model("qa", registry=registry).answer(["who moved ?"], ["yesterday bob moved to rome ."])
+    assert answer[0][0].start >= 0 or answer[0][0].text == ""
+
+
+@pytest.mark.parametrize(
+    ("method", "task", "message"),
+    [
+        ("prefix", "text-classification", "past key values"),
+        ("fewshot", "token-classification", "text classifiers only"),
+    ],
+)
+def test_unavailable_methods_say_why(
+    method: str, task: str, message: str, tiny_model: str, support_rows: list, tmp_path: Path
+) -> None:
+    data = (
+        write_csv(tmp_path / "d.csv", support_rows)
+        if task == "text-classification"
+        else write_conll(tmp_path / "d.conll", make_sentences(30))
+    )
+    with pytest.raises(ConfigError, match=message):
+        tunesmith.train(data, task=task, method=method, registry=tunesmith.Registry(tmp_path / "h"), progress=False,
+                        base_model=tiny_model, **QUICK)  # fmt: skip
