@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import tunesmith
@@ -45,8 +46,6 @@ def test_each_method_trains_and_predicts(
 def test_lora_artifact_round_trips_and_exports_merged(
     tiny_model: str, support_rows: list[tuple[str, str]], tmp_path: Path
 ) -> None:
-    import numpy as np
-
     data = write_csv(tmp_path / "support.csv", support_rows)
     registry = tunesmith.Registry(tmp_path / "home")
     full = tunesmith.train(data, name="full", registry=registry, progress=False, base_model=tiny_model, **QUICK)
@@ -103,3 +102,96 @@ def test_unavailable_methods_say_why(
     with pytest.raises(ConfigError, match=message):
         tunesmith.train(data, task=task, method=method, registry=tunesmith.Registry(tmp_path / "h"), progress=False,
                         base_model=tiny_model, **QUICK)  # fmt: skip
+
+
+def _few(support_rows: list[tuple[str, str]], per_class: int) -> list[tuple[str, str]]:
+    seen: dict[str, int] = {}
+    out = []
+    for text, label in support_rows:
+        if seen.get(label, 0) < per_class:
+            seen[label] = seen.get(label, 0) + 1
+            out.append((text, label))
+    return out
+
+
+def test_fewshot_trains_exports_and_reloads(
+    tiny_model: str, support_rows: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    rows = _few(support_rows, 12)
+    data = write_csv(tmp_path / "few.csv", rows)
+    registry = tunesmith.Registry(tmp_path / "home")
+    logs: list[str] = []
+    config = tunesmith.load_config(None, {"data.train": str(data), "name": "few", "train.base_model": tiny_model,
+                                          "train.method": "fewshot", "train.fewshot_max_pairs": 96,
+                                          "train.learning_rate": 1e-3})  # fmt: skip
+    from tunesmith.tasks.text_classification import train
+
+    result = train(config, registry=registry, progress=False, log=logs.append)
+    assert any("96 pairs (6 steps)" in line for line in logs), logs  # bounded: not 2 x 20 x n pairs
+    assert (result.version.path / "head.safetensors").is_file()
+    model = tunesmith.load_model("few", registry=registry, backend="pytorch")
+    assert model.meta["method"] == "fewshot" and model.meta["architecture"] == "embedding-head"
+    report = tunesmith.evaluate(model, result.version.path / "data" / "test.jsonl", tmp_path / "again")
+    assert report["test"]["accuracy"] == pytest.approx(result.metrics["accuracy"], abs=1e-9)
+    record = tunesmith.export_model("few", registry=registry)
+    assert record["variants"]["fp32"]["agreement"] == 1.0
+    texts = ["where is my parcel", "refund please"]
+    onnx = tunesmith.load_model("few", registry=registry, backend="onnx-fp32")
+    assert np.allclose(onnx.predict_proba(texts), model.predict_proba(texts), atol=1e-4)
+
+
+def test_fewshot_pair_sampling_is_bounded_whatever_the_data_size() -> None:
+    from tunesmith.fewshot import BODY_TEXTS, body_sample
+
+    labels = [i % 7 for i in range(200_000)] + [7] * 3  # a huge dataset with one tiny class
+    chosen = body_sample(labels, BODY_TEXTS, seed=0)
+    assert len(chosen) == BODY_TEXTS and len(set(chosen)) == BODY_TEXTS
+    counts = np.bincount([labels[i] for i in chosen])
+    assert counts[7] == 3 and counts[:7].max() - counts[:7].min() <= 1  # every text of the tiny class, rest even
+    assert body_sample([0, 1, 1], BODY_TEXTS, seed=0) == [0, 1, 2]
+
+
+def test_small_data_suggests_fewshot(tiny_model: str, support_rows: list[tuple[str, str]], tmp_path: Path) -> None:
+    data = write_csv(tmp_path / "few.csv", _few(support_rows, 12))
+    config = tunesmith.load_config(None, {"data.train": str(data), "train.base_model": tiny_model, "train.epochs": 1})
+    from tunesmith.tasks.text_classification import train
+
+    logs: list[str] = []
+    train(config, registry=tunesmith.Registry(tmp_path / "h"), progress=False, log=logs.append)
+    assert any("--method fewshot" in line for line in logs)
+
+
+def test_zeroshot_from_label_descriptions(tiny_model: str, tmp_path: Path, start_server) -> None:
+    import httpx
+
+    from tunesmith.zeroshot import create, parse_labels
+
+    labels_file = tmp_path / "labels.txt"
+    labels_file.write_text("refund: i want my money back\ndelivery\tmy parcel has not arrived\n# a comment\nlogin\n")
+    descriptions = parse_labels(labels_file=labels_file)
+    assert descriptions == {"refund": "i want my money back", "delivery": "my parcel has not arrived", "login": "login"}
+    test = write_csv(tmp_path / "test.csv", [("i want my money back", "refund"), ("my parcel has not arrived",
+                     "delivery"), ("login", "login"), ("something else", "unknown")])  # fmt: skip
+    registry = tunesmith.Registry(tmp_path / "home")
+    result = create(descriptions, name="zs", registry=registry, base_model=tiny_model, test=test, log=lambda _m: None)
+    # A text equal to a description has cosine 1 with it: whatever the encoder, it gets that label.
+    assert result.metrics["accuracy"] == 1.0 and result.metrics["n"] == 3 and result.skipped_rows == 1
+    model = tunesmith.load_model("zs", registry=registry)
+    assert [p.label for p in model.predict(list(descriptions.values()))] == list(descriptions)
+    assert model.meta["method"] == "zeroshot" and model.meta["parameters"]["trainable"] == 0
+    tunesmith.export_model("zs", registry=registry)
+    server = start_server(registry.home, "zs")
+    body = httpx.post(f"{server.url}/v1/models/zs/predict", json={"text": "my parcel has not arrived"}).json()
+    assert body["predictions"][0]["label"] == "delivery"
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [("refund", "at least two labels"), ("a,,b", "Label 2 is empty"), ("a,b,a", "given twice")],
+)
+def test_zeroshot_label_errors(labels: str, message: str) -> None:
+    from tunesmith.errors import DataError
+    from tunesmith.zeroshot import parse_labels
+
+    with pytest.raises(DataError, match=message):
+        parse_labels(labels)

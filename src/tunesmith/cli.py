@@ -136,6 +136,33 @@ def train(
     console.print(f'Use it: tunesmith predict {result.version.ref} "some text"')
 
 
+@app.command()
+def zeroshot(
+    name: Annotated[str, typer.Option(help="Registry name of the model.")],
+    labels: Annotated[
+        str | None, typer.Option(help='Comma-separated labels, e.g. "refund,card lost,delivery".')
+    ] = None,
+    labels_file: Annotated[
+        Path | None, typer.Option(help="One label per line, optionally 'label: description' (or tab-separated).")
+    ] = None,
+    test: Annotated[str | None, typer.Option(help="Labeled file to evaluate on (same report as training).")] = None,
+    model: Annotated[str | None, typer.Option(help=_doc(TrainConfig, "base_model"))] = None,
+    template: Annotated[str, typer.Option(help='How a description is phrased, e.g. "This text is about {}."')] = "{}",
+) -> None:
+    """Register a classifier built from label names or descriptions alone (no training): each text gets the
+    label whose description its embedding is closest to."""
+    from tunesmith.config import DEFAULT_MODEL
+    from tunesmith.zeroshot import create, parse_labels
+
+    descriptions = parse_labels(labels, labels_file)
+    result = create(descriptions, name=name, registry=_registry(), base_model=model or DEFAULT_MODEL,
+                    template=template, test=test, log=_say)  # fmt: skip
+    if result.skipped_rows:
+        _say(f"warning: {result.skipped_rows} test row(s) carry other labels; they were left out.")
+    console.print(f"Registered {result.version.ref} ({len(descriptions)} labels, zero-shot).")
+    console.print(f'Use it: tunesmith predict {result.version.ref} "some text"')
+
+
 def _say(message: str) -> None:
     style = "yellow" if message.startswith("warning") else None
     err_console.print(message, style=style, markup=False, highlight=False)

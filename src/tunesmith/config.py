@@ -71,6 +71,14 @@ class TrainConfig(_Settings):
     lora_r: Annotated[int, Field(ge=1)] = Field(8, description="LoRA rank (AdaLoRA: the target average rank).")
     lora_alpha: Annotated[int, Field(ge=1)] = Field(16, description="LoRA scaling: updates are scaled by alpha/r.")
     lora_dropout: Annotated[float, Field(ge=0, lt=1)] = Field(0.1, description="Dropout on the LoRA path.")
+    fewshot_iterations: Annotated[int, Field(ge=1)] = Field(
+        20, description="Few-shot: positive and negative pairs drawn per training text (SetFit's num_iterations)."
+    )
+    fewshot_max_pairs: Annotated[int, Field(ge=2)] = Field(
+        10_000,
+        description="Few-shot: at most this many pairs in the contrastive stage, whatever the data size (time "
+        "and memory stay bounded; the head is still fitted on every training text).",
+    )
     target_modules: list[str] | None = Field(
         None,
         description="Layers the adapter is put on, by name (e.g. ['query', 'value']). None: peft's default for "

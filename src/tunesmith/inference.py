@@ -153,7 +153,12 @@ class TextClassifier(BaseClassifier):
         meta = _read_meta(path)
         from tunesmith import methods
 
-        model = methods.load(AutoModelForSequenceClassification, path, **model_kwargs)
+        if meta.get("architecture") == "embedding-head":  # few-shot and zero-shot models
+            from tunesmith import embedding
+
+            model = embedding.load(path, meta, **model_kwargs)
+        else:
+            model = methods.load(AutoModelForSequenceClassification, path, **model_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path / "model")
         return cls(model, tokenizer, meta["label_names"], **_settings(meta))
 

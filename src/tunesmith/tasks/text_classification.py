@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tunesmith import methods
+from tunesmith import embedding, methods
 from tunesmith.config import RunConfig, dump_config
 from tunesmith.evaluation import classification_metrics, headline, multi_hot, tune_threshold, write_report
 from tunesmith.export import CALIBRATION_ITEMS, ExportCheck, timed
@@ -28,7 +28,7 @@ from tunesmith.inference import (
     TextClassifier,
     load_predictor,
 )
-from tunesmith.models import bf16_supported, load_classifier, load_tokenizer, model_max_length
+from tunesmith.models import bf16_supported, load_classifier, load_tokenizer, model_max_length, resolve_model
 from tunesmith.registry import Registry
 from tunesmith.training import (
     SELECTION_METRIC,
@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # pandas and scikit-learn load only to train, never in a serv
 
 TASK = "text-classification"
 WARM_UP = "warm-up"
+FEWSHOT_HINT = 16  # at most this many examples in the smallest class: suggest --method fewshot
 
 
 def _encode(tokenizer: Any, split: Split, max_length: int, n_classes: int, multi_label: bool) -> _ListDataset:
@@ -150,8 +151,16 @@ def train(
     data = load_classification_data(config.data, seed=config.seed)
     tokenizer = load_tokenizer(settings.base_model, settings.trust_remote_code)
     set_seed(settings.seed)  # before the new head's weights are drawn
-    model = load_classifier(settings.base_model, data.label_names, data.multi_label, settings.trust_remote_code)
-    limit = model_max_length(tokenizer, model.config)
+    fewshot = settings.method == "fewshot"
+    if fewshot:
+        from transformers import AutoConfig
+
+        model: Any = None
+        model_config = AutoConfig.from_pretrained(resolve_model(settings.base_model))
+    else:
+        model = load_classifier(settings.base_model, data.label_names, data.multi_label, settings.trust_remote_code)
+        model_config = model.config
+    limit = model_max_length(tokenizer, model_config)
     token_ids = tokenizer(data.train.texts, add_special_tokens=False)["input_ids"]
     lengths = [len(ids) + tokenizer.num_special_tokens_to_add() for ids in token_ids]
     max_length = choose_max_length(lengths, limit, settings.max_length)
@@ -170,25 +179,40 @@ def train(
         f"{data.label_column!r}; max_length {max_length} tokens."
     )
 
+    per_class = _examples_per_class(data)
+    if per_class <= FEWSHOT_HINT and settings.method != "fewshot":
+        log(f"hint: the smallest class has {per_class} training examples; with this little data --method fewshot "
+            "(SetFit-style) is usually more accurate.")  # fmt: skip
     baseline = train_baseline(data, seed=settings.seed)
     log(f"TF-IDF baseline trained in {baseline.seconds:.1f} s.")
 
     run_dir = registry.home / "runs" / name
-    checkpoint = _prepare_run_dir(run_dir, data.fingerprint, config, resume, log)
     n_classes = len(data.label_names)
-    train_set = _encode(tokenizer, data.train, max_length, n_classes, data.multi_label)
-    val_set = _encode(tokenizer, data.validation, max_length, n_classes, data.multi_label)
     use_bf16 = settings.precision == "bf16" or (settings.precision == "auto" and bf16_supported())
     metric = "f1_micro" if data.multi_label else "f1_macro"
-    trainer = build_trainer(
-        model, tokenizer, settings, run_dir, train_set, val_set,
-        task=TASK, collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=_trainer_metrics(data.multi_label),
-        compute_loss_func=_weighted_loss(data) if settings.class_weights else None,
-        bf16=use_bf16, log=log, progress=progress,
-    )  # fmt: skip
-    log(f"Fine-tuning {settings.base_model} ({'bf16 autocast' if use_bf16 else 'fp32'}) ...")
-    model, minutes = run_trainer(trainer, checkpoint)
+    if fewshot:
+        use_bf16 = False
+        from tunesmith import fewshot as few
+
+        model, details = few.fit(settings.base_model, tokenizer, data.train.texts, data.train.labels, n_classes,
+                                 data.multi_label, settings, max_length, log)  # fmt: skip
+        minutes, log_history = details.pop("train_minutes"), []
+        extra: dict[str, Any] = {"fewshot": details}
+    else:
+        checkpoint = _prepare_run_dir(run_dir, data.fingerprint, config, resume, log)
+        train_set = _encode(tokenizer, data.train, max_length, n_classes, data.multi_label)
+        val_set = _encode(tokenizer, data.validation, max_length, n_classes, data.multi_label)
+        trainer = build_trainer(
+            model, tokenizer, settings, run_dir, train_set, val_set,
+            task=TASK, collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=_trainer_metrics(data.multi_label),
+            compute_loss_func=_weighted_loss(data) if settings.class_weights else None,
+            bf16=use_bf16, log=log, progress=progress,
+        )  # fmt: skip
+        log(f"Fine-tuning {settings.base_model} ({'bf16 autocast' if use_bf16 else 'fp32'}) ...")
+        model, minutes = run_trainer(trainer, checkpoint)
+        log_history = trainer.state.log_history
+        extra = {"epochs_run": trainer.state.epoch, "best_checkpoint_metric": trainer.state.best_metric}
     classifier = TextClassifier(model, tokenizer, data.label_names, multi_label=data.multi_label, max_length=max_length)
     val_probs = classifier.predict_proba(data.validation.texts, settings.eval_batch_size)
     threshold = tune_threshold(multi_hot(data.validation.labels, n_classes), val_probs) if data.multi_label else 0.5
@@ -214,17 +238,19 @@ def train(
             label_names=data.label_names,
             multi_label=data.multi_label,
             threshold=threshold,
-            log_history=trainer.state.log_history,
+            log_history=log_history,
             metric=metric,
             extra={
                 "validation": headline(validation_metrics),
                 "train_minutes": minutes,
                 "baseline_seconds": baseline.seconds,
-                "epochs_run": trainer.state.epoch,
-                "best_checkpoint_metric": trainer.state.best_metric,
+                **extra,
             },
         )
-        methods.save(model, staged)
+        if fewshot:
+            embedding.save(model, staged)
+        else:
+            methods.save(model, staged)
         tokenizer.save_pretrained(staged / "model")
         _write_splits(staged / "data", data)
         (staged / "config.yaml").write_text(dump_config(config), encoding="utf-8")
@@ -237,10 +263,20 @@ def train(
             bf16=use_bf16,
             parameters=methods.parameter_counts(model),
         )
+        if fewshot:
+            meta.update(architecture=embedding.ARCHITECTURE, pooling=model.pooling, normalize=model.normalize)
         (staged / ARTIFACT_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         version = registry.register(name, staged, config.task, metrics=headline(report["test"]))
     shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints are only needed to resume an unfinished run
     return TrainResult(version, report["test"], report["baseline"], data.issues, minutes)
+
+
+def _examples_per_class(data: ClassificationData) -> int:
+    counts: dict[int, int] = {i: 0 for i in range(len(data.label_names))}
+    for label in data.train.labels:
+        for i in label if data.multi_label else [label]:
+            counts[i] += 1
+    return min(counts.values(), default=0)
 
 
 def _artifact_meta(
