@@ -44,7 +44,7 @@ def test_each_method_trains_and_predicts(
 
 
 def test_lora_artifact_round_trips_and_exports_merged(
-    tiny_model: str, support_rows: list[tuple[str, str]], tmp_path: Path
+    tiny_model: str, support_rows: list[tuple[str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = write_csv(tmp_path / "support.csv", support_rows)
     registry = tunesmith.Registry(tmp_path / "home")
@@ -64,6 +64,23 @@ def test_lora_artifact_round_trips_and_exports_merged(
     assert report["test"]["accuracy"] == pytest.approx(lora.metrics["accuracy"], abs=1e-9)
     record = tunesmith.export_model("lora", registry=registry)
     assert record["variants"]["fp32"]["agreement"] == 1.0
+    from tunesmith.evaluation import compare_runs
+
+    rows = {r["ref"]: r for r in compare_runs(registry.versions("full") + registry.versions("lora"))}
+    assert rows["lora@1"]["method"] == "lora" and rows["full@1"]["method"] == "full"
+    assert rows["lora@1"]["trainable_parameters"] < rows["full@1"]["trainable_parameters"]
+    assert rows["lora@1"]["size_mb"] < rows["full@1"]["size_mb"]  # the export folder is not counted
+    assert set(rows["full@1"]["test"]) == {"accuracy", "f1_macro"} and rows["full@1"]["train_minutes"] > 0
+    from test_cli import run
+
+    code, out, err = run(capsys, "--home", str(registry.home), "runs", "compare", "--sort", "f1_macro", "--json",
+                         str(tmp_path / "runs.json"))  # fmt: skip
+    assert code == 0, err
+    import json
+
+    assert "2 runs" in out
+    written = json.loads((tmp_path / "runs.json").read_text())
+    assert [r["ref"] for r in written] == sorted(rows, key=lambda ref: -rows[ref]["test"]["f1_macro"])
     texts = ["where is my parcel", "refund please", "the app crashes on start"]
     onnx = tunesmith.load_model("lora", registry=registry, backend="onnx-fp32").predict_proba(texts)
     assert np.allclose(onnx, model.predict_proba(texts), atol=1e-4)

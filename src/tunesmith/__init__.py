@@ -31,22 +31,26 @@ def train(
     from tunesmith.tasks import get_task
 
     if not isinstance(config, RunConfig):
-        flat: dict[str, Any] = {}
-        for key, value in overrides.items():
-            if "__" in key:
-                flat[key.replace("__", ".")] = value
-            elif key in TrainConfig.model_fields:
-                flat[f"train.{key}"] = value
-            elif key in DataConfig.model_fields:
-                flat[f"data.{key}"] = value
-            else:
-                flat[key] = value
-        if data is not None:
-            flat["data.train"] = str(data)
-        config = load_config(config, flat)
+        config = _config_from(data, overrides, config)
     elif data is not None or overrides:
         raise ConfigError("Pass either a RunConfig or a data path with overrides, not both.")
     return get_task(config.task).train(config, registry=registry, resume=resume, progress=progress)
+
+
+def _config_from(data: str | Path | None, overrides: dict[str, Any], file: str | Path | None = None) -> RunConfig:
+    flat: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if "__" in key:
+            flat[key.replace("__", ".")] = value
+        elif key in TrainConfig.model_fields:
+            flat[f"train.{key}"] = value
+        elif key in DataConfig.model_fields:
+            flat[f"data.{key}"] = value
+        else:
+            flat[key] = value
+    if data is not None:
+        flat["data.train"] = str(data)
+    return load_config(file, flat)
 
 
 def load_model(ref: str, registry: Registry | None = None, backend: str = "auto") -> BaseClassifier:
@@ -61,6 +65,24 @@ def load_model(ref: str, registry: Registry | None = None, backend: str = "auto"
         path = (registry or Registry()).resolve(ref).path
     task = json.loads((path / "tunesmith.json").read_text(encoding="utf-8")).get("task", "text-classification")
     return get_task(task).load(path, backend)
+
+
+def tune(
+    data: str | Path,
+    *,
+    trials: int = 20,
+    timeout: float | None = None,
+    methods: list[str] | None = None,
+    registry: Registry | None = None,
+    **overrides: Any,
+) -> Any:
+    """Search hyperparameters with Optuna for a training file (overrides as for `train`); returns a
+    `tuning.TuneResult` whose `version` is the best trial's model, registered."""
+    from tunesmith.tuning import tune as run_search
+
+    search = {k: overrides.pop(k) for k in ("pruner", "space", "study_name", "seed", "log") if k in overrides}
+    config = _config_from(data, overrides)
+    return run_search(config, trials=trials, timeout=timeout, methods=methods, registry=registry, **search)
 
 
 def export_model(
@@ -106,4 +128,5 @@ __all__ = [
     "load_config",
     "load_model",
     "train",
+    "tune",
 ]

@@ -27,6 +27,8 @@ models_app = typer.Typer(help="List, inspect, promote, roll back and delete regi
 app.add_typer(models_app, name="models")
 keys_app = typer.Typer(help="API keys for `tunesmith serve` (stored hashed in the registry).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+runs_app = typer.Typer(help="Compare training runs (registered versions).", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # one message, one line: no wrapping at 80 columns
 _state = {"verbose": False}
@@ -134,6 +136,57 @@ def train(
     console.print(table)
     console.print(f"Trained in {result.train_minutes:.1f} min. Report: {result.version.path / 'report.md'}")
     console.print(f'Use it: tunesmith predict {result.version.ref} "some text"')
+
+
+@app.command()
+def tune(
+    data: Annotated[str, typer.Argument(help="Training file (as for `tunesmith train`).")],
+    trials: Annotated[int, typer.Option(help="Trials to finish (completed or pruned), across resumed runs.")] = 20,
+    timeout: Annotated[str | None, typer.Option(help="Stop starting trials after this long: 30m, 2h, 90s.")] = None,
+    methods: Annotated[
+        str | None, typer.Option(help="Methods to search over, e.g. full,lora (default: --method, i.e. full).")
+    ] = None,
+    pruner: Annotated[str, typer.Option(help="median or hyperband: how trailing trials are stopped.")] = "median",
+    space: Annotated[Path | None, typer.Option(help="YAML search space replacing the default one.")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default tune-NAME); reuse it to resume.")] = None,
+    name: Annotated[str | None, typer.Option(help=_doc(RunConfig, "name"))] = None,
+    task: Annotated[str | None, typer.Option(help=_doc(RunConfig, "task"))] = None,
+    validation: Annotated[str | None, typer.Option(help=_doc(DataConfig, "validation"))] = None,
+    test: Annotated[str | None, typer.Option(help=_doc(DataConfig, "test"))] = None,
+    model: Annotated[str | None, typer.Option(help=_doc(TrainConfig, "base_model"))] = None,
+    method: Annotated[str | None, typer.Option(help=_doc(TrainConfig, "method"))] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML settings file (see docs/configuration.md).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Any setting as section.key=value.")] = None,
+) -> None:
+    """Search hyperparameters with Optuna (TPE + pruning); register the best trial's model. The study is kept
+    in the registry database: run the same command again to resume it, or in several processes at once."""
+    from tunesmith.config import load_config, parse_override
+    from tunesmith.tuning import load_space, parse_duration
+    from tunesmith.tuning import tune as run_search
+
+    flags = {"data.train": data, "name": name, "task": task, "data.validation": validation, "data.test": test,
+             "train.base_model": model, "train.method": method}  # fmt: skip
+    overrides = dict(parse_override(item) for item in set_ or [])
+    overrides.update({key: value for key, value in flags.items() if value is not None})
+    settings = load_config(config, overrides)
+    result = run_search(
+        settings, trials=trials, timeout=parse_duration(timeout), pruner=pruner, study_name=study, log=_say,
+        methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None, registry=_registry(),
+        space=load_space(space) if space else None,
+    )  # fmt: skip
+    table = Table(title=f"study {result.study}: {len(result.trials)} trials")
+    for column in ("trial", "state", "validation", "settings"):
+        table.add_column(column, justify="right" if column != "settings" else "left")
+    for row in result.trials:
+        value = f"{row['value']:.4f}" if row["value"] is not None else "-"
+        mark = " (defaults)" if row["defaults"] else (" (best)" if row["number"] == result.best["number"] else "")
+        settings_text = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items()
+        )
+        table.add_row(f"{row['number']}{mark}", row["state"].lower(), value, settings_text)
+    console.print(table)
+    if result.version is not None:
+        console.print(f"Registered the best trial as {result.version.ref}; plots in {result.version.path / 'tuning'}.")
 
 
 @app.command()
@@ -271,12 +324,15 @@ def export(
     _say(f"Exporting {version.ref} to ONNX ...")
     record = export_artifact(version.path, quantize=quantize == "int8", min_agreement=min_agreement, log=_say)
     checked = record["checked_on"]
-    console.print(f"Checked on {checked['n']} validation and {checked['test_n']} test texts against PyTorch:")
+    console.print(f"Checked on {checked['n']} validation and {checked['test_n']} test items against PyTorch:")
     rows = export_summary(record)
+    schemes = {row["variant"]: row.pop("scheme") for row in rows}
     table = Table(*rows[0].keys())
     for row in rows:
         table.add_row(*row.values())
     console.print(table)
+    if "int8" in schemes:
+        console.print(f"int8 scheme: {schemes['int8']}")
     if record["default"] is None:
         _say(f"warning: no variant reached {min_agreement:.0%} agreement; the server will use PyTorch.")
     else:
@@ -382,6 +438,52 @@ def _write_predictions(frame: Any, results: list[Any], path: Path) -> None:
     for name in results[0].scores if results else []:
         out[f"score_{name}"] = [round(r.scores[name], 6) for r in results]
     out.to_csv(path, index=False)
+
+
+@runs_app.command("compare")
+def runs_compare(
+    refs: Annotated[
+        list[str] | None, typer.Argument(help="Models (all their versions) or NAME@VERSION; default all.")
+    ] = None,
+    sort: Annotated[str | None, typer.Option(help="Sort by this test metric, best first (e.g. f1_macro).")] = None,
+    output: Annotated[Path | None, typer.Option("--json", help="Also write the rows to this JSON file.")] = None,
+) -> None:
+    """One table of runs: method, settings, validation and test metrics, training time, trainable parameters,
+    size on disk (without exports)."""
+    from tunesmith.evaluation import compare_runs
+
+    registry = _registry()
+    versions = []
+    for ref in refs or registry.names():
+        versions += [registry.resolve(ref)] if "@" in ref else registry.versions(ref)
+    if not versions:
+        raise DataError("No registered model to compare: train one with `tunesmith train`.")
+    rows = compare_runs(versions)
+    if sort:
+        if not any(sort in r["test"] for r in rows):
+            raise DataError(f"No run has a test metric {sort!r}; metrics here: "
+                            f"{sorted({k for r in rows for k in r['test']})}.")  # fmt: skip
+        rows.sort(key=lambda r: r["test"].get(sort, float("-inf")), reverse=True)
+    table = Table(title=f"{len(rows)} runs")
+    for column in ("run", "task", "method", "lr", "epochs", "validation", "test", "baseline", "min", "trainable", "MB"):
+        table.add_column(
+            column, justify="left" if column in ("run", "task", "method", "test", "validation") else "right"
+        )
+    for r in rows:
+
+        def metrics(values: dict[str, float]) -> str:
+            return " ".join(f"{k} {v:.4f}" for k, v in values.items()) or "-"
+
+        table.add_row(
+            r["ref"], r["task"], r["method"], f"{r['learning_rate']:.2g}" if r["learning_rate"] else "auto",
+            str(r["epochs"] or "auto"), metrics(r["validation"]), metrics(r["test"]), metrics(r["baseline"]),
+            f"{r['train_minutes']:.1f}" if r["train_minutes"] is not None else "-",
+            f"{r['trainable_parameters']:,}" if r["trainable_parameters"] is not None else "-", f"{r['size_mb']:.1f}",
+        )  # fmt: skip
+    console.print(table)
+    if output is not None:
+        output.write_text(json.dumps(rows, indent=2, default=str), encoding="utf-8")
+        console.print(f"Wrote {output}.")
 
 
 @models_app.command("list")

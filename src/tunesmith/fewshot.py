@@ -57,12 +57,11 @@ def fit(
     log: Any,
 ) -> tuple[EmbeddingHead, dict[str, Any]]:
     """Tune the encoder contrastively and fit the head; returns the model and what the run did."""
+    import datasets
     import setfit
     from sklearn.linear_model import LogisticRegression
 
     from tunesmith.models import resolve_model
-
-    import datasets
 
     logging.getLogger("setfit").setLevel(logging.WARNING)
     setfit.logging.set_verbosity_warning()

@@ -266,7 +266,9 @@ def build_trainer(
         disable_tqdm=True,  # replaced by _progress_callback
         dataloader_num_workers=0,
     )
-    callbacks: list[Any] = methods.callbacks(model)
+    from tunesmith.tuning import trial_callbacks
+
+    callbacks: list[Any] = methods.callbacks(model) + trial_callbacks()
     if settings.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
     if settings.max_minutes:

@@ -1,0 +1,97 @@
+"""Hyperparameter search: trials run, a trailing trial is pruned, the best is registered, a killed search resumes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import tunesmith
+from conftest import write_csv
+from tunesmith.errors import ConfigError
+from tunesmith.tuning import Param, load_space, parse_duration
+
+FAST = {"epochs": 10, "early_stopping_patience": 0}
+
+
+def test_search_prunes_registers_the_best_and_saves_plots(
+    tiny_model: str, support_rows: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    data = write_csv(tmp_path / "support.csv", support_rows)
+    registry = tunesmith.Registry(tmp_path / "home")
+    # Trial 0 is the defaults (lr 5e-3 below). The third trial's learning rate is 1e-6: as soon as the first two
+    # start learning (epoch 2-3 on the tiny model), it trails their median and is pruned.
+    space = {"learning_rate": Param("categorical", choices=[5e-3, 4e-3, 1e-6])}
+    import optuna
+
+    logs: list[str] = []
+    storage_url = registry.engine.url.render_as_string(hide_password=False)
+    study = optuna.create_study(study_name="tune-s", storage=storage_url, direction="maximize")
+    study.enqueue_trial({"learning_rate": 5e-3}, user_attrs={"defaults": True})
+    study.enqueue_trial({"learning_rate": 4e-3})
+    study.enqueue_trial({"learning_rate": 1e-6})
+    result = tunesmith.tune(data, trials=3, registry=registry, name="s", base_model=tiny_model, space=space,
+                            learning_rate=5e-3, log=logs.append, **FAST)  # fmt: skip
+    states = [row["state"] for row in result.trials]
+    assert states == ["COMPLETE", "COMPLETE", "PRUNED"], (states, logs)
+    assert result.trials[2]["epochs_reported"] <= 3  # stopped once it trailed, not after all ten epochs
+    assert result.default_value == result.trials[0]["value"] and result.best["number"] in (0, 1)
+    version = result.version
+    assert version is not None and version.ref == "s@1"
+    meta = tunesmith.load_model("s", registry=registry).meta
+    assert meta["tuning"]["best_trial"] == result.best["number"] and meta["name"] == "s"
+    assert (version.path / "tuning" / "optimization_history.png").stat().st_size > 1000
+    assert (version.path / "tuning" / "param_importances.png").is_file()
+    # Only the best trial's artifact is kept in the scratch registry.
+    kept = [p for p in (registry.home / "tuning" / "tune-s" / "home" / "models").rglob("tunesmith.json")]
+    assert len(kept) == 1
+
+
+def test_a_killed_search_resumes(tiny_model: str, support_rows: list[tuple[str, str]], tmp_path: Path) -> None:
+    import optuna
+
+    data = write_csv(tmp_path / "support.csv", support_rows)
+    home = tmp_path / "home"
+    command = [sys.executable, "-m", "tunesmith.cli", "--home", str(home), "tune", str(data), "--trials", "3",
+               "--name", "s", "--model", tiny_model, "--set", "train.epochs=2", "--set",
+               "train.early_stopping_patience=0"]  # fmt: skip
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"sqlite:///{home / 'registry.db'}"
+    deadline = time.time() + 240
+    finished: list = []
+    while time.time() < deadline and not finished:
+        time.sleep(1)
+        try:
+            study = optuna.load_study(study_name="tune-s", storage=url)
+            finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+        except Exception:  # the study or its tables do not exist yet
+            pass
+    first.kill()
+    first.wait()
+    assert finished, "no trial finished before the deadline"
+    second = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "Resuming study 'tune-s'" in second.stderr + second.stdout
+    study = optuna.load_study(study_name="tune-s", storage=url)
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    assert len(done) >= 3 and finished[0].number in {t.number for t in done}  # the first run's trial counts
+    assert tunesmith.Registry(home).resolve("s").version == 1
+
+
+def test_durations_and_space_files(tmp_path: Path) -> None:
+    assert parse_duration("30m") == 1800 and parse_duration("1h30m") == 5400 and parse_duration("90s") == 90
+    assert parse_duration("45") == 45 and parse_duration(None) is None
+    with pytest.raises(ConfigError, match="Cannot read the duration"):
+        parse_duration("soon")
+    good = tmp_path / "space.yaml"
+    good.write_text("learning_rate@lora: {low: 1.0e-4, high: 1.0e-2, log: true}\nbatch_size: {choices: [8, 16]}\n")
+    space = load_space(good)
+    assert space["learning_rate@lora"].log and space["learning_rate@lora"].methods == ("lora",)
+    assert space["batch_size"].choices == [8, 16]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rat: {low: 1, high: 2}\n")
+    with pytest.raises(ConfigError, match="not a training setting"):
+        load_space(bad)
