@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tunesmith import embedding, methods
+from tunesmith import methods
 from tunesmith.config import RunConfig, dump_config
 from tunesmith.evaluation import classification_metrics, headline, multi_hot, tune_threshold, write_report
 from tunesmith.export import CALIBRATION_ITEMS, ExportCheck, timed
@@ -192,6 +192,7 @@ def train(
     metric = "f1_micro" if data.multi_label else "f1_macro"
     if fewshot:
         use_bf16 = False
+        from tunesmith import embedding
         from tunesmith import fewshot as few
 
         model, details = few.fit(settings.base_model, tokenizer, data.train.texts, data.train.labels, n_classes,
