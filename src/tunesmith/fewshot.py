@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import math
 import random
+import shutil
+import tempfile
 import time
 from collections import defaultdict
 from typing import Any
@@ -80,10 +82,13 @@ def fit(
     )  # fmt: skip
     from datasets import Dataset
 
+    scratch = tempfile.mkdtemp(prefix="tunesmith-fewshot-")
     args = setfit.TrainingArguments(
         batch_size=settings.batch_size, num_epochs=1, num_iterations=iterations, max_steps=steps,
         body_learning_rate=settings.learning_rate or DEFAULT_LEARNING_RATE, seed=settings.seed,
         max_length=max_length, show_progress_bar=False, report_to="none",
+        # setfit would otherwise checkpoint into ./checkpoints of whatever folder the user is in
+        save_strategy="no", output_dir=str(scratch),
     )  # fmt: skip
     trainer = setfit.Trainer(
         model=model, args=args,
@@ -94,11 +99,10 @@ def fit(
     trainer.st_trainer.args.disable_tqdm = True  # sentence-transformers' own bars and printed logs
     trainer.st_trainer.remove_callback(PrinterCallback)
     trainer.st_trainer.remove_callback(ProgressCallback)
-    trainer.train_embeddings(
-        [texts[i] for i in body],
-        body_labels,
-        args=args,
-    )  # the head is fitted below, on every training text
+    try:  # the head is fitted below, on every training text
+        trainer.train_embeddings([texts[i] for i in body], body_labels, args=args)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     encoder, pooling, normalize = _encoder_of(model.model_body)
     dim = encoder.config.hidden_size
     probe = EmbeddingHead(encoder, torch_zeros(n_classes, dim), torch_zeros(n_classes), pooling, normalize)
