@@ -32,7 +32,7 @@ def k_shot(source: Path, k: int, seed: int, out: Path) -> Path:
     rng = random.Random(seed)
     with out.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
+        writer.writerow(["text", "category"])  # the test file's column names
         for label, texts in sorted(by_class.items()):
             for text in rng.sample(texts, min(k, len(texts))):
                 writer.writerow([text, label])

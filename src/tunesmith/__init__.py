@@ -97,6 +97,31 @@ def export_model(
     return export_artifact(path, quantize=quantize, min_agreement=min_agreement, log=lambda _m: None)
 
 
+def inspect_data(
+    data: str | Path,
+    *,
+    output_dir: str | Path | None = None,
+    fix: str | list[str] | None = None,
+    output: str | Path | None = None,
+    progress: bool = False,
+    **overrides: Any,
+) -> Any:
+    """Check a data file before training; returns an `InspectionResult` (`.findings`, `.report`).
+
+    `overrides` are settings as for `train` (``validation="dev.csv"``, ``task="token-classification"``).
+    With `output_dir`, writes report.html, report.json and plots there; with `fix` and `output`, writes a
+    cleaned copy of the training file (the input is never changed).
+    """
+    from tunesmith import quality
+
+    result = quality.inspect_data(_config_from(data, overrides), output_dir=output_dir, progress=progress)
+    if fix:
+        if output is None:
+            raise ConfigError("`fix` needs `output`, the path of the cleaned copy.")
+        quality.write_fixed(result, quality.parse_fixes(fix), output)
+    return result
+
+
 def evaluate(model: str | BaseClassifier, data: str | Path, out_dir: str | Path, **columns: Any) -> dict[str, Any]:
     """Score a model (a reference or a loaded model) on a labeled file; write report.md etc. to `out_dir`.
 
@@ -125,6 +150,7 @@ __all__ = [
     "TunesmithError",
     "evaluate",
     "export_model",
+    "inspect_data",
     "load_config",
     "load_model",
     "train",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -17,21 +18,25 @@ class BaselineResult:
     seconds: float
 
 
+def tfidf_features(max_features: int = 200_000) -> Any:
+    """Word 1-2 grams + character 2-5 grams, TF-IDF weighted: the classical features for short texts."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import FeatureUnion
+
+    return FeatureUnion([
+        ("word", TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True, max_features=max_features)),
+        ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, max_features=max_features)),
+    ])  # fmt: skip
+
+
 def train_baseline(data: ClassificationData, seed: int = 42) -> BaselineResult:
     """Fit TF-IDF (word 1-2 grams + char 2-5 grams) + logistic regression on train, score the test split."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
-    from sklearn.pipeline import FeatureUnion
     from sklearn.preprocessing import MultiLabelBinarizer
 
     start = time.perf_counter()
-    features = FeatureUnion(
-        [
-            ("word", TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True, max_features=200_000)),
-            ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, max_features=200_000)),
-        ]
-    )
+    features = tfidf_features()
     x_train = features.fit_transform(data.train.texts)
     x_val = features.transform(data.validation.texts)
     x_test = features.transform(data.test.texts)

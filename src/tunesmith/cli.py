@@ -216,6 +216,54 @@ def zeroshot(
     console.print(f'Use it: tunesmith predict {result.version.ref} "some text"')
 
 
+@app.command("inspect")
+def inspect_(
+    data: Annotated[str, typer.Argument(help="Data file: CSV, TSV, JSONL, JSON or Parquet (CoNLL/JSONL for NER).")],
+    validation: Annotated[str | None, typer.Option(help="Validation file, checked for leaks from training.")] = None,
+    test: Annotated[str | None, typer.Option(help="Test file, checked for leaks from training.")] = None,
+    task: Annotated[str | None, typer.Option(help="text-classification (default) or token-classification.")] = None,
+    text_column: Annotated[str | None, typer.Option(help=_doc(DataConfig, "text_column"))] = None,
+    label_column: Annotated[str | None, typer.Option(help=_doc(DataConfig, "label_column"))] = None,
+    label_delimiter: Annotated[str | None, typer.Option(help=_doc(DataConfig, "label_delimiter"))] = None,
+    model: Annotated[str | None, typer.Option(help="Model whose tokenizer and length limit the length check uses.")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Token limit to check against (default: the model's).")] = None,
+    report: Annotated[Path | None, typer.Option(help="Report folder (default: DATA's name + '-report').")] = None,
+    fix: Annotated[
+        str | None, typer.Option(help="Comma-separated: dedupe, drop-conflicts, drop-leaks, drop-junk, mask-pii.")
+    ] = None,
+    mask_pii: Annotated[bool, typer.Option(help="Shorthand for adding mask-pii to --fix.")] = False,
+    output: Annotated[Path | None, typer.Option(help="Where --fix writes the cleaned training file.")] = None,
+    skip: Annotated[str | None, typer.Option(help="Comma-separated checks to leave out, e.g. label_errors.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Check DATA before training: duplicates, leaks, label errors, balance, lengths, junk, languages, personal
+    data. Writes report.html and report.json; --fix writes a cleaned copy (the input is never changed)."""
+    from tunesmith.config import load_config
+    from tunesmith.quality import CHECKS, inspect_data, parse_fixes, write_fixed
+
+    fixes = parse_fixes((fix or "") + (",mask-pii" if mask_pii else ""))
+    if fixes and output is None:
+        source = Path(data)
+        output = source.with_name(f"{source.stem}.cleaned{source.suffix}")
+    flags = {"data.train": data, "data.validation": validation, "data.test": test, "task": task,
+             "data.text_column": text_column, "data.label_column": label_column,
+             "data.label_delimiter": label_delimiter, "train.base_model": model, "train.max_length": max_length}  # fmt: skip
+    settings = load_config(None, {k: v for k, v in flags.items() if v is not None})
+    left_out = {s.strip() for s in (skip or "").split(",") if s.strip()}
+    folder = report or Path(f"{Path(data).name.split('.')[0]}-report")
+    result = inspect_data(settings, output_dir=folder, only=[c for c in CHECKS if c not in left_out],
+                          progress=progress)  # fmt: skip
+    for finding in result.findings:
+        console.print(f"- {finding}", markup=False, highlight=False, soft_wrap=True)
+    if not result.findings:
+        console.print("No problems found.")
+    console.print(f"Report: {folder / 'report.html'} (and report.json)", soft_wrap=True)
+    if fixes and output is not None:
+        counts = write_fixed(result, fixes, output)
+        done = ", ".join(f"{k}: {n} row(s)" for k, n in counts.items())
+        console.print(f"Wrote {output} ({done}); {data} is unchanged.", soft_wrap=True)
+
+
 def _say(message: str) -> None:
     style = "yellow" if message.startswith("warning") else None
     err_console.print(message, style=style, markup=False, highlight=False)
