@@ -232,3 +232,16 @@ def test_pii_kinds(text: str, kinds: list[str]) -> None:
     assert [m.kind for m in pii.find(text)] == kinds
     if kinds:
         assert f"[{kinds[0].upper()}]" in pii.mask(text)
+
+
+def test_train_starts_with_the_quick_checks(
+    train_tiny, support_rows: list, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [*support_rows, ("please mail the invoice to jane.doe@example.com", "refund_request")]
+    train = write_csv(tmp_path / "train.csv", rows[20:])
+    test = write_csv(tmp_path / "test.csv", rows[:20] + rows[40:42])  # two training rows leak into the test file
+    train_tiny(train, test=str(test), max_steps=2)
+    out = capsys.readouterr().out
+    assert "inspect: 1 row(s) hold personal data: 1 e-mail addresses" in out
+    assert "span splits ({'test-train': 2})" in out
+    assert "`tunesmith inspect" in out

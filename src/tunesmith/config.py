@@ -44,6 +44,11 @@ class DataConfig(_Settings):
     drop_duplicates: bool = Field(
         True, description="Drop exact duplicate (text, label) rows before splitting, so none leak across splits."
     )
+    inspect: bool = Field(
+        True,
+        description="Before training, run `tunesmith inspect`'s quick checks (near-duplicates, leaks between the "
+        "given files, junk rows, personal data; seconds) and print what they find.",
+    )
 
 
 class TrainConfig(_Settings):

@@ -227,7 +227,8 @@ def tune(
     def objective(trial: Any) -> float:
         params = _suggest(trial, space, methods)
         settings = config.train.model_copy(update=params)
-        run = config.model_copy(update={"train": settings, "name": f"trial-{trial.number}"})
+        quiet = config.data.model_copy(update={"inspect": False})  # the data is the same in every trial
+        run = config.model_copy(update={"train": settings, "data": quiet, "name": f"trial-{trial.number}"})
         trial_registry = Registry(scratch / "home", database_url=f"sqlite:///{scratch / 'trials.db'}")
         started = time.perf_counter()
         token = CURRENT_TRIAL.set(trial)

@@ -172,6 +172,10 @@ def train(
             data.issues.append(issue)
     for issue in data.issues:
         log(str(issue))
+    if config.data.inspect:
+        from tunesmith.quality import summary_lines
+
+        summary_lines(config, log)
     kind = "multi-label" if data.multi_label else "single-label"
     log(
         f"Data: {len(data.train)} train / {len(data.validation)} validation / {len(data.test)} test texts, "

@@ -509,6 +509,10 @@ def train(
                                      f"{max_length} tokens; they are split into overlapping windows."))  # fmt: skip
     for issue in data.issues:
         log(str(issue))
+    if config.data.inspect:
+        from tunesmith.quality import summary_lines
+
+        summary_lines(config, log)
     types = sorted({t[2:] for t in data.label_names if t != "O"})
     log(f"Data: {len(data.train)} train / {len(data.validation)} validation / {len(data.test)} test sentences, "
         f"{len(types)} entity types ({', '.join(types)}); tags {data.scheme}; max_length {max_length} tokens.")  # fmt: skip
