@@ -122,6 +122,21 @@ def inspect_data(
     return result
 
 
+def suggest(
+    model: str | BaseClassifier, pool: str | Path, n: int = 200, *, output: str | Path, **options: Any
+) -> Any:
+    """Pick the `n` texts of `pool` most worth labelling next; writes a CSV and a Label Studio import file.
+
+    Returns a `SuggestResult`. `options`: strategy ("uncertainty-diversity", "uncertainty", "random"),
+    exclude (a file of texts never to suggest), text_column, seed.
+    """
+    from tunesmith.active_learning import suggest as pick
+
+    version = model if isinstance(model, str) else "tunesmith"
+    loaded = load_model(model) if isinstance(model, str) else model
+    return pick(loaded, pool, n, output=output, model_version=version, **options)
+
+
 def evaluate(model: str | BaseClassifier, data: str | Path, out_dir: str | Path, **columns: Any) -> dict[str, Any]:
     """Score a model (a reference or a loaded model) on a labeled file; write report.md etc. to `out_dir`.
 
@@ -153,6 +168,7 @@ __all__ = [
     "inspect_data",
     "load_config",
     "load_model",
+    "suggest",
     "train",
     "tune",
 ]

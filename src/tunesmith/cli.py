@@ -264,6 +264,32 @@ def inspect_(
         console.print(f"Wrote {output} ({done}); {data} is unchanged.", soft_wrap=True)
 
 
+@app.command()
+def suggest(
+    ref: Annotated[str, typer.Argument(help="The model: NAME, NAME@VERSION or NAME@ALIAS.")],
+    pool: Annotated[Path, typer.Option(help="Unlabelled texts (CSV/TSV/JSONL/JSON/Parquet).")],
+    n: Annotated[int, typer.Option("-n", help="How many texts to suggest.")] = 200,
+    output: Annotated[Path | None, typer.Option(help="CSV to write (default: POOL's name + '.suggested.csv').")] = None,
+    strategy: Annotated[str, typer.Option(help="uncertainty-diversity, uncertainty or random.")] = "uncertainty-diversity",
+    exclude: Annotated[Path | None, typer.Option(help="Texts never to suggest, e.g. the training file.")] = None,
+    text_column: Annotated[str | None, typer.Option(help="Text column of the pool (default: detected).")] = None,
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "auto",
+) -> None:
+    """Pick the pool texts worth labelling next (uncertain and diverse); writes a CSV with an empty label column
+    and a Label Studio import file. Labelled results train like any data file."""
+    from tunesmith import load_model
+    from tunesmith.active_learning import suggest as pick
+
+    model = load_model(ref, backend=backend)
+    output = output or pool.with_name(f"{pool.name.split('.')[0]}.suggested.csv")
+    result = pick(model, pool, n, output=output, text_column=text_column, strategy=strategy, exclude=exclude,
+                  model_version=ref)  # fmt: skip
+    console.print(f"Picked {len(result.suggestions)} of {result.pool_size} texts ({strategy}).", soft_wrap=True)
+    console.print(f"Label them in {result.csv} (the 'label' column), or import {result.label_studio} into Label "
+                  f"Studio with the labelling config {result.label_config}; then train on the labelled file or "
+                  "Label Studio's JSON export.", soft_wrap=True)  # fmt: skip
+
+
 def _say(message: str) -> None:
     style = "yellow" if message.startswith("warning") else None
     err_console.print(message, style=style, markup=False, highlight=False)
@@ -314,7 +340,9 @@ def predict(
             label = ", ".join(result.label) if isinstance(result.label, list) else result.label
             print(f"{label}\t{result.score:.3f}\t{text}")
         return
-    frame, column = _read_texts(input_file, text_column, classifier.meta.get("data", {}).get("text_column"))
+    from tunesmith.data import read_text_column
+
+    frame, column = read_text_column(input_file, text_column, classifier.meta.get("data", {}).get("text_column"))
     results = classifier.predict(frame[column].astype(str).tolist(), batch_size)
     _write_predictions(frame, results, output_file)  # type: ignore[arg-type]
     console.print(f"Wrote {len(results)} predictions to {output_file}.")
@@ -449,26 +477,6 @@ def keys_revoke(name: Annotated[str, typer.Argument(help="Name of the key to rev
     """Revoke an API key; running servers refuse it within seconds."""
     _registry().revoke_key(name)
     console.print(f"Revoked {name!r}.")
-
-
-def _read_texts(path: Path, wanted: str | None, trained_on: str | None) -> tuple[Any, str]:
-    from tunesmith.data import TEXT_COLUMN_NAMES, guess_text_column, read_table
-
-    frame = read_table(path)
-    columns = [str(c) for c in frame.columns]
-    frame.columns = columns
-    if wanted:
-        if wanted not in columns:
-            raise DataError(f"No column {wanted!r} in {str(path)!r}. Columns found: {columns}.")
-        return frame, wanted
-    lower = {c.lower(): c for c in columns}
-    for candidate in ([trained_on] if trained_on else []) + list(TEXT_COLUMN_NAMES):
-        if candidate.lower() in lower:
-            return frame, lower[candidate.lower()]
-    guess = guess_text_column(frame, set())
-    if not guess:
-        raise DataError(f"Could not find a text column in {str(path)!r}. Columns: {columns}. Pass --text-column.")
-    return frame, guess
 
 
 def _write_predictions(frame: Any, results: list[Any], path: Path) -> None:

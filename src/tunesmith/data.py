@@ -196,7 +196,30 @@ def _read_json(path: Path, text: str) -> pd.DataFrame:
             f"{str(path)!r} must hold a list of objects such as "
             '[{"text": "...", "label": "..."}], or an object with one such list.'
         )
+    if content and all("data" in r and "annotations" in r for r in content):
+        return _from_label_studio(content)
     return pd.DataFrame.from_records(content)
+
+
+def _from_label_studio(tasks: list[dict[str, Any]]) -> pd.DataFrame:
+    """A Label Studio JSON export: each task's text, and the choices of its latest annotation that was not
+    cancelled (several choices make a multi-label row; a task nobody labelled has no label)."""
+    import pandas as pd
+
+    records = []
+    for task in tasks:
+        data = task["data"] if isinstance(task["data"], dict) else {}
+        text = data.get("text", next((v for v in data.values() if isinstance(v, str)), ""))
+        label: Any = None
+        for annotation in task["annotations"] or []:
+            if annotation.get("was_cancelled"):
+                continue
+            choices = [c for r in annotation.get("result", []) if r.get("type") == "choices"
+                       for c in r.get("value", {}).get("choices", [])]  # fmt: skip
+            if choices:
+                label = choices[0] if len(choices) == 1 else choices
+        records.append({"text": text, "label": label, "id": task.get("id")})
+    return pd.DataFrame.from_records(records)
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -260,6 +283,28 @@ def guess_text_column(frame: pd.DataFrame, exclude: set[str]) -> str:
         if mean_len > best_len:
             best, best_len = str(column), mean_len
     return best
+
+
+def read_text_column(
+    path: str | Path, wanted: str | None = None, trained_on: str | None = None
+) -> tuple[pd.DataFrame, str]:
+    """A file of texts to predict on, and its text column: `wanted`, else the column the model was trained on,
+    else a usual name, else the column that looks most like text."""
+    frame = read_table(path)
+    columns = [str(c) for c in frame.columns]
+    frame.columns = columns
+    if wanted:
+        if wanted not in columns:
+            raise DataError(f"No column {wanted!r} in {str(path)!r}. Columns found: {columns}.")
+        return frame, wanted
+    lower = {c.lower(): c for c in columns}
+    for candidate in ([trained_on] if trained_on else []) + list(TEXT_COLUMN_NAMES):
+        if candidate.lower() in lower:
+            return frame, lower[candidate.lower()]
+    guess = guess_text_column(frame, set())
+    if not guess:
+        raise DataError(f"Could not find a text column in {str(path)!r}. Columns: {columns}. Pass --text-column.")
+    return frame, guess
 
 
 def _guess_label_column(frame: pd.DataFrame, exclude: set[str]) -> str:
