@@ -245,3 +245,15 @@ def test_train_starts_with_the_quick_checks(
     assert "inspect: 1 row(s) hold personal data: 1 e-mail addresses" in out
     assert "span splits ({'test-train': 2})" in out
     assert "`tunesmith inspect" in out
+
+
+def test_fix_drop_label_errors_drops_the_flagged_rows(planted: dict, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from tunesmith.quality import write_fixed
+
+    out = tmp_path / "relabelled.parquet"
+    counts = write_fixed(planted["result"], ["drop-label-errors"], out)
+    kept = set(pd.read_parquet(out)["text"])
+    assert counts["drop-label-errors"] == check(planted, "label_errors")["flagged"]
+    assert not {planted["rows"][i][0] for i in FLIPPED} & kept

@@ -34,6 +34,7 @@ FIXES = {
     "drop-conflicts": "drop every row of a group of identical texts with different labels",
     "drop-leaks": "drop training rows whose text (or a near-duplicate) is in the validation or test file",
     "drop-junk": "drop empty and non-text rows",
+    "drop-label-errors": "drop the rows flagged as likely mislabelled",
     "mask-pii": "replace personal data with its kind, e.g. [EMAIL]",
 }
 SUPPORTED_TASKS = ("text-classification", "token-classification")
@@ -266,7 +267,8 @@ def write_fixed(result: InspectionResult, fixes: Sequence[str], output: str | Pa
         raise ConfigError(f"--output {output} is one of the input files; `inspect` never changes its input. "
                           "Name a new file.")  # fmt: skip
     checked = result.report["checks"]
-    needs = {"dedupe": "duplicates", "drop-conflicts": "duplicates", "drop-leaks": "duplicates", "drop-junk": "junk"}
+    needs = {"dedupe": "duplicates", "drop-conflicts": "duplicates", "drop-leaks": "duplicates", "drop-junk": "junk",
+             "drop-label-errors": "label_errors"}  # fmt: skip
     drop: set[int] = set()
     counts: dict[str, int] = {}
     for fix in parse_fixes(fixes):

@@ -65,7 +65,8 @@ def classification(rows: Rows, seed: int = 42, tick: Tick = lambda _n: None) -> 
     names = label_names(rows)
     if len(names) < 2 or len(labelled) < 2 * FOLDS:
         tick(len(rows))
-        return {"findings": [], "checked": False, "why": "needs at least two classes and ten labelled rows"}
+        return {"findings": [], "checked": False, "why": "needs at least two classes and ten labelled rows",
+                "_fix_rows": {"drop-label-errors": []}}  # fmt: skip
     index = {name: i for i, name in enumerate(names)}
     multi = any(len(rows.labels[i]) > 1 for i in labelled)  # type: ignore[arg-type]
     label_ids = [[index[n] for n in rows.labels[i]] for i in labelled]  # type: ignore[union-attr]
@@ -108,6 +109,7 @@ def classification(rows: Rows, seed: int = 42, tick: Tick = lambda _n: None) -> 
         "flagged": len(flagged),
         "examples": [{k: v for k, v in f.items() if k != "index"} for f in flagged[:EXAMPLES]],
         "_all": flagged,
+        "_fix_rows": {"drop-label-errors": sorted(f["index"] for f in flagged)},
     }
 
 
@@ -137,7 +139,8 @@ def token_classification(
     names = sorted({t for sentence in tags for t in sentence})
     if len(names) < 2 or len(tokens) < 2 * FOLDS:
         tick(len(tokens))
-        return {"findings": [], "checked": False, "why": "needs at least two tags and ten sentences"}
+        return {"findings": [], "checked": False, "why": "needs at least two tags and ten sentences",
+                "_fix_rows": {"drop-label-errors": []}}  # fmt: skip
     index = {name: i for i, name in enumerate(names)}
     sentence_of = np.array([s for s, sentence in enumerate(tokens) for _ in sentence])
     features = DictVectorizer().fit_transform(
@@ -172,4 +175,5 @@ def token_classification(
     return {
         "findings": findings, "checked": True, "model": "token features + logistic regression (SGD)",
         "flagged": len(flagged), "tokens_flagged": len(issues), "examples": flagged[:EXAMPLES], "_all": flagged,
+        "_fix_rows": {"drop-label-errors": sorted(by_sentence)},
     }  # fmt: skip
