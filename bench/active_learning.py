@@ -1,6 +1,6 @@
 """Active learning on Banking77: test accuracy against labelled-set size, `tunesmith suggest` vs random picks.
 
-    python bench/active_learning.py [--start 3] [--step 231] [--rounds 3] [--pool 4000] [--max-steps 200]
+    python bench/active_learning.py [--start 3] [--step 231] [--rounds 3] [--pool 4000] [--max-steps 300]
 
 Both strategies start from the same seed set (--start examples per class) and the same first model. Each
 round, the current model picks --step texts from an unlabelled pool (--pool texts of Banking77's training
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=231, help="texts labelled per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pool", type=int, default=4000, help="unlabelled pool size")
-    parser.add_argument("--max-steps", type=int, default=200, help="training steps per model")
+    parser.add_argument("--max-steps", type=int, default=300, help="training steps per model")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     data = require_shared_data() / "banking77"
@@ -70,7 +70,8 @@ def main() -> None:
             results.append({"strategy": strategy, "labelled": len(labelled), "accuracy": accuracy})
             for r in range(1, args.rounds + 1):
                 current = write(work / f"{strategy}-{r}-labelled.csv", labelled)
-                picked = tunesmith.suggest(model_ref, pool_file, args.step, output=work / f"{strategy}-{r}.csv",
+                model = tunesmith.load_model(model_ref, registry=registry)
+                picked = tunesmith.suggest(model, pool_file, args.step, output=work / f"{strategy}-{r}.csv",
                                            strategy=strategy, exclude=current, seed=args.seed + r)  # fmt: skip
                 labelled += [(s.text, truth[s.text]) for s in picked.suggestions]
                 result, acc = fit(labelled, f"{strategy.split('-')[0]}-{r}")

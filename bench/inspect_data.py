@@ -1,6 +1,6 @@
 """Data-quality benchmarks for `tunesmith inspect`.
 
-    python bench/inspect_data.py flips [--rate 0.05] [--epochs 3]
+    python bench/inspect_data.py flips [--rate 0.05] [--epochs 1]
     python bench/inspect_data.py scale [--rows 100000]
 
 flips: 5% of Banking77's training labels are flipped at random (seeded) to another class. `inspect` flags
@@ -104,7 +104,7 @@ def main() -> None:
     one = sub.add_parser("flips")
     one.add_argument("--rate", type=float, default=0.05)
     one.add_argument("--seed", type=int, default=0)
-    one.add_argument("--epochs", type=float, default=3.0, help="epochs of each training run")
+    one.add_argument("--epochs", type=float, default=1.0, help="epochs of each training run")
     two = sub.add_parser("scale")
     two.add_argument("--rows", type=int, default=100_000)
     args = parser.parse_args()

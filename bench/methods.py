@@ -1,6 +1,6 @@
 """Training methods on little data: Banking77 with k labelled examples per class.
 
-    python bench/methods.py [--shots 8,16] [--methods fewshot,full,lora] [--max-minutes 8]
+    python bench/methods.py [--shots 8,16,32,64] [--methods fewshot,full,lora] [--max-minutes 3] [--resume]
 
 For each k, the same k examples per class (seeded) train every method; all are scored on the official
 Banking77 test split (3,080 questions, 77 classes). tunesmith holds 10% of the k-shot set out for
@@ -21,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import tunesmith
-from _common import require_shared_data, save
+from _common import RESULTS, require_shared_data, save
 
 
 def k_shot(source: Path, k: int, seed: int, out: Path) -> Path:
@@ -43,15 +43,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shots", default="8,16", help="examples per class, comma-separated")
     parser.add_argument("--methods", default="fewshot,full,lora")
-    parser.add_argument("--max-minutes", type=float, default=8.0, help="training budget per run")
+    parser.add_argument("--max-minutes", type=float, default=3.0, help="training budget per run (few-shot too)")
+    parser.add_argument("--resume", action="store_true", help="keep the runs already in the results file")
     args = parser.parse_args()
     data = require_shared_data() / "banking77"
     rows = []
+    if args.resume and (RESULTS / "methods_banking77.json").is_file():
+        rows = json.loads((RESULTS / "methods_banking77.json").read_text())["rows"]
+    done = {(r["shots"], r["method"]) for r in rows}
     with tempfile.TemporaryDirectory() as work:
         registry = tunesmith.Registry(Path(work) / "home")
         for k in [int(s) for s in args.shots.split(",")]:
             train = k_shot(data / "train.csv", k, seed=0, out=Path(work) / f"k{k}.csv")
             for method in args.methods.split(","):
+                if (k, method) in done:
+                    continue
                 print(f"== k={k} {method}", flush=True)
                 started = time.perf_counter()
                 result = tunesmith.train(train, test=str(data / "test.csv"), name=f"k{k}-{method}", method=method,

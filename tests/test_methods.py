@@ -157,6 +157,19 @@ def test_fewshot_trains_exports_and_reloads(
     assert np.allclose(onnx.predict_proba(texts), model.predict_proba(texts), atol=1e-4)
 
 
+def test_fewshot_stops_at_the_time_budget(tiny_model: str, support_rows: list[tuple[str, str]], tmp_path: Path) -> None:
+    from tunesmith.fewshot import fit
+    from tunesmith.models import load_tokenizer
+
+    rows = _few(support_rows, 12)
+    names = sorted({label for _, label in rows})
+    config = tunesmith.load_config(None, {"train.base_model": tiny_model, "train.method": "fewshot",
+                                          "train.max_minutes": 1e-5, "train.batch_size": 4})  # fmt: skip
+    _, details = fit(tiny_model, load_tokenizer(tiny_model), [t for t, _ in rows], [names.index(lab) for _, lab in rows],
+                     len(names), False, config.train, 32, log=lambda _m: None)  # fmt: skip
+    assert details["steps_run"] == 1 < details["steps"]  # stopped after the first step, head still fitted
+
+
 def test_fewshot_pair_sampling_is_bounded_whatever_the_data_size() -> None:
     from tunesmith.fewshot import BODY_TEXTS, body_sample
 

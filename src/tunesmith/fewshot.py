@@ -99,6 +99,10 @@ def fit(
     trainer.st_trainer.args.disable_tqdm = True  # sentence-transformers' own bars and printed logs
     trainer.st_trainer.remove_callback(PrinterCallback)
     trainer.st_trainer.remove_callback(ProgressCallback)
+    if settings.max_minutes:
+        from tunesmith.training import budget_callback
+
+        trainer.st_trainer.add_callback(budget_callback(settings.max_minutes, checkpoint=False))
     try:  # the head is fitted below, on every training text
         trainer.train_embeddings([texts[i] for i in body], body_labels, args=args)
     finally:
@@ -126,7 +130,9 @@ def fit(
         weight, bias = head_from_logistic(coef, intercept)
     model_out = EmbeddingHead(encoder, weight, bias, pooling, normalize)
     minutes = (time.perf_counter() - started) / 60
-    return model_out, {"body_texts": len(body), "pairs": pairs, "steps": steps, "train_minutes": minutes}
+    steps_run = trainer.st_trainer.state.global_step  # fewer than `steps` when max_minutes stopped it
+    return model_out, {"body_texts": len(body), "pairs": pairs, "steps": steps, "steps_run": steps_run,
+                       "train_minutes": minutes}  # fmt: skip
 
 
 def _all_classes(head: Any, n_classes: int) -> tuple[np.ndarray, np.ndarray]:

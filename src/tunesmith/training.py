@@ -81,11 +81,12 @@ def choose_epochs(n_train: int, batch_size: int, wanted: float | None) -> float:
     return float(min(30, max(8, math.ceil(300 / steps_per_epoch))))
 
 
-def _budget_callback(minutes: float) -> Any:
+def budget_callback(minutes: float, checkpoint: bool = True) -> Any:
+    """A Trainer callback that stops training after `minutes`; with `checkpoint`, it evaluates and saves first
+    so the best model is kept (off for trainers that neither evaluate nor save, e.g. setfit's)."""
     from transformers import TrainerCallback
 
     class TimeBudget(TrainerCallback):
-        """Stop after a wall-clock budget, evaluating and saving first so the best model is kept."""
 
         def __init__(self) -> None:
             self.start = time.monotonic()
@@ -98,8 +99,8 @@ def _budget_callback(minutes: float) -> Any:
             if not self.stopped and time.monotonic() - self.start > minutes * 60:
                 self.stopped = True
                 control.should_training_stop = True
-                control.should_evaluate = True
-                control.should_save = True
+                control.should_evaluate = checkpoint
+                control.should_save = checkpoint
 
         def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if self.stopped:  # already evaluated and saved at the step where the budget ran out
@@ -272,7 +273,7 @@ def build_trainer(
     if settings.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
     if settings.max_minutes:
-        callbacks.append(_budget_callback(settings.max_minutes))
+        callbacks.append(budget_callback(settings.max_minutes))
     trainer = Trainer(
         model=model,
         args=args,
