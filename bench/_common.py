@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
@@ -39,6 +40,14 @@ def machine() -> dict[str, object]:
         "versions": versions,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, ...] = ("text", "label")) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
 
 
 def save(name: str, payload: dict[str, object]) -> Path:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import tunesmith
-from _common import RESULTS, require_shared_data, save
+from _common import RESULTS, require_shared_data, save, write_csv
 
 # Reference figures for context (same or larger models), with their source.
 REFERENCES = {
@@ -26,14 +26,6 @@ REFERENCES = {
     "agnews": "BERT-base ~0.94-0.95 accuracy trained on the full 120k training set (we train on 6,080 rows)",
     "goemotions": "BERT-base macro-F1 0.46 (Demszky et al. 2020, GoEmotions paper)",
 }
-
-
-def _write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        writer.writerows(rows)
-    return path
 
 
 def prepare(name: str, data: Path, work: Path) -> dict[str, object]:
@@ -50,8 +42,8 @@ def prepare(name: str, data: Path, work: Path) -> dict[str, object]:
             return rows
 
         return {
-            "data": _write_csv(work / "trec_train.csv", read("train_5500.label")),
-            "test": str(_write_csv(work / "trec_test.csv", read("TREC_10.label"))),
+            "data": write_csv(work / "trec_train.csv", read("train_5500.label")),
+            "test": str(write_csv(work / "trec_test.csv", read("TREC_10.label"))),
         }
     if name == "agnews":
         classes = (data / "ag_news/classes.txt").read_text().split()
@@ -61,8 +53,8 @@ def prepare(name: str, data: Path, work: Path) -> dict[str, object]:
             ]
         cut = int(len(rows) * 0.8)  # the original order is mixed across classes
         return {
-            "data": _write_csv(work / "agnews_train.csv", rows[:cut]),
-            "test": str(_write_csv(work / "agnews_test.csv", rows[cut:])),
+            "data": write_csv(work / "agnews_train.csv", rows[:cut]),
+            "test": str(write_csv(work / "agnews_test.csv", rows[cut:])),
         }
     if name == "goemotions":
         names = (data / "goemotions/labels.txt").read_text().split()

@@ -19,15 +19,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import tunesmith
-from _common import require_shared_data, save
+from _common import require_shared_data, save, write_csv
 
 
 def write(path: Path, rows: list[tuple[str, str]]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "category"])
-        writer.writerows(rows)
-    return path
+    return write_csv(path, rows, ("text", "category"))  # the test file's column names
 
 
 def main() -> None:
