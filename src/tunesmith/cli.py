@@ -114,7 +114,14 @@ def train(
     overrides.update({key: value for key, value in flags.items() if value is not None})
     settings = load_config(config, overrides)
     result = get_task(settings.task).train(settings, registry=_registry(), resume=resume, progress=progress, log=_say)
-    if settings.task == "question-answering":
+    if settings.task == "text-generation":
+        table = Table(title=f"{result.version.ref} - test split ({result.metrics['n']} conversations, greedy)")
+        for column in ("metric", "before training", "after training"):
+            table.add_column(column, justify="left" if column == "metric" else "right")
+        for key in ("exact_match", "token_f1", "rouge_l"):
+            table.add_row(key, f"{result.baseline[key]:.4f}", f"{result.metrics[key]:.4f}")
+        table.add_row("validation perplexity", "", f"{result.metrics['perplexity']:.2f}")
+    elif settings.task == "question-answering":
         table = Table(title=f"{result.version.ref} - test split ({result.metrics['n']} questions)")
         table.add_column("exact match", justify="right")
         table.add_column("F1", justify="right")
@@ -307,9 +314,10 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
     backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "auto",
     context: Annotated[str | None, typer.Option(help="For question-answering models: the text to search.")] = None,
+    max_tokens: Annotated[int, typer.Option(help="For text-generation models: most tokens to generate.")] = 256,
 ) -> None:
     """Predict with a registered model: labels (or entities) for texts, answers to questions (--context),
-    or a whole file with --input/--output."""
+    replies to prompts (text-generation models, greedy), or a whole file with --input/--output."""
     from tunesmith import load_model
 
     if not texts and input_file is None:
@@ -319,6 +327,14 @@ def predict(
     if output_file is not None and output_file.suffix.lower() not in (".csv", ".jsonl"):
         raise DataError(f"Cannot write {output_file.suffix!r}: pass an --output ending in .csv or .jsonl.")
     classifier = load_model(ref, backend=backend)
+    if getattr(classifier, "task", None) == "text-generation":
+        if input_file is not None:
+            raise DataError("For a text-generation model pass prompts as arguments, or evaluate a file with "
+                            "`tunesmith evaluate`.")  # fmt: skip
+        for prompt in texts or []:
+            answer = classifier.chat([{"role": "user", "content": prompt}], max_tokens=max_tokens)
+            print(answer.text)
+        return
     if getattr(classifier, "task", None) == "question-answering":
         if not context:
             raise DataError('A question-answering model needs --context "the text holding the answer".')

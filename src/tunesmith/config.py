@@ -44,6 +44,11 @@ class DataConfig(_Settings):
     drop_duplicates: bool = Field(
         True, description="Drop exact duplicate (text, label) rows before splitting, so none leak across splits."
     )
+    overlength: Literal["truncate", "drop"] = Field(
+        "truncate",
+        description="text-generation: conversations longer than max_length are cut at it (truncate) or left out "
+        "(drop); a conversation whose answer would be cut away entirely is always left out.",
+    )
     inspect: bool = Field(
         True,
         description="Before training, run `tunesmith inspect`'s quick checks (near-duplicates, leaks between the "
@@ -130,7 +135,8 @@ class RunConfig(_Settings):
     name: str | None = Field(None, description="Registry name of the model; defaults to the data file's stem.")
     task: str = Field(
         "text-classification",
-        description="What the model learns: text-classification, or token-classification (named entities).",
+        description="What the model learns: text-classification, token-classification (named entities), "
+        "question-answering (extractive), or text-generation (instruction tuning of a causal LM).",
     )
     seed: int = Field(42, description="Seed of the data split.")
     data: DataConfig = Field(default_factory=DataConfig)

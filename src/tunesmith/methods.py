@@ -31,6 +31,7 @@ _TASK_TYPES = {
     "text-classification": "SEQ_CLS",
     "token-classification": "TOKEN_CLS",
     "question-answering": "QUESTION_ANS",
+    "text-generation": "CAUSAL_LM",
 }
 
 

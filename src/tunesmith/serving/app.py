@@ -39,6 +39,7 @@ from tunesmith.serving.schemas import (
 from tunesmith.serving.server import Server
 from tunesmith.serving.settings import ServeSettings
 
+OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions")
 BEARER = HTTPBearer(auto_error=False, description="An API key from `tunesmith keys create`.")
 
 log = logging.getLogger("tunesmith.server")
@@ -60,6 +61,10 @@ def _error_response(status: int, code: str, message: str, request: Request | Non
                     headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:  # fmt: skip
     request_id = request.scope.get("request_id") if request is not None else None
     body = {"error": message, "code": code, "request_id": request_id, **extra}
+    if request is not None and request.url.path in OPENAI_ROUTES:
+        # OpenAI's error shape on OpenAI's routes: its clients show error.message to the user.
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        body = {"error": {"message": message, "type": kind, "param": None, "code": code}, "request_id": request_id}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -257,6 +262,10 @@ def create_app(settings: ServeSettings, registry: Registry | None = None) -> Fas
         await server.refresh(slot.name)
         return server.describe(slot)
 
+    if "text-generation" in server.tasks.values():  # OpenAI-compatible routes only where they can answer
+        from tunesmith.serving import generation
+
+        app.include_router(generation.routes(server, read))
     _document_limits(app, settings, list(server.slots))
     return RequestMiddleware(app, server)  # type: ignore[return-value]
 

@@ -20,7 +20,7 @@ from tunesmith.serving.settings import ServeSettings, auth_enabled
 from tunesmith.tasks import get_task
 
 log = logging.getLogger("tunesmith.server")
-SERVED_TASKS = ("text-classification", "token-classification", "question-answering")
+SERVED_TASKS = ("text-classification", "token-classification", "question-answering", "text-generation")
 
 
 class Server:
@@ -33,12 +33,14 @@ class Server:
         self.metrics = Metrics()
         self.auth = auth_enabled(settings)
         self.slots: dict[str, Slot] = {}
+        self.tasks: dict[str, str] = {}  # task of each served name, as resolved at start
         for ref in settings.models:
             version = registry.resolve(ref)  # unknown names fail here, before the port is bound
             if version.name in self.slots:
                 raise ConfigError(f"{version.name!r} is named twice; serve one reference per model name.")
             if version.task not in SERVED_TASKS:
                 raise ConfigError(f"{ref!r} is a {version.task} model; this server handles {', '.join(SERVED_TASKS)}.")
+            self.tasks[version.name] = version.task
             self.slots[version.name] = Slot(version.name, ref, settings.per_model.get(version.name, settings.batching))
         unknown = set(settings.per_model) - set(self.slots)
         if unknown:
@@ -124,6 +126,9 @@ class Server:
         for task in self._tasks + [s.worker for s in self.slots.values() if s.worker]:
             task.cancel()
         self.inference.shutdown(wait=True)
+        generations = getattr(self, "generations", None)
+        if generations is not None:
+            generations.pool.shutdown(wait=True)
         self.loader.shutdown(wait=False, cancel_futures=True)
 
     def ready(self) -> bool:

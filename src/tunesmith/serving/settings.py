@@ -49,6 +49,14 @@ class ServeSettings(BaseModel):
     max_text_chars: int = Field(10_000, ge=1, description="Longest text accepted, in characters.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted.")
     request_timeout_s: float = Field(30.0, gt=0, description="A request waiting longer for the model gets 504.")
+    max_concurrent_generations: int = Field(
+        1, ge=1, le=64, description="text-generation: generations running at once (on 2 cores one is fastest in "
+        "total; more interleave slower)."
+    )
+    max_queued_generations: int = Field(32, ge=0, description="text-generation: requests waiting beyond which 503.")
+    max_new_tokens: int = Field(1024, ge=1, description="text-generation: largest max_tokens a request may ask.")
+    default_max_tokens: int = Field(256, ge=1, description="text-generation: max_tokens when a request gives none.")
+    max_prompt_tokens: int = Field(4096, ge=1, description="text-generation: longest prompt accepted, in tokens.")
     watch_interval_s: float = Field(
         5.0, ge=0, description="How often aliases and exports are re-checked for hot swaps (0: never)."
     )

@@ -25,6 +25,7 @@ TASKS = {
     "text-classification": "tunesmith.tasks.text_classification",
     "token-classification": "tunesmith.tasks.token_classification",
     "question-answering": "tunesmith.tasks.question_answering",
+    "text-generation": "tunesmith.tasks.text_generation",
 }
 
 

@@ -1,0 +1,234 @@
+"""OpenAI-compatible text generation: `POST /v1/chat/completions` and `POST /v1/completions`, whole or streamed
+as server-sent events, so the official `openai` client works by pointing its `base_url` at this server.
+
+Generation does not micro-batch: each request runs `generate` (with its KV cache) in a thread of its own,
+at most `max_concurrent_generations` at a time; requests beyond that wait in line, and beyond
+`max_queued_generations` waiting they are refused with 503. Limits on prompt and answer length are checked
+before anything runs (422).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import Counter, Gauge, Histogram
+from pydantic import BaseModel, ConfigDict, Field
+
+from tunesmith.serving.schemas import ERRORS, ApiError
+
+TASK = "text-generation"
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")  # OpenAI clients may send name, tool fields, ...
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="allow")  # unknown OpenAI parameters (logprobs, user, ...) are ignored
+    model: str = Field(description="Name of a served text-generation model.")
+    max_tokens: Annotated[int, Field(ge=1)] | None = Field(None, description="Most tokens to generate.")
+    temperature: Annotated[float, Field(ge=0, le=2)] = Field(1.0, description="0: greedy; higher: more random.")
+    top_p: Annotated[float, Field(gt=0, le=1)] = Field(1.0, description="Nucleus sampling mass.")
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(None, description="Up to 4 stop strings.")
+    seed: int | None = Field(None, description="Seed for sampling: the same seed gives the same answer.")
+    stream: bool = Field(False, description="Send the answer as server-sent events while it is generated.")
+    n: Annotated[int, Field(ge=1, le=1)] = Field(1, description="Only 1 answer per request is generated.")
+
+
+class ChatRequest(_Sampling):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = Field(None, description="Alias of max_tokens.")
+
+
+class CompletionRequest(_Sampling):
+    prompt: str = Field(description="Text to continue (no chat template).")
+
+
+class GenerationMetrics:
+    def __init__(self, registry: Any) -> None:
+        self.tokens = Counter("tunesmith_generated_tokens", "Tokens generated.", ["model"], registry=registry)
+        self.first_token = Histogram(
+            "tunesmith_time_to_first_token_seconds", "Time from request to the first generated token.", ["model"],
+            registry=registry, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )  # fmt: skip
+        self.speed = Histogram(
+            "tunesmith_generation_tokens_per_second", "Tokens per second of each generation.", ["model"],
+            registry=registry, buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000),
+        )  # fmt: skip
+        self.waiting = Gauge("tunesmith_generation_queue", "Generations waiting for a free slot.", ["model"],
+                             registry=registry)  # fmt: skip
+
+
+class Generations:
+    """Admission (limits, concurrency) and execution of generation requests for one server."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        settings = server.settings
+        self.pool = ThreadPoolExecutor(settings.max_concurrent_generations, thread_name_prefix="generate")
+        self.slots = asyncio.Semaphore(settings.max_concurrent_generations)
+        self.waiting = 0
+        self.metrics = GenerationMetrics(server.metrics.registry)
+
+    def generator(self, name: str) -> Any:
+        slot = self.server.slot(name)
+        loaded = slot.current
+        if loaded is None:
+            raise ApiError(503, "loading", f"{name!r} is still loading; retry shortly.", {"Retry-After": "1"})
+        if loaded.task != TASK:
+            raise ApiError(404, "wrong_task", f"{name!r} is a {loaded.task} model; send it texts at "
+                           f"/v1/models/{name}/predict. Completions need a text-generation model.")  # fmt: skip
+        return loaded
+
+    def admit(self, generator: Any, ids: list[int], max_tokens: int | None) -> int:
+        settings = self.server.settings
+        if len(ids) > settings.max_prompt_tokens:
+            raise ApiError(422, "prompt_too_long", f"The prompt has {len(ids)} tokens; at most "
+                           f"{settings.max_prompt_tokens} are accepted.")  # fmt: skip
+        wanted = max_tokens or settings.default_max_tokens
+        if wanted > settings.max_new_tokens:
+            raise ApiError(422, "max_tokens_too_large", f"max_tokens {wanted} is over this server's limit of "
+                           f"{settings.max_new_tokens}.")  # fmt: skip
+        context = getattr(generator.model.config, "max_position_embeddings", None)
+        if context and len(ids) + wanted > context:
+            raise ApiError(422, "context_exceeded", f"prompt ({len(ids)} tokens) + max_tokens ({wanted}) exceed the "
+                           f"model's context of {context} tokens.")  # fmt: skip
+        if self.slots.locked() and self.waiting >= settings.max_queued_generations:
+            raise ApiError(503, "busy", "All generation slots are busy and the line is full; retry shortly.",
+                           {"Retry-After": "1"})  # fmt: skip
+        return wanted
+
+    async def run(self, name: str, generator: Any, ids: list[int], options: dict[str, Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        self.waiting += 1
+        self.metrics.waiting.labels(name).set(self.waiting)
+        async with self.slots:
+            self.waiting -= 1
+            self.metrics.waiting.labels(name).set(self.waiting)
+            result = await loop.run_in_executor(self.pool, lambda: generator.generate(ids, **options))
+        elapsed = time.perf_counter() - started
+        self._count(name, result.completion_tokens, elapsed, None)
+        return result
+
+    async def stream(self, name: str, generator: Any, ids: list[int], options: dict[str, Any]) -> AsyncIterator[Any]:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        self.waiting += 1
+        self.metrics.waiting.labels(name).set(self.waiting)
+        async with self.slots:
+            self.waiting -= 1
+            self.metrics.waiting.labels(name).set(self.waiting)
+            pieces = generator.stream(ids, **options)
+            first: float | None = None
+            done = object()
+            while True:
+                piece = await loop.run_in_executor(self.pool, next, pieces, done)
+                if piece is done:
+                    break
+                if first is None and isinstance(piece, str):
+                    first = time.perf_counter() - started
+                    self.metrics.first_token.labels(name).observe(first)
+                if not isinstance(piece, str):
+                    self._count(name, piece.completion_tokens, time.perf_counter() - started, first)
+                yield piece
+
+    def _count(self, name: str, tokens: int, seconds: float, first: float | None) -> None:
+        self.metrics.tokens.labels(name).inc(tokens)
+        if seconds > 0 and tokens:
+            self.metrics.speed.labels(name).observe(tokens / seconds)
+        if first is None:  # a whole answer: its first token came roughly one token's time after the prompt
+            self.metrics.first_token.labels(name).observe(seconds / max(1, tokens))
+
+
+def _options(body: _Sampling, max_tokens: int) -> dict[str, Any]:
+    stop = [body.stop] if isinstance(body.stop, str) else body.stop
+    return {"max_tokens": max_tokens, "temperature": body.temperature, "top_p": body.top_p, "stop": stop,
+            "seed": body.seed}  # fmt: skip
+
+
+def _usage(result: Any) -> dict[str, int]:
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens}  # fmt: skip
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def routes(server: Any, dependencies: list[Any]) -> APIRouter:
+    """The OpenAI-compatible routes, bound to `server` (its slots, limits and metrics)."""
+    router = APIRouter(tags=["generate"], dependencies=dependencies)
+    generations = Generations(server)
+    server.generations = generations
+    errors = {k: ERRORS[k] for k in (401, 403, 404, 413, 422, 503)}
+
+    @router.post("/v1/chat/completions", responses=errors)
+    async def chat_completions(body: ChatRequest) -> Any:
+        """OpenAI chat completions: the model's chat template renders `messages`, the answer comes back whole or,
+        with `stream`, as `chat.completion.chunk` events ending with `data: [DONE]`."""
+        loaded = generations.generator(body.model)
+        generator = loaded.predictor
+        messages = [{"role": m.role, "content": m.content} for m in body.messages]
+        ids = generator.prompt_ids(messages)
+        options = _options(body, generations.admit(generator, ids, body.max_completion_tokens or body.max_tokens))
+        ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        head = {"id": ident, "created": created, "model": body.model}
+        if not body.stream:
+            result = await generations.run(body.model, generator, ids, options)
+            return JSONResponse({**head, "object": "chat.completion", "choices": [{
+                "index": 0, "message": {"role": "assistant", "content": result.text},
+                "finish_reason": result.finish_reason, "logprobs": None}], "usage": _usage(result)})  # fmt: skip
+
+        async def events() -> AsyncIterator[str]:
+            chunk = {**head, "object": "chat.completion.chunk"}
+            yield _sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                              "finish_reason": None}]})  # fmt: skip
+            async for piece in generations.stream(body.model, generator, ids, options):
+                if isinstance(piece, str):
+                    yield _sse({**chunk, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+                else:
+                    yield _sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": piece.finish_reason}],
+                                "usage": _usage(piece)})  # fmt: skip
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @router.post("/v1/completions", responses=errors)
+    async def completions(body: CompletionRequest) -> Any:
+        """OpenAI (legacy) completions: `prompt` is continued as it is, without the chat template."""
+        loaded = generations.generator(body.model)
+        generator = loaded.predictor
+        ids = generator.prompt_ids(prompt=body.prompt)
+        if not ids:
+            raise ApiError(422, "empty_prompt", "The prompt is empty; send some text to continue.")
+        options = _options(body, generations.admit(generator, ids, body.max_tokens))
+        head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model,
+                "object": "text_completion"}  # fmt: skip
+        if not body.stream:
+            result = await generations.run(body.model, generator, ids, options)
+            return JSONResponse({**head, "choices": [{"index": 0, "text": result.text, "logprobs": None,
+                                                      "finish_reason": result.finish_reason}], "usage": _usage(result)})  # fmt: skip
+
+        async def events() -> AsyncIterator[str]:
+            async for piece in generations.stream(body.model, generator, ids, options):
+                if isinstance(piece, str):
+                    yield _sse({**head, "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}]})
+                else:
+                    yield _sse({**head, "choices": [{"index": 0, "text": "", "logprobs": None,
+                                                     "finish_reason": piece.finish_reason}], "usage": _usage(piece)})  # fmt: skip
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    return router

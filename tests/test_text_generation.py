@@ -1,0 +1,189 @@
+"""Instruction tuning (`--task text-generation`): data rules, prompt masking on token ids, a tiny model that
+trains and changes its answers, and the embedded model's GGUF conversion."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import tunesmith
+from conftest import write_jsonl
+from make_instruction_data import make_pairs
+from tunesmith.tasks import text_generation as tg
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"messages": [{"role": "user"}]}, "needs both 'role' and 'content'"),
+        ({"messages": [{"role": "human", "content": "hi"}]}, "roles are system, user, assistant"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, "has no 'assistant' message"),
+        ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
+                       {"role": "user", "content": "and?"}]}, "ends with a 'user' message"),
+        ({"messages": [{"role": "assistant", "content": "yo"}]}, "has no 'user' message"),
+        ({"messages": "hello"}, "must be a non-empty list"),
+        ({"question": "q"}, "expected {\"instruction\", \"output\"}"),
+        ({"instruction": " ", "output": "x"}, "the instruction is empty"),
+        ({"text": "a", "label": "b"}, "found the keys ['label', 'text']"),
+    ],
+)
+def test_each_validation_rule_has_its_message(record: dict, message: str, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "ok", "output": "fine"}, record])
+    with pytest.raises(tunesmith.DataError, match="line 2") as error:
+        tg.read_conversations(path)
+    assert message in str(error.value)
+
+
+def test_empty_answers_are_dropped_with_a_warning_and_bad_json_is_named(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "a", "output": "b"}, {"instruction": "c", "output": " "},
+                                              {"messages": [{"role": "user", "content": "x"},
+                                                            {"role": "assistant", "content": ""}]}])  # fmt: skip
+    issues: list = []
+    conversations = tg.read_conversations(path, issues)
+    assert len(conversations) == 1 and issues[0].code == "empty_output" and "lines 2, 3" in issues[0].message
+    (tmp_path / "broken.jsonl").write_text('{"instruction": "a", "output": "b"}\n{"instruction": \n')
+    with pytest.raises(tunesmith.DataError, match="line 2 is not valid JSON"):
+        tg.read_conversations(tmp_path / "broken.jsonl")
+
+
+def test_loss_is_on_the_answers_only(tiny_llm: str) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llm)
+    assert tg.prepare_tokenizer(tokenizer)  # no template of its own: ChatML
+    conversation = tg.Conversation([
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Order 123?"},
+        {"role": "assistant", "content": "order=123"},
+    ], row=1)  # fmt: skip
+    row, cut = tg.encode(tokenizer, conversation, 10_000)
+    assert not cut and len(row["input_ids"]) == len(row["labels"])
+    full = tokenizer(tg.render(tokenizer, conversation.messages, False), add_special_tokens=False)["input_ids"]
+    assert row["input_ids"] == full  # the pieces add up to the whole rendered conversation
+    trained = [i for i, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100]
+    assert tokenizer.decode(trained) == "Hello!<|im_end|>\norder=123<|im_end|>\n"
+    masked = [i for i, label in zip(row["input_ids"], row["labels"], strict=True) if label == -100]
+    assert "Order 123?" in tokenizer.decode(masked) and "Hello!" not in tokenizer.decode(masked)
+    short, cut = tg.encode(tokenizer, conversation, 20)
+    assert cut and len(short["input_ids"]) == 20 and set(short["labels"]) == {-100}
+
+
+def test_over_length_conversations_are_counted_truncated_or_dropped(tiny_llm: str) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llm)
+    tg.prepare_tokenizer(tokenizer)
+    long = tg.Conversation([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y" * 200}], 1)
+    short = tg.Conversation([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], 2)
+    issues: list = []
+    rows = tg.encode_all(tokenizer, [long, short], 64, "truncate", "training", issues)
+    assert len(rows) == 2 and "1 truncated, 0 dropped" in issues[0].message
+    issues = []
+    assert len(tg.encode_all(tokenizer, [long, short], 64, "drop", "training", issues)) == 1
+    assert "0 truncated, 1 dropped" in issues[0].message
+
+
+def test_metrics() -> None:
+    assert tg.token_f1("order=1; product=lamp", "order=1; product=desk lamp") == pytest.approx(2 * 1 * 0.8 / 1.8)
+    assert tg.rouge_l("a b c d", "a c d") == pytest.approx(2 * 0.75 * 1 / 1.75)
+    assert tg.score(["x", "y "], ["x", "z"])["exact_match"] == 0.5
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_llm: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[tunesmith.Registry, object]:
+    folder = tmp_path_factory.mktemp("generation")
+    data = write_jsonl(folder / "pairs.jsonl", make_pairs(60, seed=1))
+    registry = tunesmith.Registry(folder / "home")
+    result = tunesmith.train(data, task="text-generation", name="extract", registry=registry, progress=False,
+                             base_model=tiny_llm, epochs=3, learning_rate=5e-3, batch_size=8)  # fmt: skip
+    return registry, result
+
+
+def test_tiny_model_trains_registers_and_changes_its_answers(trained: tuple) -> None:
+    registry, result = trained
+    version = registry.resolve("extract@1")
+    meta = json.loads((version.path / "tunesmith.json").read_text())
+    assert version.task == "text-generation" and meta["method"] == "lora" and (version.path / "adapter").is_dir()
+    assert meta["parameters"]["trainable"] < meta["parameters"]["total"] / 10
+    evaluation = json.loads((version.path / "metrics.json").read_text())
+    samples = evaluation["samples"]
+    assert samples and any(s["before"] != s["after"] for s in samples)  # training changed what it says
+    assert {"exact_match", "token_f1", "rouge_l", "perplexity"} <= set(result.metrics)
+    assert "| rouge_l |" in (version.path / "report.md").read_text()
+    generator = tunesmith.load_model("extract", registry=registry)  # adapter merged into the base
+    answer = generator.chat([{"role": "user", "content": samples[0]["prompt"]}], max_tokens=24)
+    assert answer.text == samples[0]["after"][: len(answer.text)] and answer.completion_tokens <= 24
+    with pytest.raises(tunesmith.ModelError, match="not exported to ONNX"):
+        tunesmith.export_model("extract", registry=registry)
+
+
+def test_stop_strings_are_cut_and_streaming_matches(tiny_llm: str, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llm)
+    tg.prepare_tokenizer(tokenizer)
+    generator = tg.Generator(AutoModelForCausalLM.from_pretrained(tiny_llm), tokenizer)
+    ids = generator.prompt_ids([{"role": "user", "content": "say something"}])
+    whole = generator.generate(ids, max_tokens=20)
+    assert whole.finish_reason in ("stop", "length") and whole.completion_tokens <= 20
+    pieces = list(generator.stream(ids, max_tokens=20))
+    assert "".join(p for p in pieces if isinstance(p, str)) == whole.text == pieces[-1].text
+    if len(whole.text) > 3:
+        stop = whole.text[2:4]
+        cut = generator.generate(ids, max_tokens=20, stop=[stop])
+        assert cut.text == whole.text[: whole.text.find(stop)] and cut.finish_reason == "stop"
+        streamed = [p for p in generator.stream(ids, max_tokens=20, stop=[stop]) if isinstance(p, str)]
+        assert "".join(streamed) == cut.text
+
+
+def test_openai_client_against_the_real_server(trained: tuple, start_server) -> None:
+    import httpx
+    import openai
+
+    registry, _ = trained
+    server = start_server(registry.home, "extract")
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused-on-loopback", max_retries=0)
+    messages = [{"role": "user", "content": "Extract: order 12345 for the kettle never arrived."}]
+    whole = client.chat.completions.create(model="extract", messages=messages, max_tokens=12, temperature=0)
+    text = whole.choices[0].message.content
+    assert whole.object == "chat.completion" and whole.usage.completion_tokens <= 12
+    assert whole.choices[0].finish_reason in ("stop", "length")
+    chunks = list(client.chat.completions.create(model="extract", messages=messages, max_tokens=12, temperature=0,
+                                                 stream=True))  # fmt: skip
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == text  # greedy: streamed == whole
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+    sampled = [client.completions.create(model="extract", prompt="order=", max_tokens=8, temperature=1.0, seed=7)
+               for _ in range(2)]  # fmt: skip
+    assert sampled[0].choices[0].text == sampled[1].choices[0].text  # the same seed, the same answer
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="extract", prompt="order=", max_tokens=8, temperature=1.0, seed=7, stream=True))  # fmt: skip
+    assert streamed == sampled[0].choices[0].text
+
+    with pytest.raises(openai.UnprocessableEntityError, match="max_tokens 5000 is over"):
+        client.chat.completions.create(model="extract", messages=messages, max_tokens=5000)
+    with pytest.raises(openai.NotFoundError, match="No model 'nope'"):
+        client.chat.completions.create(model="nope", messages=messages)
+    bad = httpx.post(f"{server.url}/v1/chat/completions", json={"model": "extract", "messages": []})
+    assert bad.status_code == 422 and bad.json()["error"]["type"] == "invalid_request_error"
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'tunesmith_generated_tokens_total{model="extract"}' in metrics
+    assert "tunesmith_time_to_first_token_seconds_bucket" in metrics
+
+
+def test_cli_trains_and_predicts_a_generation_model(
+    tiny_llm: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_cli import run
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(30, seed=3))
+    home = str(tmp_path / "home")
+    code, out, err = run(capsys, "--home", home, "train", str(data), "--task", "text-generation", "--model", tiny_llm,
+                         "--epochs", "1", "--name", "gen", "--no-progress")  # fmt: skip
+    assert code == 0, err
+    assert "before training" in out and "rouge_l" in out and "loss on the assistant turns only" in err
+    code, out, err = run(capsys, "--home", home, "predict", "gen", "order 123 for a kettle", "--max-tokens", "5")
+    assert code == 0, err
+    assert out.strip()
