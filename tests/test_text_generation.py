@@ -187,3 +187,86 @@ def test_cli_trains_and_predicts_a_generation_model(
     code, out, err = run(capsys, "--home", home, "predict", "gen", "order 123 for a kettle", "--max-tokens", "5")
     assert code == 0, err
     assert out.strip()
+
+
+def write_tiny_gguf(path: Path, seed: int = 0, hidden: int = 32, layers: int = 2, heads: int = 4, kv: int = 2,
+                    inter: int = 64) -> Path:  # fmt: skip
+    """A random 2-layer Llama as a GGUF file, with a byte-level (gpt2-type) vocabulary, written by `gguf`."""
+    import gguf
+    import numpy as np
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    rng = np.random.default_rng(seed)
+    alphabet = sorted(bytes_to_unicode().values())
+    tokens = [*alphabet, "Ġt", "<|im_start|>", "<|im_end|>"]
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(128)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(inter)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv)
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([1] * (len(alphabet) + 1) + [3, 3])  # 3: control tokens
+    writer.add_token_merges(["Ġ t"])
+    writer.add_bos_token_id(len(tokens) - 2)
+    writer.add_eos_token_id(len(tokens) - 1)
+
+    def weight(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.05).astype(np.float32)
+
+    writer.add_tensor("token_embd.weight", weight(len(tokens), hidden))
+    head = hidden // heads
+    for i in range(layers):
+        for name, shape in (("attn_q", (hidden, hidden)), ("attn_k", (kv * head, hidden)), ("attn_v", (kv * head, hidden)),
+                            ("attn_output", (hidden, hidden)), ("ffn_gate", (inter, hidden)), ("ffn_up", (inter, hidden)),
+                            ("ffn_down", (hidden, inter))):  # fmt: skip
+            writer.add_tensor(f"blk.{i}.{name}.weight", weight(*shape))
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(hidden, np.float32))
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(hidden, np.float32))
+    writer.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
+    writer.add_tensor("output.weight", weight(len(tokens), hidden))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_gguf_is_converted_once_checksummed_and_matches_transformers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.gguf import SOURCE, hf_folder
+    from tunesmith.models import resolve_model
+
+    source = write_tiny_gguf(tmp_path / "tiny.gguf")
+    cache = tmp_path / "cache"
+    folder = hf_folder(source, cache)
+    assert folder.name.endswith(json.loads((folder / SOURCE).read_text())["sha256"][:16])
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    assert [p.name for p in cache.iterdir() if p.name.startswith(".")] == []  # no partial folder left behind
+    converted = AutoModelForCausalLM.from_pretrained(folder)
+    direct = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="tiny.gguf")
+    ids = AutoTokenizer.from_pretrained(folder)("hello there", return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(converted(**ids).logits, direct(**ids).logits)
+    converted.save_pretrained(tmp_path / "resaved")  # the quantizer is gone: it saves like any model
+
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert hf_folder(source, cache) == folder and (folder / "model.safetensors").stat().st_mtime_ns == stamp
+    write_tiny_gguf(source, seed=1)  # other bytes under the same name: converted anew, into another folder
+    other = hf_folder(source, cache)
+    assert other != folder and json.loads((other / SOURCE).read_text())["sha256"] != json.loads(
+        (folder / SOURCE).read_text())["sha256"]  # fmt: skip
+    monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path / "root"))
+    resolved = Path(resolve_model(str(source)))  # a .gguf path works wherever a model name does
+    assert resolved.parent == tmp_path / "root" / "gguf" and (resolved / "config.json").is_file()
+    with pytest.raises(tunesmith.ModelError, match="does not exist"):
+        hf_folder(tmp_path / "missing.gguf", cache)
