@@ -38,8 +38,11 @@ def make_pairs(n: int = 300, seed: int = 5) -> list[dict[str, str]]:
     while len(pairs) < n:
         issue = rng.choice(sorted(ISSUES))
         number, product = str(rng.randint(10000, 99999)), rng.choice(PRODUCTS)
-        message = rng.choice(PATTERNS).format(o=rng.choice(OPENERS), n=number, p=product, i=rng.choice(ISSUES[issue]))
-        message = message[0].upper() + message[1:]
+        opener = rng.choice(OPENERS)
+        body = rng.choice(PATTERNS).format(o="", n=number, p=product, i=rng.choice(ISSUES[issue]))
+        if not opener or opener.endswith(". "):  # a sentence starts here
+            body = body[0].upper() + body[1:]
+        message = opener + body
         if message in seen:
             continue
         seen.add(message)

@@ -69,6 +69,7 @@ def convert(source: Path, folder: Path) -> None:
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # one line per tensor otherwise
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
         model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
@@ -76,6 +77,7 @@ def convert(source: Path, folder: Path) -> None:
         raise ModelError(f"transformers cannot read {source} as a GGUF model: {exc}") from None
     finally:
         hf_logging.set_verbosity(level)
+        hf_logging.enable_progress_bar()
     detach_quantizer(model)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)

@@ -421,9 +421,11 @@ def generate_answers(generator: Generator, conversations: list[Conversation], ma
     return [generator.chat(c.prompt, max_tokens=max_tokens).text for c in conversations]
 
 
-def evaluate_conversations(generator: Generator, conversations: list[Conversation]) -> tuple[dict[str, Any], list]:
-    """Generation metrics against the reference answers, and each example's generation."""
-    shown = conversations[:EVAL_LIMIT]
+def evaluate_conversations(
+    generator: Generator, conversations: list[Conversation], limit: int | None = EVAL_LIMIT
+) -> tuple[dict[str, Any], list]:
+    """Generation metrics against the reference answers (of the first `limit`), and each example's generation."""
+    shown = conversations[:limit]
     longest = max(len(generator.tokenizer(c.reference)["input_ids"]) for c in shown)
     answers = generate_answers(generator, shown, max_tokens=min(512, longest + 16))
     rows = [{"row": c.row, "prompt": c.prompt[-1]["content"], "reference": c.reference, "generated": a}
@@ -509,8 +511,9 @@ def train(
     before = Generator(model, tokenizer)
     samples = test_c[:SAMPLES]
     max_new = min(256, max(len(tokenizer(c.reference)["input_ids"]) for c in test_c[:EVAL_LIMIT]) + 16)
-    before_metrics = score(generate_answers(before, test_c[:EVAL_LIMIT], max_new), [c.reference for c in test_c[:EVAL_LIMIT]])
-    before_samples = generate_answers(before, samples, max_new)
+    answers = generate_answers(before, test_c[:EVAL_LIMIT], max_new)
+    before_metrics = score(answers, [c.reference for c in test_c[:EVAL_LIMIT]])
+    before_samples = answers[: len(samples)]
 
     use_bf16 = settings.precision == "bf16" or (settings.precision == "auto" and bf16_supported())
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
@@ -590,7 +593,7 @@ def evaluate_file(generator: Generator, path: str | Path, out_dir: str | Path, *
     """Generate for each conversation of a file and score against its last answer; write a report."""
     issues: list[DataIssue] = []
     conversations = read_conversations(path, issues)
-    metrics, rows = evaluate_conversations(generator, conversations)
+    metrics, rows = evaluate_conversations(generator, conversations, limit=None)  # a file is scored whole
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps({"test": metrics}, indent=2), encoding="utf-8")
