@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
@@ -108,27 +109,34 @@ class Generations:
                            {"Retry-After": "1"})  # fmt: skip
         return wanted
 
-    async def run(self, name: str, generator: Any, ids: list[int], options: dict[str, Any]) -> Any:
-        loop = asyncio.get_running_loop()
-        started = time.perf_counter()
+    @asynccontextmanager
+    async def _turn(self, name: str) -> AsyncIterator[None]:
+        """Hold one generation slot; while waiting for it, count in the queue gauge (also if the client leaves)."""
         self.waiting += 1
         self.metrics.waiting.labels(name).set(self.waiting)
-        async with self.slots:
+        try:
+            await self.slots.acquire()
+        finally:
             self.waiting -= 1
             self.metrics.waiting.labels(name).set(self.waiting)
-            result = await loop.run_in_executor(self.pool, lambda: generator.generate(ids, **options))
-        elapsed = time.perf_counter() - started
-        self._count(name, result.completion_tokens, elapsed, None)
+        try:
+            yield
+        finally:
+            self.slots.release()
+
+    async def run(self, name: str, generator: Any, ids: list[int], options: dict[str, Any]) -> Any:
+        started = time.perf_counter()
+        async with self._turn(name):
+            result = await asyncio.get_running_loop().run_in_executor(
+                self.pool, lambda: generator.generate(ids, **options)
+            )  # fmt: skip
+        self._count(name, result.completion_tokens, time.perf_counter() - started, None)
         return result
 
     async def stream(self, name: str, generator: Any, ids: list[int], options: dict[str, Any]) -> AsyncIterator[Any]:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        self.waiting += 1
-        self.metrics.waiting.labels(name).set(self.waiting)
-        async with self.slots:
-            self.waiting -= 1
-            self.metrics.waiting.labels(name).set(self.waiting)
+        async with self._turn(name):
             pieces = generator.stream(ids, **options)
             first: float | None = None
             done = object()
