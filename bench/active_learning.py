@@ -1,6 +1,6 @@
 """Active learning on Banking77: test accuracy against labelled-set size, `tunesmith suggest` vs random picks.
 
-    python bench/active_learning.py [--start 3] [--step 231] [--rounds 3] [--pool 4000] [--max-steps 300]
+    python bench/active_learning.py [--start 3] [--step 154] [--rounds 2] [--pool 2000] [--max-steps 150]
 
 Both strategies start from the same seed set (--start examples per class) and the same first model. Each
 round, the current model picks --step texts from an unlabelled pool (--pool texts of Banking77's training
@@ -29,10 +29,10 @@ def write(path: Path, rows: list[tuple[str, str]]) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--start", type=int, default=3, help="seed examples per class")
-    parser.add_argument("--step", type=int, default=231, help="texts labelled per round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--pool", type=int, default=4000, help="unlabelled pool size")
-    parser.add_argument("--max-steps", type=int, default=300, help="training steps per model")
+    parser.add_argument("--step", type=int, default=154, help="texts labelled per round (2 per class)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--pool", type=int, default=2000, help="unlabelled pool size")
+    parser.add_argument("--max-steps", type=int, default=150, help="training steps per model")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     data = require_shared_data() / "banking77"
