@@ -272,3 +272,17 @@ def test_gguf_is_converted_once_checksummed_and_matches_transformers(
     assert resolved.parent == tmp_path / "root" / "gguf" and (resolved / "config.json").is_file()
     with pytest.raises(tunesmith.ModelError, match="does not exist"):
         hf_folder(tmp_path / "missing.gguf", cache)
+
+
+def test_tune_searches_a_generation_model_by_validation_loss(tiny_llm: str, tmp_path: Path) -> None:
+    from tunesmith.tuning import Param
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(30, seed=4))
+    registry = tunesmith.Registry(tmp_path / "home")
+    space = {"learning_rate": Param("categorical", choices=[5e-3, 1e-7])}
+    result = tunesmith.tune(data, trials=2, registry=registry, name="g", task="text-generation", base_model=tiny_llm,
+                            space=space, epochs=1, batch_size=8, log=lambda _m: None)  # fmt: skip
+    values = {t["params"]["learning_rate"]: t["value"] for t in result.trials if t["value"] is not None}
+    assert len(result.trials) == 2 and all(v < 0 for v in values.values())  # minus the validation loss
+    assert result.version is not None and result.version.task == "text-generation"
+    assert json.loads((result.version.path / "tunesmith.json").read_text())["method"] == "lora"

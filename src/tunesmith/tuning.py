@@ -32,7 +32,8 @@ from tunesmith.registry import ModelVersion, Registry
 # The trial being run in this thread, if any: `training.build_trainer` adds its pruning callback.
 CURRENT_TRIAL: contextvars.ContextVar[Any] = contextvars.ContextVar("tunesmith_trial", default=None)
 HEARTBEAT_SECONDS = 10
-MAIN_METRIC = {"text-classification": "f1_macro", "token-classification": "f1", "question-answering": "f1"}
+MAIN_METRIC = {"text-classification": "f1_macro", "token-classification": "f1", "question-answering": "f1",
+               "text-generation": "negative_loss"}  # fmt: skip
 
 
 @dataclass
@@ -151,12 +152,21 @@ def _pruning_callback(trial: Any) -> Any:
     from tunesmith.training import SELECTION_METRIC
 
     class Report(TrainerCallback):
+        def __init__(self) -> None:
+            self.reported: set[int] = set()
+
         def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
                         **kwargs: Any) -> None:  # fmt: skip
-            value = (metrics or {}).get(f"eval_{SELECTION_METRIC}")
+            metrics = metrics or {}
+            value = metrics.get(f"eval_{SELECTION_METRIC}")
+            if value is None and "eval_loss" in metrics and "eval_selection_score" not in metrics:
+                value = -metrics["eval_loss"]  # a language model is selected by its validation loss
             if value is None:
                 return
             step = max(1, round(state.epoch or 0))
+            if step in self.reported:  # a final evaluate() after training repeats the last epoch's
+                return
+            self.reported.add(step)
             trial.report(float(value), step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"epoch {step}: validation score {value:.4f} trails the other trials")
@@ -190,6 +200,8 @@ def tune(
     from tunesmith.training import default_name
 
     registry = registry or Registry()
+    if not methods and config.task == "text-generation" and "method" not in config.train.model_fields_set:
+        methods = ["lora"]  # the task's default method
     methods = methods or [config.train.method]
     if "fewshot" in methods and config.task != "text-classification":
         raise ConfigError("--methods fewshot is for text classification only.")

@@ -538,6 +538,7 @@ def train(
         registry, config, model, tokenizer,
         files={**splits, "samples.json": json.dumps(comparison, indent=2, ensure_ascii=False)},
         evaluation={"test": metrics, "before_training": before_metrics, "train_minutes": minutes,
+                    "validation": {"loss": val_loss, "negative_loss": -val_loss},  # what `tune` maximises
                     "samples": comparison},
         errors=[r for r in rows if r["generated"].strip() != r["reference"].strip()],
         report=report_markdown(name, metrics, before_metrics, comparison),
