@@ -115,8 +115,13 @@ def test_tiny_model_trains_registers_and_changes_its_answers(trained: tuple) -> 
     generator = tunesmith.load_model("extract", registry=registry)  # adapter merged into the base
     answer = generator.chat([{"role": "user", "content": samples[0]["prompt"]}], max_tokens=24)
     assert answer.text == samples[0]["after"][: len(answer.text)] and answer.completion_tokens <= 24
-    with pytest.raises(tunesmith.ModelError, match="not exported to ONNX"):
-        tunesmith.export_model("extract", registry=registry)
+    record = tunesmith.export_model("extract", registry=registry)  # the adapter merged into one plain folder
+    from transformers import AutoModelForCausalLM
+
+    merged = tg.Generator(AutoModelForCausalLM.from_pretrained(record["path"]), generator.tokenizer)
+    assert record["format"] == "merged" and not (Path(record["path"]) / "adapter_config.json").exists()
+    prompt = [{"role": "user", "content": samples[0]["prompt"]}]
+    assert merged.chat(prompt, max_tokens=24).text == answer.text
 
 
 def test_stop_strings_are_cut_and_streaming_matches(tiny_llm: str, tmp_path: Path) -> None:

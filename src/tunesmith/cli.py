@@ -405,7 +405,8 @@ def export(
         float, typer.Option(help="Share of validation predictions a variant must share with PyTorch to be used.")
     ] = 0.99,
 ) -> None:
-    """Export a registered model to ONNX (and int8), checked against PyTorch on its validation split."""
+    """Export a registered model to ONNX (and int8), checked against PyTorch on its validation split; a
+    text-generation model is exported as one merged Hugging Face folder (adapter folded into the weights)."""
     from tunesmith.export import export_artifact, export_summary
 
     if format != "onnx":
@@ -413,6 +414,10 @@ def export(
     if quantize not in ("int8", "none"):
         raise DataError(f"Unknown --quantize {quantize!r}: use int8 or none.")
     version = _registry().resolve(ref)
+    if version.task == "text-generation":
+        record = export_artifact(version.path, log=_say)
+        console.print(f"{version.ref}: merged model ({record['method']} on {record['base_model']}) in {record['path']}")
+        return
     _say(f"Exporting {version.ref} to ONNX ...")
     record = export_artifact(version.path, quantize=quantize == "int8", min_agreement=min_agreement, log=_say)
     checked = record["checked_on"]

@@ -602,6 +602,40 @@ def evaluate_file(generator: Generator, path: str | Path, out_dir: str | Path, *
     return {"test": metrics, "issues": [str(i) for i in issues]}
 
 
+MERGED_DIR = "merged"
+
+
+def export(path: str | Path, log: Log = print, **_options: Any) -> dict[str, Any]:
+    """Merge the artifact's adapter into its base and write `merged/`: a plain Hugging Face folder (fp32
+    safetensors, tokenizer with its chat template) that any runtime takes. Written beside and renamed into
+    place, so readers see the old folder or the new one."""
+    import os
+    import uuid
+    from datetime import UTC, datetime
+
+    path = Path(path)
+    generator = Generator.from_artifact(path)  # adapters merged on load
+    work = path / f".{MERGED_DIR}-{uuid.uuid4().hex[:8]}"
+    try:
+        generator.model.save_pretrained(work, safe_serialization=True)
+        generator.tokenizer.save_pretrained(work)
+        size = sum(p.stat().st_size for p in work.rglob("*") if p.is_file()) / 2**20
+        record = {"format": "merged", "task": TASK, "created_at": datetime.now(UTC).isoformat(),
+                  "path": str(path / MERGED_DIR), "size_mb": size, "base_model": generator.meta.get("base_model"),
+                  "method": generator.meta.get("method")}  # fmt: skip
+        (work / "export.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+        target = path / MERGED_DIR
+        old = path / f".{MERGED_DIR}-old-{uuid.uuid4().hex[:8]}"
+        if target.exists():
+            os.replace(target, old)
+        os.replace(work, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"Merged model written to {path / MERGED_DIR} ({size:.0f} MB).")
+    return record
+
+
 def export_check(path: str | Path) -> Any:
-    raise ModelError("text-generation models are not exported to ONNX: they are served by PyTorch with a KV cache, "
-                     "and LoRA adapters are merged into the weights when the model loads.")  # fmt: skip
+    raise ModelError("text-generation models are not exported to ONNX: they are served by PyTorch with a KV cache. "
+                     "`tunesmith export NAME` writes the merged model (adapter folded into the weights) instead.")  # fmt: skip
