@@ -47,6 +47,12 @@ def home(trained_home: Path, tmp_path: Path) -> Path:
         ["models", "promote"],
         ["models", "rollback"],
         ["models", "delete"],
+        ["inspect"],
+        ["suggest"],
+        ["tune"],
+        ["zeroshot"],
+        ["export"],
+        ["serve"],
     ],
 )
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
@@ -62,6 +68,7 @@ def test_train_with_defaults_on_the_embedded_model(capsys, tmp_path: Path, suppo
     code, out, err = run(capsys, "--home", str(tmp_path / "h"), "train", str(data), "--max-steps", "4", "--no-progress")
     assert code == 0, err
     assert "tickets@1" in out and "TF-IDF baseline" in out and "Data: 48 train" in err
+    assert "inspect: " in err  # the quick data checks ran first
 
 
 def test_predict_texts_and_files(capsys, home: Path, tmp_path: Path) -> None:
