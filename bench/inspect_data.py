@@ -63,7 +63,7 @@ def flips(args: argparse.Namespace) -> None:
                                       progress=False, epochs=args.epochs)  # fmt: skip
             runs[what] = {"accuracy": trained.metrics["accuracy"], "f1_macro": trained.metrics["f1_macro"],
                           "tfidf_accuracy": trained.baseline["accuracy"], "train_minutes": trained.train_minutes,
-                          "train_rows": sum(1 for _ in path.open(encoding="utf-8")) - 1}  # fmt: skip
+                          "train_rows": sum(1 for _ in csv.DictReader(path.open(encoding="utf-8")))}  # fmt: skip
     save("inspect_flips", {
         "rate": args.rate, "seed": args.seed, "flipped": len(flipped), "flagged": len(flagged), "hits": hits,
         "precision": precision, "recall": recall, "inspect_minutes": inspect_minutes,
