@@ -61,17 +61,19 @@ def main() -> None:
         first, accuracy = fit(seed_set, "seed")
         print(f"seed set {len(seed_set)}: accuracy {accuracy:.3f}", flush=True)
         pool_file = write(work / "pool.csv", pool)
-        for strategy in ("uncertainty-diversity", "random"):
-            labelled, model_ref = list(seed_set), first.version.ref  # type: ignore[attr-defined]
-            results.append({"strategy": strategy, "labelled": len(labelled), "accuracy": accuracy})
-            for r in range(1, args.rounds + 1):
+        strategies = ("uncertainty-diversity", "random")
+        state = {s: (list(seed_set), first.version.ref) for s in strategies}  # type: ignore[attr-defined]
+        results += [{"strategy": s, "labelled": len(seed_set), "accuracy": accuracy} for s in strategies]
+        for r in range(1, args.rounds + 1):  # the strategies alternate, so a cut-short run still compares
+            for strategy in strategies:
+                labelled, model_ref = state[strategy]
                 current = write(work / f"{strategy}-{r}-labelled.csv", labelled)
                 model = tunesmith.load_model(model_ref, registry=registry)
                 picked = tunesmith.suggest(model, pool_file, args.step, output=work / f"{strategy}-{r}.csv",
                                            strategy=strategy, exclude=current, seed=args.seed + r)  # fmt: skip
-                labelled += [(s.text, truth[s.text]) for s in picked.suggestions]
+                labelled = labelled + [(s.text, truth[s.text]) for s in picked.suggestions]
                 result, acc = fit(labelled, f"{strategy.split('-')[0]}-{r}")
-                model_ref = result.version.ref  # type: ignore[attr-defined]
+                state[strategy] = (labelled, result.version.ref)  # type: ignore[attr-defined]
                 results.append({"strategy": strategy, "labelled": len(labelled), "accuracy": acc})
                 print(f"{strategy} round {r}: {len(labelled)} labelled, accuracy {acc:.3f}", flush=True)
                 save("active_learning_banking77", {"args": vars(args), "rows": results})
