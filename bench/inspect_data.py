@@ -94,6 +94,7 @@ def scale(args: argparse.Namespace) -> None:
     per_check = {k: len(v.get("findings", [])) for k, v in result.report["checks"].items()}
     save("inspect_scale", {"rows": len(lines), "distinct_source_rows": base, "seconds": seconds,
                            "peak_rss_mb": peak_mb, "findings_per_check": per_check,
+                           "seconds_per_check": result.report["seconds_per_check"],
                            "findings": result.findings})  # fmt: skip
     print(f"\n| rows | wall time | peak RSS |\n|---|---|---|\n| {len(lines):,} | {seconds / 60:.1f} min | {peak_mb:,.0f} MB |")
 

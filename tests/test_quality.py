@@ -257,3 +257,28 @@ def test_fix_drop_label_errors_drops_the_flagged_rows(planted: dict, tmp_path: P
     kept = set(pd.read_parquet(out)["text"])
     assert counts["drop-label-errors"] == check(planted, "label_errors")["flagged"]
     assert not {planted["rows"][i][0] for i in FLIPPED} & kept
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_label_errors_with_the_large_data_set_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, multi_label: bool
+) -> None:  # fmt: skip
+    """Above `LARGE` rows the fast model uses word n-grams and fewer folds (and fits the one-vs-rest labels of
+    multi-label data side by side): it must still find the flips."""
+    from tunesmith.quality import label_errors
+
+    monkeypatch.setattr(label_errors, "LARGE", 50)
+    rows = clean_rows() + clean_rows(seed=1) + clean_rows(seed=2)  # three folds of 120 rows leave too few to learn
+    for i in FLIPPED:
+        rows[i] = (rows[i][0], "weather" if rows[i][1] != "weather" else "sports")
+    if multi_label:  # one row with two labels makes the file multi-label
+        rows.append((rows[0][0] + " and the rain", "sports,weather"))
+    path = write_csv(tmp_path / "train.csv", rows)
+    result = tunesmith.inspect_data(path, **({"label_delimiter": ","} if multi_label else {}))
+    found = result.report["checks"]["label_errors"]
+    assert found["folds"] == label_errors.LARGE_FOLDS and "(word n-grams)" in found["model"]
+    flagged = {r["row"]: r for r in found["_all"]}
+    for i in FLIPPED:
+        assert i + 1 in flagged
+        assert flagged[i + 1]["suggested"] == [clean_rows()[i][1]]
+    assert found["flagged"] <= len(FLIPPED) + 2

@@ -81,6 +81,19 @@ def test_a_killed_search_resumes(tiny_model: str, support_rows: list[tuple[str, 
     assert tunesmith.Registry(home).resolve("s").version == 1
 
 
+def test_the_timeout_bounds_the_running_trial(
+    tiny_model: str, support_rows: list[tuple[str, str]], tmp_path: Path
+) -> None:  # fmt: skip
+    """Optuna's timeout only stops new trials; ours also hands the running trial what is left as its budget."""
+    data = write_csv(tmp_path / "support.csv", support_rows)
+    result = tunesmith.tune(data, trials=1, timeout=90, registry=tunesmith.Registry(tmp_path / "home"), name="s",
+                            base_model=tiny_model, log=lambda _m: None, epochs=1)  # fmt: skip
+    assert 1.0 < result.trials[0]["budget_minutes"] <= 1.5
+    unbounded = tunesmith.tune(data, trials=1, registry=tunesmith.Registry(tmp_path / "home2"), name="s",
+                               base_model=tiny_model, log=lambda _m: None, epochs=1)  # fmt: skip
+    assert unbounded.trials[0]["budget_minutes"] is None
+
+
 def test_durations_and_space_files(tmp_path: Path) -> None:
     assert parse_duration("30m") == 1800 and parse_duration("1h30m") == 5400 and parse_duration("90s") == 90
     assert parse_duration("45") == 45 and parse_duration(None) is None

@@ -149,7 +149,7 @@ def train(
 def tune(
     data: Annotated[str, typer.Argument(help="Training file (as for `tunesmith train`).")],
     trials: Annotated[int, typer.Option(help="Trials to finish (completed or pruned), across resumed runs.")] = 20,
-    timeout: Annotated[str | None, typer.Option(help="Stop starting trials after this long: 30m, 2h, 90s.")] = None,
+    timeout: Annotated[str | None, typer.Option(help="Budget of the whole search: 30m, 2h, 90s. The trial running at the end is cut there (its best checkpoint counts).")] = None,
     methods: Annotated[
         str | None, typer.Option(help="Methods to search over, e.g. full,lora (default: --method, i.e. full).")
     ] = None,

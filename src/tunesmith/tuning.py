@@ -236,9 +236,19 @@ def tune(
     metric = MAIN_METRIC[config.task]
     task = get_task(config.task)
 
+    deadline = None if timeout is None else time.perf_counter() + timeout
+
     def objective(trial: Any) -> float:
         params = _suggest(trial, space, methods)
-        settings = config.train.model_copy(update=params)
+        update = dict(params)
+        if deadline is not None:
+            # Optuna's timeout only stops new trials from starting; cutting the running trial at the deadline
+            # (it keeps its best checkpoint so far) makes --timeout the budget a user can plan around.
+            left = max(0.5, (deadline - time.perf_counter()) / 60)
+            if config.train.max_minutes is None or left < config.train.max_minutes:
+                update["max_minutes"] = left
+                trial.set_user_attr("budget_minutes", round(left, 2))
+        settings = config.train.model_copy(update=update)
         quiet = config.data.model_copy(update={"inspect": False})  # the data is the same in every trial
         run = config.model_copy(update={"train": settings, "data": quiet, "name": f"trial-{trial.number}"})
         trial_registry = Registry(scratch / "home", database_url=f"sqlite:///{scratch / 'trials.db'}")
@@ -296,7 +306,8 @@ def _finish(study: Any, config: RunConfig, name: str, registry: Registry, scratc
     for t in study.get_trials(deepcopy=False):
         rows.append({"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
                      "epochs_reported": t.last_step, "minutes": t.user_attrs.get("minutes"),
-                     "test": t.user_attrs.get("test"), "defaults": bool(t.user_attrs.get("defaults"))})  # fmt: skip
+                     "test": t.user_attrs.get("test"), "defaults": bool(t.user_attrs.get("defaults")),
+                     "budget_minutes": t.user_attrs.get("budget_minutes")})  # fmt: skip
     completed = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
     if not completed:
         raise ConfigError("No trial completed: raise --trials or --timeout.")

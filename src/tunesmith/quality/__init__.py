@@ -140,6 +140,7 @@ class _Progress:
 
     def __init__(self, enabled: bool) -> None:
         self.bar = None
+        self.seconds: dict[str, float] = {}  # per check, kept in the report: where the time of a slow run went
         if enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -148,12 +149,14 @@ class _Progress:
 
     @contextmanager
     def task(self, name: str, total: int) -> Iterator[Callable[[int], None]]:
+        started = time.perf_counter()
         if self.bar is None:
             yield lambda _n: None
-            return
-        task = self.bar.add_task(name, total=total)
-        yield lambda n: self.bar.advance(task, n)  # type: ignore[union-attr]
-        self.bar.update(task, completed=total)
+        else:
+            task = self.bar.add_task(name, total=total)
+            yield lambda n: self.bar.advance(task, n)  # type: ignore[union-attr]
+            self.bar.update(task, completed=total)
+        self.seconds[name] = round(time.perf_counter() - started, 2)
 
     def __enter__(self) -> _Progress:
         if self.bar is not None:
@@ -232,7 +235,7 @@ def inspect_data(
     record = {
         "name": name, "task": config.task, "rows": len(rows), "files": files, "checks": results,
         "version": __version__, "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "seconds": time.perf_counter() - started,
+        "seconds": time.perf_counter() - started, "seconds_per_check": bar.seconds,
     }  # fmt: skip
     result = InspectionResult(record, Path(output_dir) if output_dir else None, rows=rows, source=source)
     if output_dir is not None:

@@ -4,6 +4,12 @@ A row is suspect when a model that never saw it is confident that it belongs to 
 label, with class-specific thresholds (cleanlab's confident joint), so a model that is merely weak on a
 hard class does not flag that whole class. The fast model is TF-IDF + logistic regression, trained in
 `FOLDS` folds over every labelled row of every split: a test label can be wrong too.
+
+Cost, measured on two cores: 10k single-label rows 22 s; 100k multi-label rows (GoEmotions, 28 labels) 2.1 min
+and 1.2 GB. Above `LARGE` labelled rows the model gets cheaper so that several hundred thousand rows stay
+within minutes: word n-grams only (character n-grams carry ~10x the non-zeros of short texts) and
+`LARGE_FOLDS` folds (100k rows that way: 28 s, 0.7 GB). It is not the default below that because it finds
+fewer flips on Banking77 (precision 0.52 / recall 0.77 against 0.62 / 0.79).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import numpy as np
 from tunesmith.quality.checks import EXAMPLES, Rows
 
 FOLDS = 5
+LARGE = 150_000
+LARGE_FOLDS = 3
 
 Tick = Callable[[int], None]
 
@@ -28,27 +36,47 @@ def _classifier(seed: int) -> Any:
     return SGDClassifier(loss="log_loss", alpha=1e-5, max_iter=15, tol=None, random_state=seed, n_jobs=-1)
 
 
-def out_of_fold(features: Any, targets: np.ndarray, n_classes: int, seed: int, tick: Tick) -> np.ndarray:
+def _features(n_rows: int) -> Any:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from tunesmith.baseline import tfidf_features
+
+    if n_rows > LARGE:
+        return TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, max_features=100_000)
+    return tfidf_features(max_features=100_000)
+
+
+def out_of_fold(
+    features: Any, targets: np.ndarray, n_classes: int, seed: int, tick: Tick, folds: int = FOLDS
+) -> np.ndarray:  # fmt: skip
     """Class probabilities for each row from a model trained on the other folds (columns for every class)."""
+    from joblib import Parallel, delayed
     from sklearn.model_selection import KFold, StratifiedKFold
 
     single = targets.ndim == 1
     counts = np.bincount(targets, minlength=n_classes) if single else targets.sum(axis=0)
-    if single and counts[counts > 0].min() >= FOLDS:
-        folds = StratifiedKFold(FOLDS, shuffle=True, random_state=seed).split(features, targets)
+    if single and counts[counts > 0].min() >= folds:
+        splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(features, targets)
     else:  # a class with fewer rows than folds cannot be stratified: plain shuffled folds
-        folds = KFold(FOLDS, shuffle=True, random_state=seed).split(features)
+        splits = KFold(folds, shuffle=True, random_state=seed).split(features)
     probs = np.zeros((features.shape[0], n_classes))
-    for train, held in folds:
+
+    def binary(x: Any, column: np.ndarray, held: Any) -> np.ndarray:
+        return _classifier(seed).fit(x, column).predict_proba(held)[:, 1]
+
+    for train, held in splits:
         if single:
             model = _classifier(seed).fit(features[train], targets[train])
             probs[np.ix_(held, model.classes_)] = model.predict_proba(features[held])
         else:
-            for c in range(n_classes):  # one-vs-rest, a label absent from the fold stays at 0
-                column = targets[train, c]
-                if column.min() != column.max():
-                    model = _classifier(seed).fit(features[train], column)
-                    probs[held, c] = model.predict_proba(features[held])[:, 1]
+            # One-vs-rest; a label absent from the fold stays at 0. A binary SGD fit uses one core, so the
+            # labels are fitted side by side (SGD's inner loop releases the GIL: threads suffice).
+            x, x_held = features[train], features[held]
+            present = [c for c in range(n_classes) if targets[train, c].min() != targets[train, c].max()]
+            columns = Parallel(n_jobs=-1, prefer="threads")(delayed(binary)(x, targets[train, c], x_held)
+                                                             for c in present)  # fmt: skip
+            for c, column in zip(present, columns, strict=True):
+                probs[held, c] = column
         tick(len(held))
     return probs
 
@@ -58,7 +86,6 @@ def classification(rows: Rows, seed: int = 42, tick: Tick = lambda _n: None) -> 
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    from tunesmith.baseline import tfidf_features
     from tunesmith.quality.checks import label_names
 
     labelled = [i for i, labels in enumerate(rows.labels) if labels]
@@ -70,7 +97,9 @@ def classification(rows: Rows, seed: int = 42, tick: Tick = lambda _n: None) -> 
     index = {name: i for i, name in enumerate(names)}
     multi = any(len(rows.labels[i]) > 1 for i in labelled)  # type: ignore[arg-type]
     label_ids = [[index[n] for n in rows.labels[i]] for i in labelled]  # type: ignore[union-attr]
-    features = tfidf_features(max_features=100_000).fit_transform([rows.texts[i] for i in labelled])
+    large = len(labelled) > LARGE
+    folds = LARGE_FOLDS if large else FOLDS
+    features = _features(len(labelled)).fit_transform([rows.texts[i] for i in labelled])
     if multi:
         targets = np.zeros((len(labelled), len(names)), dtype=int)
         for r, ids in enumerate(label_ids):
@@ -78,7 +107,7 @@ def classification(rows: Rows, seed: int = 42, tick: Tick = lambda _n: None) -> 
     else:
         targets = np.array([ids[0] for ids in label_ids])
     tick(len(rows) - len(labelled))
-    probs = out_of_fold(features, targets, len(names), seed, tick)
+    probs = out_of_fold(features, targets, len(names), seed, tick, folds=folds)
     given = label_ids if multi else targets
     issues = find_label_issues(
         given, probs, multi_label=multi, return_indices_ranked_by="self_confidence"
@@ -103,8 +132,8 @@ def classification(rows: Rows, seed: int = 42, tick: Tick = lambda _n: None) -> 
     return {
         "findings": findings,
         "checked": True,
-        "model": "TF-IDF + logistic regression (SGD)",
-        "folds": FOLDS,
+        "model": f"TF-IDF ({'word' if large else 'word + character'} n-grams) + logistic regression (SGD)",
+        "folds": folds,
         "out_of_fold_accuracy": accuracy,
         "flagged": len(flagged),
         "examples": [{k: v for k, v in f.items() if k != "index"} for f in flagged[:EXAMPLES]],
