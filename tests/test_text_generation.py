@@ -4,6 +4,7 @@ trains and changes its answers, and the embedded model's GGUF conversion."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -291,3 +292,46 @@ def test_tune_searches_a_generation_model_by_validation_loss(tiny_llm: str, tmp_
     assert len(result.trials) == 2 and all(v < 0 for v in values.values())  # minus the validation loss
     assert result.version is not None and result.version.task == "text-generation"
     assert json.loads((result.version.path / "tunesmith.json").read_text())["method"] == "lora"
+
+
+def test_a_cancelled_stream_stops_generating(tiny_llm: str) -> None:
+    import threading
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llm)
+    tg.prepare_tokenizer(tokenizer)
+    generator = tg.Generator(AutoModelForCausalLM.from_pretrained(tiny_llm), tokenizer)
+    ids = generator.prompt_ids(prompt="once upon a time")
+    whole = generator.generate(ids, max_tokens=300)
+    assert whole.completion_tokens == 300  # the random model never says its end-of-text token here
+    cancel = threading.Event()
+    pieces = []
+    for piece in generator.stream(ids, max_tokens=300, cancel=cancel):
+        pieces.append(piece)
+        cancel.set()  # as the server does when the client has gone away
+    assert pieces[-1].completion_tokens < whole.completion_tokens / 4
+
+
+def test_the_server_stops_a_stream_whose_client_left(tiny_llm: str, tmp_path: Path, start_server) -> None:
+    import httpx
+
+    data = write_jsonl(tmp_path / "one.jsonl", make_pairs(20, seed=2))
+    home = tmp_path / "home"
+    # one step at a vanishing learning rate: the random base model, which talks on to max_tokens
+    tunesmith.train(data, task="text-generation", name="raw", registry=tunesmith.Registry(home), progress=False,
+                    base_model=tiny_llm, max_steps=1, learning_rate=1e-12)  # fmt: skip
+    server = start_server(home, "raw")
+    body = {"model": "raw", "prompt": "once upon a time", "max_tokens": 480, "temperature": 0, "stream": True}
+    with httpx.Client(timeout=30) as client, client.stream("POST", f"{server.url}/v1/completions", json=body) as r:
+        assert r.status_code == 200
+        next(r.iter_lines())  # the first piece has arrived; now the client hangs up
+    deadline, metrics = time.time() + 20, ""
+    while time.time() < deadline and 'tunesmith_generations_cancelled_total{model="raw"} 1.0' not in metrics:
+        time.sleep(0.2)
+        metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'tunesmith_generations_cancelled_total{model="raw"} 1.0' in metrics
+    generated = float(metrics.split('tunesmith_generated_tokens_total{model="raw"} ')[1].split()[0])
+    assert generated < 480 / 2  # stopped soon after the client left, not run on to max_tokens
+    after = httpx.post(f"{server.url}/v1/completions", json={**body, "stream": False, "max_tokens": 5}, timeout=30)
+    assert after.status_code == 200 and after.json()["usage"]["completion_tokens"] == 5  # the slot is free again

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Counter, Gauge, Histogram
@@ -68,6 +71,8 @@ class GenerationMetrics:
         )  # fmt: skip
         self.waiting = Gauge("tunesmith_generation_queue", "Generations waiting for a free slot.", ["model"],
                              registry=registry)  # fmt: skip
+        self.cancelled = Counter("tunesmith_generations_cancelled", "Streamed generations stopped because the "
+                                 "client went away.", ["model"], registry=registry)  # fmt: skip
 
 
 class Generations:
@@ -134,22 +139,38 @@ class Generations:
         return result
 
     async def stream(self, name: str, generator: Any, ids: list[int], options: dict[str, Any]) -> AsyncIterator[Any]:
-        loop = asyncio.get_running_loop()
         started = time.perf_counter()
         async with self._turn(name):
-            pieces = generator.stream(ids, **options)
+            cancel = threading.Event()
+            pieces = generator.stream(ids, cancel=cancel, **options)
             first: float | None = None
             done = object()
-            while True:
-                piece = await loop.run_in_executor(self.pool, next, pieces, done)
-                if piece is done:
-                    break
-                if first is None and isinstance(piece, str):
-                    first = time.perf_counter() - started
-                    self.metrics.first_token.labels(name).observe(first)
-                if not isinstance(piece, str):
-                    self._count(name, piece.completion_tokens, time.perf_counter() - started, first)
-                yield piece
+            pending: Future | None = None
+            finished = False
+            try:
+                while True:
+                    pending = self.pool.submit(next, pieces, done)
+                    piece = await asyncio.wrap_future(pending)
+                    pending = None
+                    if piece is done:
+                        finished = True
+                        break
+                    if first is None and isinstance(piece, str):
+                        first = time.perf_counter() - started
+                        self.metrics.first_token.labels(name).observe(first)
+                    if not isinstance(piece, str):
+                        self._count(name, piece.completion_tokens, time.perf_counter() - started, first)
+                    yield piece
+            finally:
+                if not finished:
+                    # The client left (or the route failed) mid-answer: stop the model at its next token, and
+                    # hold the slot until it has stopped, so the concurrency limit stays true.
+                    cancel.set()
+                    with anyio.CancelScope(shield=True):
+                        last = await asyncio.wrap_future(self.pool.submit(_finish, pending, pieces))
+                    self.metrics.cancelled.labels(name).inc()
+                    if last is not None:
+                        self._count(name, last.completion_tokens, time.perf_counter() - started, first)
 
     def _count(self, name: str, tokens: int, seconds: float, first: float | None) -> None:
         self.metrics.tokens.labels(name).inc(tokens)
@@ -157,6 +178,21 @@ class Generations:
             self.metrics.speed.labels(name).observe(tokens / seconds)
         if first is None:  # a whole answer: its first token came roughly one token's time after the prompt
             self.metrics.first_token.labels(name).observe(seconds / max(1, tokens))
+
+
+def _finish(pending: Future | None, pieces: Iterator[Any]) -> Any:
+    """Wait for the piece being computed, run the (cancelled, so short) rest of the generation out, and return
+    the finished `Generation` (None if the generation failed)."""
+    last = None
+    try:
+        if pending is not None:
+            wait_for([pending])
+            last = pending.result()
+        for piece in pieces:
+            last = piece
+    except Exception:  # the answer is not going anywhere; a failure was already seen or is moot
+        return None
+    return last if not isinstance(last, str) else None
 
 
 def _options(body: _Sampling, max_tokens: int) -> dict[str, Any]:

@@ -303,8 +303,9 @@ class Generator:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _kwargs(self, ids: list[int], max_tokens: int, temperature: float, top_p: float,
-                stop: Sequence[str] | None, seed: int | None) -> dict[str, Any]:  # fmt: skip
+                stop: Sequence[str] | None, seed: int | None, cancel: Any = None) -> dict[str, Any]:  # fmt: skip
         import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
 
         if seed is not None:
             torch.manual_seed(seed)
@@ -318,8 +319,18 @@ class Generator:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
         else:  # greedy: unset the model's sampling defaults so transformers does not warn about them
             kwargs.update(temperature=None, top_p=None, top_k=None)
+        criteria = StoppingCriteriaList()
         if stop:
-            kwargs["stopping_criteria"] = _stop_on_text(self.tokenizer, len(ids), list(stop))
+            criteria.append(_stop_on_text(self.tokenizer, len(ids), list(stop)))
+        if cancel is not None:
+
+            class Cancelled(StoppingCriteria):
+                def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                    return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool)
+
+            criteria.append(Cancelled())
+        if criteria:
+            kwargs["stopping_criteria"] = criteria
         return kwargs
 
     def generate(self, ids: list[int], max_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
@@ -336,8 +347,12 @@ class Generator:
         return Generation(text, "stop" if ended else "length", len(ids), len(new))
 
     def stream(self, ids: list[int], max_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
-               stop: Sequence[str] | None = None, seed: int | None = None) -> Iterator[str | Generation]:  # fmt: skip
-        """Text pieces as they are generated, then the finished `Generation` (run it in a worker thread)."""
+               stop: Sequence[str] | None = None, seed: int | None = None,
+               cancel: Any = None) -> Iterator[str | Generation]:  # fmt: skip
+        """Text pieces as they are generated, then the finished `Generation` (run it in a worker thread).
+
+        Setting `cancel` (a `threading.Event`) stops the generation at its next token, e.g. when the client
+        that reads the stream has gone away."""
         import threading
 
         import torch
@@ -350,7 +365,7 @@ class Generator:
             with torch.inference_mode():
                 try:
                     result["out"] = self.model.generate(
-                        **self._kwargs(ids, max_tokens, temperature, top_p, stop, seed), streamer=streamer
+                        **self._kwargs(ids, max_tokens, temperature, top_p, stop, seed, cancel), streamer=streamer
                     )
                 except Exception as exc:  # surfaces in the consumer instead of hanging it
                     result["error"] = exc
@@ -386,7 +401,7 @@ def _stop_on_text(tokenizer: Any, prompt_length: int, stops: list[str]) -> Any:
     vocabulary strings and stopped early on byte-level vocabularies (seen with a newline stop), so the
     answer is decoded instead: a few hundred tokens at most, cheap beside a forward pass."""
     import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
+    from transformers import StoppingCriteria
 
     class StopOnText(StoppingCriteria):
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
@@ -394,7 +409,7 @@ def _stop_on_text(tokenizer: Any, prompt_length: int, stops: list[str]) -> Any:
                     for row in input_ids]  # fmt: skip
             return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
-    return StoppingCriteriaList([StopOnText()])
+    return StopOnText()
 
 
 def _as_list(value: Any) -> list[Any]:
