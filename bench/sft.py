@@ -41,8 +41,17 @@ def main() -> None:
         result = tunesmith.train(train, task="text-generation", name="extract", registry=registry, progress=False,
                                  max_steps=args.max_steps, batch_size=8, test_size=0.05)  # fmt: skip
         total = (time.perf_counter() - started) / 60
-        adapter_mb = sum(p.stat().st_size for p in (result.version.path / "adapter").rglob("*") if p.is_file()) / 2**20
+        artifact = registry.resolve("extract").path
+        adapter = [p for p in (artifact / "adapter").rglob("*") if p.is_file()]
+        if not adapter:
+            raise SystemExit(f"no adapter files under {artifact}: the run did not train LoRA")
+        adapter_mb = sum(p.stat().st_size for p in adapter) / 2**20
+        parameters = json.loads((artifact / "tunesmith.json").read_text())["parameters"]
         tuned = tunesmith.evaluate(tunesmith.load_model("extract", registry=registry), test, work / "after")["test"]
+        record = {"n": args.n, "test": args.test, "max_steps": args.max_steps, "after": tuned,
+                  "train_minutes": result.train_minutes, "total_minutes": total, "adapter_mb": adapter_mb,
+                  "parameters": parameters}  # fmt: skip
+        save("sft_extraction", record)  # kept even if the base model's evaluation below fails
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from tunesmith.models import resolve_model
@@ -59,12 +68,7 @@ def main() -> None:
         prepare_tokenizer(tokenizer)
         base = Generator(AutoModelForCausalLM.from_pretrained(folder).eval(), tokenizer)
         before, samples = evaluate_conversations(base, read_conversations(test), limit=None)
-    save("sft_extraction", {
-        "n": args.n, "test": args.test, "max_steps": args.max_steps, "before": before, "after": tuned,
-        "train_minutes": result.train_minutes, "total_minutes": total, "adapter_mb": adapter_mb,
-        "parameters": json.loads((result.version.path / "tunesmith.json").read_text())["parameters"],
-        "samples": samples[:5],
-    })  # fmt: skip
+    save("sft_extraction", {**record, "before": before, "samples": samples[:5]})
     print("\n| | exact match | ROUGE-L | token F1 |\n|---|---|---|---|")
     for label, m in (("SmolLM2-135M-Instruct", before), ("+ LoRA SFT", tuned)):
         print(f"| {label} | {m['exact_match']:.3f} | {m['rouge_l']:.3f} | {m['token_f1']:.3f} |")
