@@ -174,6 +174,19 @@ def test_openai_client_against_the_real_server(trained: tuple, start_server) -> 
         client.chat.completions.create(model="nope", messages=messages)
     bad = httpx.post(f"{server.url}/v1/chat/completions", json={"model": "extract", "messages": []})
     assert bad.status_code == 422 and bad.json()["error"]["type"] == "invalid_request_error"
+
+    # The Hugging Face Inference API shape (text-generation-inference's) on /models/NAME
+    from huggingface_hub import InferenceClient
+
+    hf = InferenceClient(model=f"{server.url}/models/extract")
+    assert hf.text_generation("order=", max_new_tokens=8) == client.completions.create(
+        model="extract", prompt="order=", max_tokens=8, temperature=0).choices[0].text  # fmt: skip
+    detailed = hf.text_generation("order=", max_new_tokens=8, details=True, return_full_text=True)
+    assert detailed.generated_text.startswith("order=") and detailed.details.generated_tokens <= 8
+    refused = httpx.post(f"{server.url}/models/extract", json={"inputs": ["a", "b"]})
+    assert refused.status_code == 422 and "one prompt" in refused.json()["error"]
+    assert httpx.post(f"{server.url}/models/extract", json={"inputs": "a", "stream": True}).status_code == 422
+
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'tunesmith_generated_tokens_total{model="extract"}' in metrics
     assert "tunesmith_time_to_first_token_seconds_bucket" in metrics

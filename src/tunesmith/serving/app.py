@@ -25,6 +25,7 @@ from tunesmith.serving.schemas import (
     AnswerRequest,
     AnswerResponse,
     ApiError,
+    GeneratedText,
     HFEntity,
     HFParameters,
     HFRequest,
@@ -193,11 +194,18 @@ def create_app(settings: ServeSettings, registry: Registry | None = None) -> Fas
         return JSONResponse({"label": label, "score": p.score})
 
     @app.post("/models/{name}", tags=["predict"], dependencies=read, responses=predict_errors,
-              response_model=list[list[LabelScore]] | list[HFEntity] | list[list[HFEntity]] | AnswerOut | list[AnswerOut])  # fmt: skip
+              response_model=list[list[LabelScore]] | list[HFEntity] | list[list[HFEntity]] | AnswerOut | list[AnswerOut]
+              | list[GeneratedText])  # fmt: skip
     async def predict_hf(name: str, body: HFRequest) -> JSONResponse:
         """Hugging Face Inference API compatible: text classification answers one list of {label, score} per
         input, most probable first; token classification answers {entity_group, score, word, start, end} per
-        entity (a flat list for one input). `huggingface_hub.InferenceClient` works unchanged."""
+        entity (a flat list for one input); text generation answers [{generated_text}] as
+        text-generation-inference does. `huggingface_hub.InferenceClient` works unchanged."""
+        slot = server.slot(name)
+        if slot.current is not None and slot.current.task == "text-generation":
+            from tunesmith.serving.generation import hf_text_generation
+
+            return await hf_text_generation(server.generations, name, body)
         if isinstance(body.inputs, QuestionContext):
             params = body.parameters or HFParameters()
             loaded, answers = await server.answer(name, body.inputs.question, body.inputs.context)

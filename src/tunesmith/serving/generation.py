@@ -180,6 +180,34 @@ class Generations:
             self.metrics.first_token.labels(name).observe(seconds / max(1, tokens))
 
 
+async def hf_text_generation(generations: Generations, name: str, body: Any) -> JSONResponse:
+    """`POST /models/NAME` for a text-generation model, as text-generation-inference answers it (what
+    `huggingface_hub.InferenceClient.text_generation` parses): `[{"generated_text": ...}]`."""
+    if not isinstance(body.inputs, str):
+        raise ApiError(422, "one_prompt", "A text-generation model continues one prompt: send `inputs` as a string.")
+    if body.stream:
+        raise ApiError(422, "no_stream_here", f"Streaming is served in OpenAI's shape: POST /v1/completions with "
+                       f'{{"model": "{name}", "prompt": ..., "stream": true}}.')  # fmt: skip
+    loaded = generations.generator(name)
+    generator = loaded.predictor
+    ids = generator.prompt_ids(prompt=body.inputs)
+    if not ids:
+        raise ApiError(422, "empty_prompt", "The prompt is empty; send some text to continue.")
+    params = body.parameters
+    get = (lambda key: getattr(params, key)) if params is not None else (lambda _key: None)
+    # As text-generation-inference: greedy unless asked to sample, and a temperature or top_p asks for it.
+    sample = bool(get("do_sample")) or (get("temperature") or 0) > 0 or get("top_p") is not None
+    options = {"max_tokens": generations.admit(generator, ids, get("max_new_tokens")),
+               "temperature": (get("temperature") or 1.0) if sample else 0.0, "top_p": get("top_p") or 1.0,
+               "stop": get("stop"), "seed": get("seed")}  # fmt: skip
+    result = await generations.run(name, generator, ids, options)
+    out: dict[str, Any] = {"generated_text": (body.inputs if get("return_full_text") else "") + result.text}
+    if get("details"):
+        out["details"] = {"finish_reason": "eos_token" if result.finish_reason == "stop" else "length",
+                          "generated_tokens": result.completion_tokens, "seed": get("seed")}  # fmt: skip
+    return JSONResponse([out])
+
+
 def _finish(pending: Future | None, pieces: Iterator[Any]) -> Any:
     """Wait for the piece being computed, run the (cancelled, so short) rest of the generation out, and return
     the finished `Generation` (None if the generation failed)."""

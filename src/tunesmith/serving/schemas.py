@@ -94,6 +94,15 @@ class HFParameters(BaseModel):
         return value
 
     function_to_apply: Literal["sigmoid", "softmax", "none"] | None = None
+    # text generation (the text-generation-inference shape that `InferenceClient.text_generation` sends)
+    max_new_tokens: int | None = Field(None, ge=1, description="text-generation: most tokens to generate.")
+    do_sample: bool | None = Field(None, description="text-generation: sample instead of greedy decoding.")
+    temperature: float | None = Field(None, ge=0, le=2, description="text-generation: sampling temperature.")
+    top_p: float | None = Field(None, gt=0, le=1, description="text-generation: nucleus sampling mass.")
+    stop: Annotated[list[str], Field(max_length=4)] | None = Field(None, description="text-generation: stop strings.")
+    seed: int | None = Field(None, description="text-generation: sampling seed.")
+    return_full_text: bool | None = Field(None, description="text-generation: put the prompt before the answer.")
+    details: bool | None = Field(None, description="text-generation: add finish_reason and token counts.")
 
 
 class QuestionContext(BaseModel):
@@ -110,11 +119,23 @@ class HFRequest(BaseModel):
     )
     parameters: HFParameters | None = None
     options: dict[str, Any] | None = None
+    stream: bool = Field(False, description="text-generation: not supported here; stream at /v1/completions.")
 
 
 class AnswerRequest(QuestionContext):
     model_config = ConfigDict(extra="forbid")
     top_k: int = Field(1, ge=1, le=MAX_ANSWERS, description="How many answers, best first.")
+
+
+class GenerationDetails(BaseModel):
+    finish_reason: Literal["eos_token", "length"]
+    generated_tokens: int
+    seed: int | None = None
+
+
+class GeneratedText(BaseModel):
+    generated_text: str
+    details: GenerationDetails | None = None
 
 
 class AnswerOut(BaseModel):
