@@ -348,3 +348,33 @@ def test_the_server_stops_a_stream_whose_client_left(tiny_llm: str, tmp_path: Pa
     assert generated < 480 / 2  # stopped soon after the client left, not run on to max_tokens
     after = httpx.post(f"{server.url}/v1/completions", json={**body, "stream": False, "max_tokens": 5}, timeout=30)
     assert after.status_code == 200 and after.json()["usage"]["completion_tokens"] == 5  # the slot is free again
+
+
+def test_a_killed_generation_run_resumes(tiny_llm: str, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(40, seed=3))
+    home = tmp_path / "home"
+    settings = {"train.epochs": 8, "train.learning_rate": 5e-3, "train.batch_size": 8,
+                "train.early_stopping_patience": 0}  # fmt: skip
+    command = [sys.executable, "-m", "tunesmith.cli", "--home", str(home), "train", str(data), "--task",
+               "text-generation", "--name", "gen", "--model", tiny_llm, "--no-progress",
+               *[f"--set={k}={v}" for k, v in settings.items()]]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = home / "runs" / "gen" / "checkpoints"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not any(checkpoints.glob("checkpoint-*/trainer_state.json")):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert any(checkpoints.glob("checkpoint-*/trainer_state.json")), "killed before the first checkpoint"
+    assert tunesmith.Registry(home).names() == []
+
+    logs: list[str] = []
+    config = tunesmith.load_config(None, {"data.train": str(data), "task": "text-generation", "name": "gen",
+                                          "train.base_model": tiny_llm, **settings})  # fmt: skip
+    result = tg.train(config, registry=tunesmith.Registry(home), resume=True, progress=False, log=logs.append)
+    assert any("Resuming from" in line and "checkpoint-" in line for line in logs), logs
+    assert result.version.version == 1 and not (home / "runs" / "gen").exists()
