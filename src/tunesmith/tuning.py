@@ -211,14 +211,14 @@ def tune(
     name = config.name or default_name(config)
     study_name = study_name or f"tune-{name}"
     scratch = registry.home / "tuning" / study_name
-    storage = optuna.storages.RDBStorage(
-        registry.engine.url.render_as_string(hide_password=False),
-        heartbeat_interval=HEARTBEAT_SECONDS, grace_period=3 * HEARTBEAT_SECONDS,
-        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
-    )  # fmt: skip
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Heartbeats, failed-trial retries and the matplotlib plots are marked experimental; they are what we want.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    storage = optuna.storages.RDBStorage(
+        registry.engine.url.render_as_string(hide_password=False),
+        heartbeat_interval=HEARTBEAT_SECONDS, grace_period=3 * HEARTBEAT_SECONDS,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+    )  # fmt: skip
     study = optuna.create_study(
         study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5),
