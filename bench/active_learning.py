@@ -46,7 +46,6 @@ def main() -> None:
     seed_set = [row for members in by_class.values() for row in members[: args.start]]
     taken = {t for t, _ in seed_set}
     pool = [row for row in rows if row[0] not in taken][: args.pool]
-    truth = dict(pool)
     results: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as work_dir:
         work = Path(work_dir)
@@ -71,7 +70,7 @@ def main() -> None:
                 model = tunesmith.load_model(model_ref, registry=registry)
                 picked = tunesmith.suggest(model, pool_file, args.step, output=work / f"{strategy}-{r}.csv",
                                            strategy=strategy, exclude=current, seed=args.seed + r)  # fmt: skip
-                labelled = labelled + [(s.text, truth[s.text]) for s in picked.suggestions]
+                labelled = labelled + [pool[s.pool_row - 1] for s in picked.suggestions]  # the annotator
                 result, acc = fit(labelled, f"{strategy.split('-')[0]}-{r}")
                 state[strategy] = (labelled, result.version.ref)  # type: ignore[attr-defined]
                 results.append({"strategy": strategy, "labelled": len(labelled), "accuracy": acc})

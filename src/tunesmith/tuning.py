@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import math
 import re
 import shutil
 import time
@@ -335,8 +336,25 @@ def _finish(study: Any, config: RunConfig, name: str, registry: Registry, scratc
     shutil.copytree(version.path / "tuning", scratch / "report", dirs_exist_ok=True)
     log(f"Best: trial {best.number}, validation {metric} {best.value:.4f}"
         + (f" (defaults: {defaults:.4f})" if defaults is not None else "") + f"; registered as {version.ref}.")  # fmt: skip
+    noise = within_noise(best.value, defaults, (meta.get("data") or {}).get("sizes", {}).get("validation"))
+    if noise:
+        log(noise)
     best_row = {"number": best.number, "value": best.value, "params": best.params}
     return TuneResult(version, best_row, defaults, rows, study.study_name)
+
+
+def within_noise(best: float, defaults: float | None, n: int | None) -> str | None:
+    """A warning when the best trial's lead over the defaults is under two standard errors of one score on `n`
+    validation examples (binomial, sqrt(p(1-p)/n); macro averages over rare classes vary more still): a
+    search over many trials finds such a lead by chance, and it need not hold on new data."""
+    if defaults is None or not n or not (0 <= best <= 1) or best <= defaults:
+        return None
+    error = math.sqrt(max(best * (1 - best), 1e-6) / n)
+    if best - defaults >= 2 * error:
+        return None
+    return (f"Note: the best trial leads the defaults by {best - defaults:.4f} on {n} validation examples, under two "
+            f"standard errors of one score on that many ({2 * error:.4f}): the lead may be chance. More "
+            "validation data (--validation FILE or a larger data.validation_size) would tell.")
 
 
 def _params_of(trial: Any, config: RunConfig) -> dict[str, Any]:
