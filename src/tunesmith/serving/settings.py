@@ -50,8 +50,8 @@ class ServeSettings(BaseModel):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted.")
     request_timeout_s: float = Field(30.0, gt=0, description="A request waiting longer for the model gets 504.")
     max_concurrent_generations: int = Field(
-        1, ge=1, le=64, description="text-generation: generations running at once (on 2 cores one is fastest in "
-        "total; more interleave slower)."
+        1, ge=1, le=64, description="text-generation: generations running at once (1: each answer at full speed; "
+        "more: more tokens/s in total, each stream slower)."
     )
     max_queued_generations: int = Field(32, ge=0, description="text-generation: requests waiting beyond which 503.")
     max_new_tokens: int = Field(1024, ge=1, description="text-generation: largest max_tokens a request may ask.")
