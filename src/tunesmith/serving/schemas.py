@@ -95,14 +95,15 @@ class HFParameters(BaseModel):
 
     function_to_apply: Literal["sigmoid", "softmax", "none"] | None = None
     # text generation (the text-generation-inference shape that `InferenceClient.text_generation` sends)
-    max_new_tokens: int | None = Field(None, ge=1, description="text-generation: most tokens to generate.")
-    do_sample: bool | None = Field(None, description="text-generation: sample instead of greedy decoding.")
-    temperature: float | None = Field(None, ge=0, le=2, description="text-generation: sampling temperature.")
-    top_p: float | None = Field(None, gt=0, le=1, description="text-generation: nucleus sampling mass.")
+    # strict: lax parsing would take "3" for 3 and 0 for false, which the published schema does not allow
+    max_new_tokens: int | None = Field(None, ge=1, strict=True, description="text-generation: most tokens to generate.")
+    do_sample: bool | None = Field(None, strict=True, description="text-generation: sample instead of greedy decoding.")
+    temperature: float | None = Field(None, ge=0, le=2, strict=True, description="text-generation: sampling temperature.")
+    top_p: float | None = Field(None, gt=0, le=1, strict=True, description="text-generation: nucleus sampling mass.")
     stop: Annotated[list[str], Field(max_length=4)] | None = Field(None, description="text-generation: stop strings.")
-    seed: int | None = Field(None, description="text-generation: sampling seed.")
-    return_full_text: bool | None = Field(None, description="text-generation: put the prompt before the answer.")
-    details: bool | None = Field(None, description="text-generation: add finish_reason and token counts.")
+    seed: int | None = Field(None, strict=True, description="text-generation: sampling seed.")
+    return_full_text: bool | None = Field(None, strict=True, description="text-generation: the prompt, then the answer.")
+    details: bool | None = Field(None, strict=True, description="text-generation: add finish_reason and token counts.")
 
 
 class QuestionContext(BaseModel):
@@ -119,7 +120,7 @@ class HFRequest(BaseModel):
     )
     parameters: HFParameters | None = None
     options: dict[str, Any] | None = None
-    stream: bool = Field(False, description="text-generation: not supported here; stream at /v1/completions.")
+    stream: bool = Field(False, strict=True, description="text-generation: not supported here; stream at /v1/completions.")
 
 
 class AnswerRequest(QuestionContext):
