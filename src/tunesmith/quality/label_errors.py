@@ -36,12 +36,12 @@ def _classifier(seed: int) -> Any:
     return SGDClassifier(loss="log_loss", alpha=1e-5, max_iter=15, tol=None, random_state=seed, n_jobs=-1)
 
 
-def _features(n_rows: int) -> Any:
+def _features(large: bool) -> Any:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     from tunesmith.baseline import tfidf_features
 
-    if n_rows > LARGE:
+    if large:
         return TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, max_features=100_000)
     return tfidf_features(max_features=100_000)
 
@@ -61,8 +61,8 @@ def out_of_fold(
         splits = KFold(folds, shuffle=True, random_state=seed).split(features)
     probs = np.zeros((features.shape[0], n_classes))
 
-    def binary(x: Any, column: np.ndarray, held: Any) -> np.ndarray:
-        return _classifier(seed).fit(x, column).predict_proba(held)[:, 1]
+    def binary(x: Any, column: np.ndarray, x_held: Any) -> np.ndarray:
+        return _classifier(seed).fit(x, column).predict_proba(x_held)[:, 1]
 
     for train, held in splits:
         if single:
@@ -99,7 +99,7 @@ def classification(rows: Rows, seed: int = 42, tick: Tick = lambda _n: None) -> 
     label_ids = [[index[n] for n in rows.labels[i]] for i in labelled]  # type: ignore[union-attr]
     large = len(labelled) > LARGE
     folds = LARGE_FOLDS if large else FOLDS
-    features = _features(len(labelled)).fit_transform([rows.texts[i] for i in labelled])
+    features = _features(large).fit_transform([rows.texts[i] for i in labelled])
     if multi:
         targets = np.zeros((len(labelled), len(names)), dtype=int)
         for r, ids in enumerate(label_ids):
