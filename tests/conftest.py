@@ -306,3 +306,17 @@ def fuzz_openapi(url: str, workdir: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[result.stdout.find("FAILURES") :][:6000]
     assert "No issues found" in result.stdout or "passed" in result.stdout
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, int]]:
+    """Every file and folder under `root` with its bytes' SHA-256 and mode: equal snapshots mean nothing changed.
+    SQLite's -wal/-shm side files are left out: a reader may create and remove them without changing data."""
+    import hashlib
+
+    state = {}
+    for path in sorted(root.rglob("*")):
+        if path.name.endswith(("-wal", "-shm")):
+            continue
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+        state[str(path.relative_to(root))] = (digest, path.stat().st_mode)
+    return state

@@ -156,3 +156,44 @@ def test_installed_entry_point_reports_errors_cleanly(tmp_path: Path) -> None:
     result = subprocess.run([str(exe), "--home", str(tmp_path), "train", str(tmp_path / "nope.csv")],
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 1 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["train"], "Missing argument 'DATA'"),
+        (["train", "x.csv", "--epoch", "3"], "Did you mean --epochs?"),
+        (["models", "lst"], "Did you mean 'list'?"),
+        (["predict"], "Missing argument"),
+        (["train", "x.csv", "--epochs", "many"], "Invalid value"),
+        (["frobnicate"], "No such command"),
+    ],
+)
+def test_usage_mistakes_are_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], args: list[str], says: str) -> None:
+    code, out, err = run(capsys, *args)
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert says.lower() in err.lower() and "--help" in err
+    assert "Traceback" not in err + out
+
+
+def test_usage_mistake_as_installed_command_has_no_traceback(tmp_path: Path) -> None:
+    # The console script, as a user runs it (in-process runs cannot show what the entry point prints).
+    done = subprocess.run([str(Path(sys.executable).parent / "tunesmith"), "models", "lst"],
+                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: No such command 'lst'. Did you mean 'list'? See 'tunesmith models --help'."
+    ]
+
+
+def test_short_help_version_and_trailing_verbose(capsys: pytest.CaptureFixture[str], home: Path) -> None:
+    code, out, _ = run(capsys, "models", "-h")
+    assert code == 0 and "Usage:" in out
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.startswith("tunesmith ")
+    code, out, err = run(capsys, "--home", str(home), "models", "list", "--verbose")
+    assert code == 0 and "support" in out, err
+    # --verbose after the command turns on tracebacks for errors, as before it does
+    with pytest.raises(Exception, match="No model named"):
+        run(capsys, "--home", str(home), "models", "show", "nothere", "--verbose")

@@ -11,23 +11,26 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.exceptions import TyperException
 
 from tunesmith.config import DataConfig, RunConfig, TrainConfig
 from tunesmith.errors import DataError, TunesmithError
 from tunesmith.inference import read_export
 from tunesmith.serving.settings import BatchSettings, ServeSettings
 
+HELP = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     help="Fine-tune, evaluate, register and use transformer text classifiers, offline on a CPU.",
     no_args_is_help=True,
+    context_settings=HELP,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-models_app = typer.Typer(help="List, inspect, promote, roll back and delete registered models.", no_args_is_help=True)
+models_app = typer.Typer(context_settings=HELP, help="List, inspect, promote, roll back and delete registered models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-keys_app = typer.Typer(help="API keys for `tunesmith serve` (stored hashed in the registry).", no_args_is_help=True)
+keys_app = typer.Typer(context_settings=HELP, help="API keys for `tunesmith serve` (stored hashed in the registry).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-runs_app = typer.Typer(help="Compare training runs (registered versions).", no_args_is_help=True)
+runs_app = typer.Typer(context_settings=HELP, help="Compare training runs (registered versions).", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # one message, one line: no wrapping at 80 columns
@@ -42,12 +45,25 @@ def _doc(section: type[Any], field: str) -> str:
     return section.model_fields[field].description or ""
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"tunesmith {version('tunesmith')}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     home: Annotated[
         Path | None, typer.Option(help="Registry folder (default: $TUNESMITH_HOME or ./.tunesmith).")
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors (also accepted after the command).")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True)
+    ] = False,
 ) -> None:
     if home is not None:
         os.environ["TUNESMITH_HOME"] = str(home)
@@ -563,6 +579,34 @@ def runs_compare(
         console.print(f"Wrote {output}.")
 
 
+@app.command()
+def doctor(
+    repair: Annotated[bool, typer.Option(help="Fix what can be fixed (see below); without it, only report.")] = False,
+    checksums: Annotated[bool, typer.Option(help="Also verify every version's files against its checksum.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check that the registry's index and its files agree: every row has its artifact and checksum, every
+    artifact folder its row, every alias a live version, every export pointer a valid export. --repair removes
+    leftovers of killed processes (complete unreferenced models are moved to unregistered/, never deleted),
+    drops rows whose files are gone and aliases that point nowhere. Exit code 1 while problems remain."""
+    from tunesmith.doctor import check
+
+    report = check(_registry(), repair=repair, checksums=checksums)
+    if as_json:
+        console.print_json(json.dumps(report.to_dict()))
+    else:
+        for title, findings in (("problem", report.problems), ("leftover", report.leftovers), ("kept", report.kept)):
+            for f in findings:
+                mark = " [repaired]" if f.repaired else ""
+                console.print(f"{title}: {f.what}{mark}" + (f" ({f.path})" if f.path else ""), markup=False)
+        verdict = "consistent" if report.consistent else "INCONSISTENT"
+        console.print(f"{report.checked_versions} version(s) checked: {verdict}; {len(report.problems)} problem(s), "
+                      f"{len(report.leftovers)} leftover(s)" + ("" if repair or report.clean else
+                      "; run `tunesmith doctor --repair` to fix them") + ".", markup=False)  # fmt: skip
+    if not report.consistent:
+        raise typer.Exit(1)
+
+
 @models_app.command("list")
 def models_list(name: Annotated[str | None, typer.Argument(help="Only this model's versions.")] = None) -> None:
     """List registered models and their versions."""
@@ -630,6 +674,16 @@ def models_promote(
     console.print(f"{version.name}@{alias} -> version {version.version}")
 
 
+@models_app.command("register")
+def models_register(
+    folder: Annotated[Path, typer.Argument(help="A model folder, e.g. one a failed registration kept.")],
+    name: Annotated[str | None, typer.Option(help="Name to register under (default: its trained name).")] = None,
+) -> None:
+    """Register a complete model folder as the next version of a name (the folder is copied in)."""
+    version = _registry().register_folder(folder, name)
+    console.print(f"Registered {version.ref}.")
+
+
 @models_app.command("rollback")
 def models_rollback(
     name: Annotated[str, typer.Argument(help="Model name.")],
@@ -659,10 +713,19 @@ def models_delete(
     console.print(f"Deleted {', '.join(v.ref for v in deleted)}.")
 
 
-def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 1, not a traceback."""
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and exit code 1, usage mistakes one line and exit code
+    2 (click's message, with its "Did you mean"), not a traceback."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    # --verbose is a root option, but users add it at the end of a command line; take it from anywhere before `--`.
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if a in ("--verbose", "-v")]
+    if flags:
+        args = [a for a in args[:end] if a not in flags] + args[end:]
+        args.insert(0, "--verbose")
+    _state["verbose"] = bool(flags)
     try:
-        app(standalone_mode=False)
+        app(args=args, prog_name="tunesmith", standalone_mode=False)
     except TunesmithError as exc:
         if _state["verbose"]:
             raise
@@ -675,14 +738,24 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(1)
-    except Exception as exc:  # click's usage errors carry their own message and exit code
-        import click
+    except TyperException as exc:  # typer's bundled click: usage errors and friends
+        sys.exit(_usage_error(exc))
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
 
+def _usage_error(exc: TyperException) -> int:
+    """Show a click exception as one `error:` line (with where to find help); return its exit code."""
+    ctx = getattr(exc, "ctx", None)
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    possible = sorted(getattr(exc, "possibilities", None) or [])
+    if possible:  # click's NoSuchOption: its close matches, said as for a mistyped command
+        message = f"{getattr(exc, 'message', message)}. Did you mean {' or '.join(possible)}?"
+    if message.lstrip().startswith("Usage:"):  # no arguments where some are needed: the help is the answer
+        err_console.print(message, markup=False, highlight=False)
+        return int(getattr(exc, "exit_code", 2))
+    where = f" See '{ctx.command_path} --help'." if ctx is not None else ""
+    text = " ".join(message.split())  # one line, whatever click wrapped
+    err_console.print(f"error: {text}{where}", style="red", markup=False, highlight=False)
+    return int(getattr(exc, "exit_code", 2))
 
 if __name__ == "__main__":
     main()

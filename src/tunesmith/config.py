@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tunesmith.errors import ConfigError
+from tunesmith.paths import check_name
 
 DEFAULT_MODEL = "embedded:all-MiniLM-L6-v2"
 
@@ -141,6 +142,12 @@ class RunConfig(_Settings):
     seed: int = Field(42, description="Seed of the data split.")
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str | None) -> str | None:
+        # Checked where it enters (YAML, --set, the Python API): the name becomes `runs/NAME/` and `models/NAME/`.
+        return None if name is None else check_name(name, "model name")
 
 
 def _parse_scalar(text: str) -> Any:

@@ -34,3 +34,11 @@ class NotFoundError(RegistryError):
 
 class ConflictError(RegistryError):
     """A request that conflicts with the registry's state (e.g. nothing to roll back, a name taken)."""
+
+
+class InvalidNameError(ConfigError, RegistryError):
+    """A model, alias, run, study or key name that cannot be used as a folder name."""
+
+
+class LockedError(TunesmithError):
+    """Another process holds what this one needs (e.g. a training run of the same name)."""

@@ -12,8 +12,10 @@ Every variant is scored on the validation split against the PyTorch model: predi
 largest probability difference, and the metric change. A variant under `min_agreement` is recorded
 as flagged and is never the default; the server then uses the next best variant, or PyTorch.
 
-Exports live in `<artifact>/onnx/` beside the model they came from (a version's own files never change;
-the export folder is replaced as a whole, so a reader sees the old export or the new one, never a mix).
+Exports live beside the model they came from: `<artifact>/onnx` points at `<artifact>/exports/onnx-<id>/`
+(a version's own files never change). A new export is written into a fresh folder and the pointer is
+switched by one rename (`pointers.publishing`), so a reader sees the old export or the new one, never a
+mix, and a killed export leaves the old one served.
 """
 
 from __future__ import annotations
@@ -22,9 +24,7 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -35,6 +35,7 @@ import numpy as np
 
 from tunesmith.errors import ModelError
 from tunesmith.inference import EXPORT_DIR, EXPORT_META, _read_meta, read_export
+from tunesmith.pointers import publishing
 
 DEFAULT_MIN_AGREEMENT = 0.99
 OPSET = 17
@@ -174,16 +175,13 @@ def export_artifact(
     if check.n < 50:
         log(f"warning: the validation split has {check.n} items; agreement measured on so few is a rough guide.")
 
-    workdir = path / f".{EXPORT_DIR}-{uuid.uuid4().hex[:8]}"
-    workdir.mkdir()
-
     def scored(record: dict[str, Any], variant: str) -> dict[str, Any]:
         record.update(check.compare(check.candidate(workdir / record["file"], variant)))
         record["size_mb"] = (workdir / record["file"]).stat().st_size / 2**20
         record["passed"] = record["agreement"] >= min_agreement
         return record
 
-    try:
+    with publishing(path, EXPORT_DIR) as workdir:
         started = time.perf_counter()
         _torch_export(check, workdir / "model.onnx")
         seconds = time.perf_counter() - started
@@ -222,9 +220,6 @@ def export_artifact(
             "default": default,
         }
         (workdir / EXPORT_META).write_text(json.dumps(record, indent=2), encoding="utf-8")
-        _put_in_place(workdir, path / EXPORT_DIR)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     return record
 
 
@@ -239,15 +234,6 @@ def timed(function: Callable[[], Any]) -> tuple[Any, float]:
     started = time.perf_counter()
     result = function()
     return result, time.perf_counter() - started
-
-
-def _put_in_place(new: Path, target: Path) -> None:
-    """Replace `target` with `new`: two renames, so readers see the old export or the new one."""
-    old = target.with_name(f".{target.name}-old-{uuid.uuid4().hex[:8]}")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def export_summary(record: dict[str, Any]) -> list[dict[str, str]]:

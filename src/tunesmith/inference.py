@@ -207,7 +207,7 @@ class OnnxClassifier(BaseClassifier):
 
             raise ModelError(f"{path} has no ONNX export. Create one with `tunesmith export NAME@VERSION`.")
         variant = variant or export["default"]
-        file = path / EXPORT_DIR / export["variants"][variant]["file"]
+        file = Path(export["folder"]) / export["variants"][variant]["file"]
         return cls.from_file(path, file, variant, export["pad_token_id"], threads)
 
     @classmethod
@@ -253,9 +253,19 @@ def _settings(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_export(path: str | Path) -> dict[str, Any] | None:
-    """The export record of an artifact (`onnx/export.json`), or None when it was never exported."""
-    file = Path(path) / EXPORT_DIR / EXPORT_META
-    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+    """The export record of an artifact (`onnx/export.json`), or None when it was never exported. Its
+    "folder" is where the pointer led when it was read: load the variant files from there, so a record
+    and the files read with it always come from the same export."""
+    from tunesmith.pointers import current
+
+    folder = current(Path(path), EXPORT_DIR)
+    if folder is None:
+        return None
+    try:
+        record = json.loads((folder / EXPORT_META).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None  # a folder being pruned under us: as if never exported; the next look finds the new one
+    return {**record, "folder": str(folder)}
 
 
 def onnx_session(onnx_file: str | Path, threads: int | None = None) -> Any:
@@ -330,7 +340,7 @@ def export_file(path: str | Path, variant: str) -> Path:
     """The ONNX file of an exported variant."""
     export = read_export(path)
     assert export is not None
-    return Path(path) / EXPORT_DIR / export["variants"][variant]["file"]
+    return Path(export["folder"]) / export["variants"][variant]["file"]
 
 
 def load_predictor(path: str | Path, backend: str = "auto", threads: int | None = None) -> BaseClassifier:

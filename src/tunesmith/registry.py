@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import secrets
 import shutil
 import stat
@@ -36,15 +35,27 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
-from tunesmith.errors import ConflictError, NotFoundError, RegistryError
+from tunesmith.errors import (
+    ConflictError,
+    InvalidNameError,
+    LockedError,
+    NotFoundError,
+    RegistryError,
+    TunesmithError,
+)
+from tunesmith.locks import hold, holder
+from tunesmith.paths import check_name, confine
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_ALIAS = "production"
+# Folders under the home that hold something other than registered versions.
+STAGING, RUNS, UNREGISTERED = "staging", "runs", "unregistered"
 
 
 def default_home() -> Path:
@@ -64,6 +75,9 @@ class _ModelRow(_Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     task: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    # The highest version number ever given under this name. The row outlives its versions, so a deleted
+    # version's number is never given again (a server serving `name@3` must not silently get another 3).
+    last_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class _VersionRow(_Base):
@@ -76,6 +90,9 @@ class _VersionRow(_Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     description: Mapped[str] = mapped_column(String(1024), default="")
+    # SHA-256 over the artifact's files (see `artifact_checksum`); `doctor` checks it. None for versions
+    # registered before checksums were kept.
+    checksum: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class _AliasRow(_Base):
@@ -134,10 +151,42 @@ class ModelVersion:
     metrics: dict[str, Any]
     description: str = ""
     aliases: list[str] = field(default_factory=list)
+    checksum: str | None = None
 
     @property
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
+
+
+@dataclass
+class IndexEntry:
+    """One version row as the database holds it."""
+
+    name: str
+    version: int
+    path: str  # as stored: relative to the home, not yet checked
+    checksum: str | None
+    task: str
+
+
+# Export folders live inside a version folder but are written after registration; they are not part of
+# what the checksum covers.
+EXPORT_PARTS = ("onnx", "exports")
+
+
+def artifact_checksum(root: Path) -> str:
+    """SHA-256 over the relative path and bytes of every file of an artifact, exports excluded."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+        relative = path.relative_to(root)
+        if relative.parts[0] in EXPORT_PARTS or relative.parts[0].startswith(".onnx-"):
+            continue
+        digest.update(relative.as_posix().encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def _make_read_only(root: Path) -> None:
@@ -150,12 +199,17 @@ def _make_read_only(root: Path) -> None:
 def parse_ref(ref: str) -> tuple[str, str | None]:
     """Split 'name', 'name@3', 'name@v3' or 'name@alias' into (name, selector)."""
     name, _, selector = ref.partition("@")
-    if not NAME_PATTERN.match(name):
-        raise RegistryError(
-            f"Invalid model name {name!r}: use letters, digits, '.', '_' and '-' (at most 64, starting with a "
-            "letter or digit)."
-        )
+    check_name(name, "model name")
     return name, selector or None
+
+
+def check_alias(alias: str) -> str:
+    check_name(alias, "alias")
+    if alias.isdigit():
+        raise InvalidNameError(f"Invalid alias {alias!r}: use a word such as 'production' or 'staging'.")
+    if alias == "latest" or (alias[:1] in "vV" and alias[1:].isdigit()):
+        raise ConflictError(f"{alias!r} is reserved: it names a version. Use a word such as 'staging'.")
+    return alias
 
 
 class Registry:
@@ -169,20 +223,48 @@ class Registry:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         _Base.metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def inside(self, path: str | Path) -> Path:
+        """`path` (relative to the home, or absolute) resolved, if it is inside the home; else an error."""
+        return confine(self.home, path)
+
+    def run_dir(self, name: str) -> Path:
+        """The folder of checkpoints of the training run `name`."""
+        return self.inside(Path(RUNS) / check_name(name, "run name"))
+
+    @contextmanager
+    def run_lock(self, name: str) -> Iterator[Path]:
+        """Hold `runs/NAME.lock` for a training run: a second run of the same name is refused instead of
+        deleting the first one's checkpoints. The OS drops the lock when the process dies, however it dies."""
+        run_dir = self.run_dir(name)
+        lock_file = run_dir.with_name(run_dir.name + ".lock")
+        with hold(lock_file, wait=False) as held:
+            if not held:
+                raise LockedError(
+                    f"Another training run named {name!r} is in progress ({holder(lock_file)}). Wait for it to "
+                    "finish, or train under another --name."
+                )
+            yield run_dir
 
     # -- writing ------------------------------------------------------------------------------
 
     @contextmanager
     def staging(self) -> Iterator[Path]:
-        """A fresh folder to write an artifact into; removed if the block fails."""
-        path = self.home / "staging" / f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
+        """A fresh folder to write an artifact into; removed if the block fails. Its lock (`<folder>.lock`) is
+        held for the block, so `doctor` leaves a live writer's folder alone and removes a killed one's."""
+        path = self.home / STAGING / f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
         path.mkdir(parents=True)
+        lock_file = path.with_name(path.name + ".lock")
         try:
-            yield path
+            with hold(lock_file):
+                yield path
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
+        finally:
+            lock_file.unlink(missing_ok=True)
 
     def register(
         self,
@@ -192,28 +274,51 @@ class Registry:
         metrics: dict[str, Any] | None = None,
         description: str = "",
     ) -> ModelVersion:
-        """Move a complete staged artifact into the registry as the next version of `name`."""
-        parse_ref(name)
+        """Move a complete staged artifact into the registry as the next version of `name`.
+
+        If registration fails (a locked database, a full disk, a task mismatch), the artifact is not lost: it is
+        moved to `<home>/unregistered/` and the error says how to register it from there."""
+        check_name(name, "model name")
         staged = Path(staged)
         if not staged.is_dir():
             raise RegistryError(f"Nothing to register: {staged} is not a folder.")
+        try:
+            checksum = artifact_checksum(staged)
+            return self._register(name, staged, task, metrics or {}, description, checksum)
+        except BaseException as exc:
+            if not staged.is_dir():
+                raise
+            kept = self._keep_unregistered(staged, name)
+            if not isinstance(exc, Exception):  # Ctrl-C or a kill signal: keep the artifact, stop as asked
+                raise
+            raise RegistryError(
+                f"Could not register {name!r}: {exc} The trained model is kept in {kept}; register it with "
+                f"`tunesmith models register {kept} --name NAME`."
+            ) from exc
+
+    def _register(self, name: str, staged: Path, task: str, metrics: dict[str, Any], description: str,
+                  checksum: str) -> ModelVersion:  # fmt: skip
         for _attempt in range(20):
             relative = f"models/{name}/v-{uuid.uuid4().hex[:12]}"
-            target = self.home / relative
+            target = self.inside(relative)
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 with self._session.begin() as session:
                     model = session.get(_ModelRow, name)
-                    if model is None:
-                        session.add(_ModelRow(name=name, task=task))
-                    elif model.task != task:
-                        raise RegistryError(
-                            f"{name!r} holds {model.task} models; this one is {task}. Choose another --name."
-                        )
                     latest = session.scalar(select(func.max(_VersionRow.version)).where(_VersionRow.model_name == name))
-                    number = (latest or 0) + 1
-                    session.add(_VersionRow(model_name=name, version=number, path=relative, metrics=metrics or {},
-                                            description=description))  # fmt: skip
+                    if model is None:
+                        model = _ModelRow(name=name, task=task)
+                        session.add(model)
+                    elif model.task != task:
+                        if latest is not None:
+                            raise RegistryError(
+                                f"{name!r} holds {model.task} models; this one is {task}. Choose another --name."
+                            )
+                        model.task = task  # every version was deleted: the name is free for another task
+                    number = max(latest or 0, model.last_version or 0) + 1
+                    model.last_version = number
+                    session.add(_VersionRow(model_name=name, version=number, path=relative, metrics=metrics,
+                                            description=description, checksum=checksum))  # fmt: skip
                     session.flush()  # reserves the number: a concurrent writer now fails on the unique key
                     os.replace(staged, target)
                     # Commit happens on leaving the block; if it fails, move the artifact back.
@@ -229,12 +334,42 @@ class Registry:
             return self.get(name, str(number))
         raise RegistryError(f"Could not reserve a version number for {name!r}: too many concurrent writers.")
 
+    def _keep_unregistered(self, staged: Path, name: str) -> Path:
+        kept = self.inside(Path(UNREGISTERED) / f"{name}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}")
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(staged, kept)
+        except OSError:
+            return staged  # cannot even rename (e.g. the disk is gone): it stays where it is
+        return kept
+
+    def register_folder(self, folder: str | Path, name: str | None = None) -> ModelVersion:
+        """Register a complete artifact folder (one kept by a failed registration, or a copied version) as the
+        next version of `name` (default: the name it was trained under). The folder is copied, not moved."""
+        import json
+
+        folder = Path(folder).expanduser().resolve()
+        meta_file = folder / "tunesmith.json"
+        if not meta_file.is_file():
+            raise RegistryError(f"{folder} is not a tunesmith model folder: it has no tunesmith.json.")
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise RegistryError(f"{meta_file} is not valid JSON ({exc}); the folder is damaged.") from None
+        name = check_name(name or meta.get("name") or "", "model name")
+        with self.staging() as staged:
+            shutil.copytree(folder, staged, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*EXPORT_PARTS))
+            for path in [staged, *staged.rglob("*")]:
+                path.chmod(0o755 if path.is_dir() else 0o644)
+            version = self.register(name, staged, meta.get("task", "text-classification"), meta.get("metrics", {}))
+        unregistered = self.home / UNREGISTERED
+        if folder.is_relative_to(unregistered.resolve()) and folder != unregistered.resolve():
+            shutil.rmtree(folder, ignore_errors=True)  # it was ours to keep; it is registered now
+        return version
+
     def promote(self, ref: str, alias: str = DEFAULT_ALIAS) -> ModelVersion:
         """Point `alias` (e.g. 'production') of a model at the version `ref` names."""
-        if not NAME_PATTERN.match(alias) or alias.isdigit():
-            raise RegistryError(f"Invalid alias {alias!r}: use a word such as 'production' or 'staging'.")
-        if alias == "latest" or (alias[:1] in "vV" and alias[1:].isdigit()):
-            raise ConflictError(f"{alias!r} is reserved: it names a version. Use a word such as 'staging'.")
+        check_alias(alias)
         target = self.resolve(ref)
         with self._session.begin() as session:
             row = session.get(_AliasRow, (target.name, alias))
@@ -248,6 +383,7 @@ class Registry:
     def rollback(self, name: str, alias: str = DEFAULT_ALIAS) -> ModelVersion:
         """Move `alias` back to the version it pointed at before its latest move."""
         parse_ref(name)
+        check_name(alias, "alias")
         with self._session.begin() as session:
             events = session.scalars(
                 select(_AliasEventRow)
@@ -297,13 +433,36 @@ class Registry:
             if not left:
                 for row in session.scalars(select(_AliasEventRow).where(_AliasEventRow.model_name == name)):
                     session.delete(row)
-                model = session.get(_ModelRow, name)
-                if model is not None:
-                    session.delete(model)
-        # Files go only after the index no longer points at them.
+                # The model row stays: it holds the last version number given, which is never given again.
+        # Files go only after the index no longer points at them, and only inside the home.
         for version in victims:
-            shutil.rmtree(version.path, ignore_errors=True)
+            shutil.rmtree(self.inside(version.path), ignore_errors=True)
         return victims
+
+    # -- the raw index, for `doctor` -------------------------------------------------------------
+
+    def index(self) -> tuple[list[IndexEntry], list[tuple[str, str, int]]]:
+        """Every version row as stored (paths unchecked) and every alias as (model, alias, version)."""
+        with self._session() as session:
+            tasks = {m.name: m.task for m in session.scalars(select(_ModelRow))}
+            rows = [IndexEntry(r.model_name, r.version, r.path, r.checksum, tasks.get(r.model_name, ""))
+                    for r in session.scalars(select(_VersionRow).order_by(_VersionRow.model_name, _VersionRow.version))]  # fmt: skip
+            aliases = [(a.model_name, a.alias, a.version) for a in session.scalars(select(_AliasRow))]
+        return rows, aliases
+
+    def forget(self, name: str, version: int) -> None:
+        """Drop the row of a version whose artifact is gone, and the aliases on it (its number stays used)."""
+        with self._session.begin() as session:
+            for row in session.scalars(select(_AliasRow).where(_AliasRow.model_name == name, _AliasRow.version == version)):
+                session.delete(row)
+            for row in session.scalars(select(_VersionRow).where(_VersionRow.model_name == name, _VersionRow.version == version)):
+                session.delete(row)
+
+    def drop_alias(self, name: str, alias: str) -> None:
+        with self._session.begin() as session:
+            row = session.get(_AliasRow, (name, alias))
+            if row is not None:
+                session.delete(row)
 
     # -- API keys -----------------------------------------------------------------------------
 
@@ -344,8 +503,9 @@ class Registry:
     # -- reading ------------------------------------------------------------------------------
 
     def names(self) -> list[str]:
+        """Names with at least one version."""
         with self._session() as session:
-            return list(session.scalars(select(_ModelRow.name).order_by(_ModelRow.name)))
+            return list(session.scalars(select(_VersionRow.model_name).distinct().order_by(_VersionRow.model_name)))
 
     def versions(self, name: str) -> list[ModelVersion]:
         with self._session() as session:
@@ -399,13 +559,38 @@ class Registry:
         return ModelVersion(
             name=row.model_name,
             version=row.version,
-            path=self.home / row.path,
+            path=self._artifact_path(row),
             task=task,
             created_at=row.created_at,
             metrics=row.metrics or {},
             description=row.description or "",
             aliases=aliases,
+            checksum=row.checksum,
         )
+
+    def _artifact_path(self, row: _VersionRow) -> Path:
+        try:
+            return self.inside(row.path)
+        except TunesmithError:
+            raise RegistryError(
+                f"The registry's row for {row.model_name}@{row.version} points outside {self.home} ({row.path!r}); "
+                "the database was edited or damaged. Run `tunesmith doctor`."
+            ) from None
+
+
+def _add_missing_columns(engine: Any) -> None:
+    """Add columns newer code defines to tables an older registry created (nullable, so old rows stay valid).
+    Enough for additive changes; a rename or a type change would need a real migration tool (Alembic)."""
+    inspector = inspect(engine)
+    for table in _Base.metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present:
+                kind = column.type.compile(dialect=engine.dialect)
+                with engine.begin() as connection:
+                    connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:

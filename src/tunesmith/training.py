@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from tunesmith.errors import ConfigError, DataError
 from tunesmith.inference import ARTIFACT_META
 from tunesmith.models import load_tokenizer
 from tunesmith.registry import ModelVersion, Registry
+from tunesmith.runs import default_name
 
 Log = Callable[[str], None]
 SELECTION_METRIC = "selection_score"
@@ -146,13 +146,6 @@ def _progress_callback(log: Log, bar: bool) -> Any:
                 super().on_train_end(args, state, control, **kwargs)
 
     return Progress()
-
-
-def default_name(config: RunConfig) -> str:
-    if config.name:
-        return config.name
-    stem = Path(config.data.train or "model").name.split(".")[0]
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._") or "model"
 
 
 def library_versions() -> dict[str, str]:

@@ -28,6 +28,7 @@ import yaml
 
 from tunesmith.config import RunConfig, TrainConfig, dump_config
 from tunesmith.errors import ConfigError
+from tunesmith.paths import MAX_NAME, check_name, confine
 from tunesmith.registry import ModelVersion, Registry
 
 # The trial being run in this thread, if any: `training.build_trainer` adds its pruning callback.
@@ -197,8 +198,8 @@ def tune(
     """Search settings for `config`'s task and data; register the best trial's model under the study's name."""
     import optuna
 
+    from tunesmith.runs import default_name
     from tunesmith.tasks import get_task
-    from tunesmith.training import default_name
 
     registry = registry or Registry()
     if not methods and config.task == "text-generation" and "method" not in config.train.model_fields_set:
@@ -210,8 +211,8 @@ def tune(
         raise ConfigError(f"Unknown pruner {pruner!r}: use median or hyperband.")
     space = space or DEFAULT_SPACE
     name = config.name or default_name(config)
-    study_name = study_name or f"tune-{name}"
-    scratch = registry.home / "tuning" / study_name
+    study_name = check_name(study_name or f"tune-{name}"[:MAX_NAME], "study name")
+    scratch = registry.inside(Path("tuning") / study_name)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Heartbeats, failed-trial retries and the matplotlib plots are marked experimental; they are what we want.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -277,8 +278,8 @@ def tune(
         except ValueError:
             return
         for other in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            path = other.user_attrs.get("path")
-            if other.number != best and path and Path(path).exists():
+            path = _trial_path(other, scratch)
+            if other.number != best and path and path.exists():
                 Path(path).chmod(0o755)
                 for sub in Path(path).rglob("*"):
                     sub.chmod(0o755 if sub.is_dir() else 0o644)
@@ -293,6 +294,18 @@ def tune(
         )  # fmt: skip
     log(f"Search finished in {(time.perf_counter() - started) / 60:.1f} min.")
     return _finish(study, config, name, registry, scratch, metric, log)
+
+
+def _trial_path(trial: Any, scratch: Path) -> Path | None:
+    """A trial's artifact folder as recorded in the study, if it lies inside this study's scratch folder: the
+    study lives in a database others can write, so its paths are checked before anything is deleted or read."""
+    recorded = trial.user_attrs.get("path")
+    if not recorded:
+        return None
+    try:
+        return confine(scratch, recorded)
+    except ConfigError:
+        return None
 
 
 def _describe(params: dict[str, Any]) -> str:
@@ -314,8 +327,8 @@ def _finish(study: Any, config: RunConfig, name: str, registry: Registry, scratc
         raise ConfigError("No trial completed: raise --trials or --timeout.")
     best = study.best_trial
     defaults = next((r["value"] for r in rows if r["defaults"] and r["state"] == "COMPLETE"), None)
-    path = Path(best.user_attrs["path"])
-    if not path.exists():
+    path = _trial_path(best, scratch)
+    if path is None or not path.exists():
         raise ConfigError(f"The best trial's model ({path}) is gone; run the search again with another --study.")
     settings = config.train.model_copy(update=_params_of(best, config))
     final = config.model_copy(update={"train": settings, "name": name})

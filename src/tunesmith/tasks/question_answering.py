@@ -33,6 +33,7 @@ from tunesmith.export import ExportCheck, single_feeds, timed
 from tunesmith.inference import Runner, _read_meta, choose_variant, export_file, onnx_runner, torch_runner
 from tunesmith.models import bf16_supported, load_with_new_head, model_max_length
 from tunesmith.registry import Registry
+from tunesmith.runs import locked_run
 
 TASK = "question-answering"
 MAX_LENGTH = 384  # question + context window, the usual SQuAD setting
@@ -374,6 +375,7 @@ def evaluate_examples(finder: AnswerFinder, examples: list[Example]) -> tuple[di
     return scores, errors
 
 
+@locked_run
 def train(
     config: RunConfig, *, registry: Registry | None = None, resume: bool = False, progress: bool = True,
     log: Log = print,
@@ -404,7 +406,7 @@ def train(
     log(f"Data: {len(data.train)} train / {len(data.validation)} validation / {len(data.test)} test questions"
         f"{' (some unanswerable)' if data.allow_no_answer else ''}; windows of {max_length} tokens, stride {stride}.")  # fmt: skip
 
-    run_dir = registry.home / "runs" / name
+    run_dir = registry.run_dir(name)
     checkpoint = _prepare_run_dir(run_dir, data.fingerprint, config, resume, log)
     use_bf16 = settings.precision == "bf16" or (settings.precision == "auto" and bf16_supported())
     trainer = build_trainer(

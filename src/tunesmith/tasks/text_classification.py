@@ -30,6 +30,7 @@ from tunesmith.inference import (
 )
 from tunesmith.models import bf16_supported, load_classifier, load_tokenizer, model_max_length, resolve_model
 from tunesmith.registry import Registry
+from tunesmith.runs import locked_run
 from tunesmith.training import (
     SELECTION_METRIC,
     Log,
@@ -126,6 +127,7 @@ def _weighted_loss(data: ClassificationData) -> Callable[..., Any]:
     return loss
 
 
+@locked_run
 def train(
     config: RunConfig,
     *,
@@ -191,7 +193,7 @@ def train(
     baseline = train_baseline(data, seed=settings.seed)
     log(f"TF-IDF baseline trained in {baseline.seconds:.1f} s.")
 
-    run_dir = registry.home / "runs" / name
+    run_dir = registry.run_dir(name)
     n_classes = len(data.label_names)
     use_bf16 = settings.precision == "bf16" or (settings.precision == "auto" and bf16_supported())
     metric = "f1_micro" if data.multi_label else "f1_macro"

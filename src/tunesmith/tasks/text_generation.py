@@ -30,6 +30,7 @@ from tunesmith.config import DEFAULT_MODEL, RunConfig
 from tunesmith.data import DataIssue, fingerprint
 from tunesmith.errors import DataError, ModelError
 from tunesmith.registry import Registry
+from tunesmith.runs import locked_run
 
 TASK = "text-generation"
 WARM_UP = "Hello"
@@ -467,6 +468,7 @@ def _split(conversations: list[Conversation], config: RunConfig) -> tuple[list, 
     return train, validation, test
 
 
+@locked_run
 def train(
     config: RunConfig, *, registry: Registry | None = None, resume: bool = False, progress: bool = True,
     log: Log = print,
@@ -520,7 +522,7 @@ def train(
         f"max_length {max_length} tokens; loss on the assistant turns only.")  # fmt: skip
 
     fp = fingerprint([json.dumps(c.messages, ensure_ascii=False) for c in train_c], [0] * len(train_c))
-    run_dir = registry.home / "runs" / name
+    run_dir = registry.run_dir(name)
     checkpoint = _prepare_run_dir(run_dir, fp, config, resume, log)
     model.eval()
     before = Generator(model, tokenizer)
@@ -622,16 +624,15 @@ MERGED_DIR = "merged"
 
 def export(path: str | Path, log: Log = print, **_options: Any) -> dict[str, Any]:
     """Merge the artifact's adapter into its base and write `merged/`: a plain Hugging Face folder (fp32
-    safetensors, tokenizer with its chat template) that any runtime takes. Written beside and renamed into
-    place, so readers see the old folder or the new one."""
-    import os
-    import uuid
+    safetensors, tokenizer with its chat template) that any runtime takes. Published behind the `merged`
+    pointer (`pointers.publishing`), so readers see the old folder or the new one."""
     from datetime import UTC, datetime
+
+    from tunesmith.pointers import publishing
 
     path = Path(path)
     generator = Generator.from_artifact(path)  # adapters merged on load
-    work = path / f".{MERGED_DIR}-{uuid.uuid4().hex[:8]}"
-    try:
+    with publishing(path, MERGED_DIR) as work:
         generator.model.save_pretrained(work, safe_serialization=True)
         generator.tokenizer.save_pretrained(work)
         size = sum(p.stat().st_size for p in work.rglob("*") if p.is_file()) / 2**20
@@ -639,14 +640,6 @@ def export(path: str | Path, log: Log = print, **_options: Any) -> dict[str, Any
                   "path": str(path / MERGED_DIR), "size_mb": size, "base_model": generator.meta.get("base_model"),
                   "method": generator.meta.get("method")}  # fmt: skip
         (work / "export.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
-        target = path / MERGED_DIR
-        old = path / f".{MERGED_DIR}-old-{uuid.uuid4().hex[:8]}"
-        if target.exists():
-            os.replace(target, old)
-        os.replace(work, target)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     log(f"Merged model written to {path / MERGED_DIR} ({size:.0f} MB).")
     return record
 

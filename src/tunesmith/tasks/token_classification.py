@@ -37,6 +37,7 @@ from tunesmith.export import CALIBRATION_ITEMS, ExportCheck, single_feeds, timed
 from tunesmith.inference import Runner, _read_meta, choose_variant, export_file, onnx_runner, softmax, torch_runner
 from tunesmith.models import bf16_supported, load_with_new_head, model_max_length
 from tunesmith.registry import Registry
+from tunesmith.runs import locked_run
 
 TASK = "token-classification"
 TAG = re.compile(r"^(?:O|([BIESLU])-(\S+))$")
@@ -475,6 +476,7 @@ def group_entities(text: str, spans: list[tuple[int, int]], tags: list[str], sco
 # -- training --------------------------------------------------------------------------------------
 
 
+@locked_run
 def train(
     config: RunConfig, *, registry: Registry | None = None, resume: bool = False, progress: bool = True,
     log: Log = print,
@@ -517,7 +519,7 @@ def train(
     log(f"Data: {len(data.train)} train / {len(data.validation)} validation / {len(data.test)} test sentences, "
         f"{len(types)} entity types ({', '.join(types)}); tags {data.scheme}; max_length {max_length} tokens.")  # fmt: skip
 
-    run_dir = registry.home / "runs" / name
+    run_dir = registry.run_dir(name)
     checkpoint = _prepare_run_dir(run_dir, data.fingerprint, config, resume, log)
     use_bf16 = settings.precision == "bf16" or (settings.precision == "auto" and bf16_supported())
     trainer = build_trainer(
