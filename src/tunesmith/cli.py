@@ -473,6 +473,11 @@ def serve(
     request_timeout: Annotated[float | None, typer.Option(help=_doc(ServeSettings, "request_timeout_s"))] = None,
     threads: Annotated[int | None, typer.Option(help=_doc(ServeSettings, "threads"))] = None,
     watch_interval: Annotated[float | None, typer.Option(help=_doc(ServeSettings, "watch_interval_s"))] = None,
+    rate_limit: Annotated[float | None, typer.Option(help=_doc(ServeSettings, "rate_limit_per_s"))] = None,
+    max_concurrent_requests: Annotated[
+        int | None, typer.Option(help=_doc(ServeSettings, "max_concurrent_requests"))
+    ] = None,
+    protect_ops: Annotated[bool | None, typer.Option("--protect-ops", help=_doc(ServeSettings, "protect_ops"))] = None,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="JSON access log on stderr.")] = True,
 ) -> None:
     """Serve registered models over HTTP: /v1/models/NAME/predict, /predict, /models/NAME, /metrics, /docs."""
@@ -484,7 +489,8 @@ def serve(
         "default_model": default_model, "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms,
         "max_texts_per_request": max_texts_per_request, "max_text_chars": max_text_chars,
         "max_body_bytes": max_body_bytes, "request_timeout_s": request_timeout, "threads": threads,
-        "watch_interval_s": watch_interval,
+        "watch_interval_s": watch_interval, "rate_limit_per_s": rate_limit,
+        "max_concurrent_requests": max_concurrent_requests, "protect_ops": protect_ops,
     })  # fmt: skip
     run_server(settings, _registry(), access_log_enabled=access_log)
 
@@ -598,11 +604,12 @@ def doctor(
         for title, findings in (("problem", report.problems), ("leftover", report.leftovers), ("kept", report.kept)):
             for f in findings:
                 mark = " [repaired]" if f.repaired else ""
-                console.print(f"{title}: {f.what}{mark}" + (f" ({f.path})" if f.path else ""), markup=False)
+                console.print(f"{title}: {f.what}{mark}" + (f" ({f.path})" if f.path else ""), markup=False,
+                              soft_wrap=True)  # fmt: skip
         verdict = "consistent" if report.consistent else "INCONSISTENT"
         console.print(f"{report.checked_versions} version(s) checked: {verdict}; {len(report.problems)} problem(s), "
                       f"{len(report.leftovers)} leftover(s)" + ("" if repair or report.clean else
-                      "; run `tunesmith doctor --repair` to fix them") + ".", markup=False)  # fmt: skip
+                      "; run `tunesmith doctor --repair` to fix them") + ".", markup=False, soft_wrap=True)  # fmt: skip
     if not report.consistent:
         raise typer.Exit(1)
 
@@ -725,7 +732,7 @@ def main(argv: list[str] | None = None) -> None:
         args.insert(0, "--verbose")
     _state["verbose"] = bool(flags)
     try:
-        app(args=args, prog_name="tunesmith", standalone_mode=False)
+        code = app(args=args, prog_name="tunesmith", standalone_mode=False)
     except TunesmithError as exc:
         if _state["verbose"]:
             raise
@@ -740,6 +747,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except TyperException as exc:  # typer's bundled click: usage errors and friends
         sys.exit(_usage_error(exc))
+    if isinstance(code, int) and code:  # `raise typer.Exit(n)` in a command comes back as a return value here
+        sys.exit(code)
 
 
 def _usage_error(exc: TyperException) -> int:

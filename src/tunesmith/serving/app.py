@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import sys
 from typing import Annotated, Any
 
 import numpy as np
@@ -16,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunesmith.errors import ConflictError, NotFoundError, TunesmithError
 from tunesmith.registry import Registry
-from tunesmith.serving.middleware import RequestMiddleware, configure_logging
+from tunesmith.serving.middleware import RequestMiddleware, configure_logging, error_body
 from tunesmith.serving.schemas import (
     ERRORS,
     AliasName,
@@ -38,9 +40,8 @@ from tunesmith.serving.schemas import (
     SeedRequest,
 )
 from tunesmith.serving.server import Server
-from tunesmith.serving.settings import ServeSettings
+from tunesmith.serving.settings import ServeSettings, is_public
 
-OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions")
 BEARER = HTTPBearer(auto_error=False, description="An API key from `tunesmith keys create`.")
 
 log = logging.getLogger("tunesmith.server")
@@ -61,12 +62,9 @@ class RequireScope:
 def _error_response(status: int, code: str, message: str, request: Request | None,
                     headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:  # fmt: skip
     request_id = request.scope.get("request_id") if request is not None else None
-    body = {"error": message, "code": code, "request_id": request_id, **extra}
-    if request is not None and request.url.path in OPENAI_ROUTES:
-        # OpenAI's error shape on OpenAI's routes: its clients show error.message to the user.
-        kind = "invalid_request_error" if status < 500 else "server_error"
-        body = {"error": {"message": message, "type": kind, "param": None, "code": code}, "request_id": request_id}
-    return JSONResponse(body, status_code=status, headers=headers)
+    path = request.url.path if request is not None else ""
+    return JSONResponse(error_body(status, code, message, path, request_id, **extra), status_code=status,
+                        headers=headers)  # fmt: skip
 
 
 def _validation_message(errors: list[Any]) -> str:
@@ -98,9 +96,10 @@ def create_app(settings: ServeSettings, registry: Registry | None = None) -> Fas
     )
     app.state.server = server
 
-    # Without auth the routes carry no key check at all: nothing to resolve per request.
+    # Without auth the read routes carry no key check at all: nothing to resolve per request. Admin routes
+    # always need an admin key: on loopback too, since any web page the user opens can post to localhost.
     read = [Depends(RequireScope("read"))] if server.auth else []
-    admin = [Depends(RequireScope("admin"))] if server.auth else []
+    admin = [Depends(RequireScope("admin"))]
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -143,13 +142,16 @@ def create_app(settings: ServeSettings, registry: Registry | None = None) -> Fas
     @app.get("/readyz", tags=["operations"], summary="Readiness: every served model is loaded.",
              responses={503: {"description": "Still loading."}})  # fmt: skip
     async def readyz() -> JSONResponse:
-        models = {s.name: s.status for s in server.slots.values()}
-        ready = server.ready()
-        return JSONResponse({"status": "ready" if ready else "loading", "models": models}, 200 if ready else 503)
+        """Each model's state ("ready", "loading", or "failed" with the error, while the last good version keeps
+        serving) and the hot-swap watcher's ("ok", or "failing" with its error and count)."""
+        health = server.health()
+        return JSONResponse(health, 200 if health["status"] == "ready" else 503)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics.", response_class=Response)
     async def metrics() -> Response:
-        return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        # Rendering every series takes milliseconds that would stall all other requests on the event loop.
+        text = await asyncio.get_running_loop().run_in_executor(None, generate_latest, server.metrics.registry)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models", tags=["models"], response_model=ModelList, dependencies=read,
              responses={k: ERRORS[k] for k in (401, 403)})  # fmt: skip
@@ -317,6 +319,11 @@ def serve(settings: ServeSettings, registry: Registry | None = None, access_log_
     import uvicorn
 
     configure_logging(access_log_enabled)
+    if settings.auth == "off" and is_public(settings.host):
+        warning = (f"WARNING: auth is off and the server binds {settings.host}, reachable from other machines: "
+                   "anyone who can reach it can use every model. Use --auth on with API keys.")  # fmt: skip
+        log.warning(json.dumps({"event": "auth_off_public", "message": warning}))
+        print(warning, file=sys.stderr, flush=True)
     app = create_app(settings, registry)
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
@@ -325,6 +332,7 @@ def serve(settings: ServeSettings, registry: Registry | None = None, access_log_
         log_config=None,
         access_log=False,  # our middleware writes the access log, with request ids
         timeout_graceful_shutdown=max(1, int(settings.request_timeout_s)),
+        limit_concurrency=settings.max_connections,
         server_header=False,
     )
     uvicorn.Server(config).run()

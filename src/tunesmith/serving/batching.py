@@ -73,6 +73,7 @@ class Slot:
     batching: BatchSettings
     current: Loaded | None = None
     status: Literal["loading", "ready", "failed"] = "loading"
+    error: str | None = None  # why the last load failed (the last good model, if any, keeps serving)
     queue: asyncio.Queue[_Pending] = field(default_factory=asyncio.Queue)
     queued_texts: int = 0
     worker: asyncio.Task[None] | None = None
@@ -90,7 +91,7 @@ class MicroBatcher:
             raise ApiError(503, "model_loading", f"Model {slot.name!r} is still loading; retry shortly.",
                            {"Retry-After": "1"})  # fmt: skip
         if slot.queued_texts + len(texts) > slot.batching.max_queue:
-            raise ApiError(503, "overloaded", f"{slot.queued_texts} texts are already waiting for {slot.name!r}; "
+            raise ApiError(429, "overloaded", f"{slot.queued_texts} texts are already waiting for {slot.name!r}; "
                            "retry shortly.", {"Retry-After": "1"})  # fmt: skip
         future: asyncio.Future[tuple[Loaded, np.ndarray]] = asyncio.get_running_loop().create_future()
         slot.queued_texts += len(texts)

@@ -1,7 +1,8 @@
-"""Per-request work outside the routes: request ids, the body-size limit, metrics, JSON logs."""
+"""Per-request work outside the routes: request ids, limits, the key check, metrics, JSON logs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -11,18 +12,57 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials
 
+from tunesmith.serving.schemas import ApiError
 from tunesmith.serving.server import Server
 
 access_log = logging.getLogger("tunesmith.access")
 
 
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # probes: never behind a key, a rate or the concurrency cap
+OPS_PATHS = frozenset({"/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions")
+
+
+def error_body(status: int, code: str, message: str, path: str, request_id: str | None, **extra: Any) -> dict[str, Any]:
+    """The JSON of every error answer: ours, or OpenAI's shape on OpenAI's routes (its clients show
+    error.message to the user)."""
+    if path in OPENAI_ROUTES:
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        return {"error": {"message": message, "type": kind, "param": None, "code": code}, "request_id": request_id}
+    return {"error": message, "code": code, "request_id": request_id, **extra}
+
+
 class RequestMiddleware:
-    """Request ids, the body-size limit, metrics and one JSON access-log line per request (pure ASGI: cheap)."""
+    """Everything decided before a route runs, cheapest first (pure ASGI): request ids, the concurrency cap,
+    the API key (checked before a body is read, so an unauthenticated client cannot make the server buffer
+    anything), the rate limit, the body's size and time limits; then metrics and one JSON access-log line."""
 
     def __init__(self, app: FastAPI, server: Server) -> None:
         self.app, self.server = app, server
         self.state = app.state  # lets callers reach `app.state.server` through the wrapper
+        self.in_flight = 0
+
+    def _route(self, scope: dict[str, Any]) -> tuple[str, str | None]:
+        """(the route's path template, for a metrics label that stays bounded; the key scope it needs, if any)"""
+        from starlette.routing import Match
+
+        for route in self.app.router.routes:
+            match, _ = route.matches(scope)
+            if match == Match.NONE:
+                continue
+            path = getattr(route, "path", "unmatched")
+            if path in OPEN_PATHS:
+                return path, None
+            if path in OPS_PATHS:
+                return path, "read" if self.server.settings.protect_ops else None
+            if "admin" in (getattr(route, "tags", None) or []):
+                return path, "admin"
+            return path, "read" if self.server.auth else None
+        return "unmatched", None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -40,41 +80,81 @@ class RequestMiddleware:
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode("latin-1")))
             await send(message)
 
-        limit = self.server.settings.max_body_bytes
+        route, needs = self._route(scope)
+        self.in_flight += 1
+        try:
+            refusal = await self._admit(scope, headers, route, needs)
+            if refusal is None:
+                refusal, body = await self._read_body(receive)
+            if refusal is not None:
+                http, code, message, extra = refusal
+                body_json = error_body(http, code, message, scope["path"], request_id)
+                response = JSONResponse(body_json, status_code=http, headers=extra)
+                await response(scope, receive, send_with_id)
+            else:
+                await self.app(scope, _replay(body, receive), send_with_id)
+        finally:
+            self.in_flight -= 1
+            self._account(scope, route, status[0], time.perf_counter() - started, request_id)
+
+    async def _admit(self, scope: dict[str, Any], headers: dict[bytes, bytes], route: str,
+                     needs: str | None) -> tuple[int, str, str, dict[str, str] | None] | None:  # fmt: skip
+        """Why this request is refused before its body is read (status, code, message, headers), or None."""
+        server, settings = self.server, self.server.settings
+        if route not in OPEN_PATHS and route != "/metrics" and self.in_flight > settings.max_concurrent_requests:
+            return 429, "overloaded", f"More than {settings.max_concurrent_requests} requests are in progress; " \
+                "retry shortly.", {"Retry-After": "1"}
         try:
             declared = int(headers.get(b"content-length", b"0") or 0)
         except ValueError:
             declared = 0
-        if declared > limit:
-            await self._too_large(send_with_id, request_id, limit)
-        else:
-            body, too_large = await _read_body(receive, limit)
-            if too_large:
-                await self._too_large(send_with_id, request_id, limit)
-            else:
-                await self.app(scope, _replay(body, receive), send_with_id)
-        route = scope.get("route")
-        path = getattr(route, "path", None) or ("unmatched" if status[0] == 404 else scope["path"])
-        seconds = time.perf_counter() - started
+        identity = ""
+        if needs is not None:
+            raw = headers.get(b"authorization", b"").decode("latin-1")
+            scheme, _, token = raw.partition(" ")
+            credentials = HTTPAuthorizationCredentials(scheme=scheme, credentials=token.strip()) if token else None
+            try:
+                identity = await server.check_key(credentials, needs)
+            except ApiError as exc:
+                return exc.status, exc.code, exc.message, exc.headers
+        if declared > settings.max_body_bytes:
+            return 413, "body_too_large", _too_large(settings.max_body_bytes), None
+        if route not in OPEN_PATHS:
+            client = scope.get("client")
+            try:
+                server.check_rate(identity or f"addr:{client[0] if client else '?'}")
+            except ApiError as exc:
+                return exc.status, exc.code, exc.message, exc.headers
+        return None
+
+    async def _read_body(self, receive: Any) -> tuple[tuple[int, str, str, None] | None, bytes]:
+        settings = self.server.settings
+        try:
+            body, too_large = await asyncio.wait_for(_read_body(receive, settings.max_body_bytes), settings.body_timeout_s)
+        except TimeoutError:
+            return (408, "body_timeout", f"The request body did not arrive within {settings.body_timeout_s:g} s.", None), b""
+        if too_large:
+            return (413, "body_too_large", _too_large(settings.max_body_bytes), None), b""
+        return None, body
+
+    def _account(self, scope: dict[str, Any], route: str, status: int, seconds: float, request_id: str) -> None:
         metrics = self.server.metrics
-        metrics.requests.labels(path, scope["method"], str(status[0])).inc()
-        metrics.latency.labels(path).observe(seconds)
-        if status[0] >= 400:
-            metrics.errors.labels(str(status[0])).inc()
+        method = scope["method"] if scope["method"] in METHODS else "other"  # labels stay a fixed, small set
+        metrics.requests.labels(route, method, str(status)).inc()
+        metrics.latency.labels(route).observe(seconds)
+        if status >= 400:
+            metrics.errors.labels(str(status)).inc()
         if access_log.isEnabledFor(logging.INFO):
             client = scope.get("client")
             access_log.info(json.dumps({
                 "event": "request", "request_id": request_id, "method": scope["method"], "path": scope["path"],
-                "route": path, "status": status[0], "ms": round(seconds * 1000, 2),
+                "route": route, "status": status, "ms": round(seconds * 1000, 2),
                 "client": client[0] if client else None,
             }))  # fmt: skip
 
-    async def _too_large(self, send: Any, request_id: str, limit: int) -> None:
-        body = json.dumps({"error": f"The request body is larger than {limit} bytes; send fewer or shorter texts.",
-                           "code": "body_too_large", "request_id": request_id}).encode()  # fmt: skip
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
-        await send({"type": "http.response.body", "body": body})
+
+def _too_large(limit: int) -> str:
+    return f"The request body is larger than {limit} bytes; send fewer or shorter texts."
 
 
 async def _read_body(receive: Any, limit: int) -> tuple[bytes, bool]:

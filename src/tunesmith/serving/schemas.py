@@ -191,9 +191,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         403: "The key lacks the scope this route needs.",
         404: "No such model is served (or no such version).",
         409: "Conflicts with the registry's state: nothing to roll back, a reserved alias name.",
+        408: "The body did not arrive within the server's body timeout.",
         413: "The body is larger than the server accepts.",
         422: "The body is not what this route takes, or breaks a limit (texts per request, characters per text).",
-        503: "The model is still loading or the queue is full; retry.",
+        429: "Too many requests: the queue is full, too many are in progress, or the key's rate is exceeded; "
+        "retry after the Retry-After seconds.",
+        503: "The model is still loading; retry.",
         504: "The model did not answer within the request timeout.",
     }.items()
 }

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,6 +22,35 @@ from tunesmith.tasks import get_task
 
 log = logging.getLogger("tunesmith.server")
 SERVED_TASKS = ("text-classification", "token-classification", "question-answering", "text-generation")
+KEYS_EVERY_S = 5.0  # API keys are re-read at least this often, whatever the watch interval: revocation works
+MAX_BACKOFF_S = 60.0
+
+
+def revision_of(version: ModelVersion) -> tuple[int, str, str | None]:
+    """What identifies a loaded model: its number, its folder (unique per registration, so a new version is
+    never taken for a deleted one) and its export."""
+    export = read_export(version.path)
+    return version.version, version.path.name, export["created_at"] if export else None
+
+
+class RateLimiter:
+    """A token bucket per client identity (API key name, or address with auth off); the least recently seen
+    are forgotten beyond `capacity` identities, so memory stays bounded whoever calls."""
+
+    def __init__(self, per_second: float, burst: int, capacity: int = 10_000) -> None:
+        self.rate, self.burst, self.capacity = per_second, burst, capacity
+        self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def retry_after(self, identity: str) -> float:
+        """0 if the request may go now (and counts it), else seconds until one token is back."""
+        now = time.monotonic()
+        tokens, last = self.buckets.pop(identity, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        wait = 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+        self.buckets[identity] = (tokens - 1 if wait == 0 else tokens, now)
+        if len(self.buckets) > self.capacity:
+            self.buckets.popitem(last=False)
+        return wait
 
 
 class Server:
@@ -49,15 +79,21 @@ class Server:
         self.default = default.partition("@")[0]
         if self.default not in self.slots:
             raise ConfigError(f"default_model {default!r} is not among the served models ({', '.join(self.slots)}).")
-        self.keys: dict[str, tuple[str, frozenset[str]]] = {}
-        self.keys_checked = 0.0
-        if self.auth:
-            self.keys = registry.key_table()
-            if not self.keys:
-                raise ConfigError(
-                    f"Auth is on (binding {settings.host}) but no API keys exist. Create one with "
-                    "`tunesmith keys create NAME --scope read`, or pass --auth off for a trusted network."
-                )
+        if settings.protect_ops and not self.auth:
+            raise ConfigError("protect_ops needs auth: serve with --auth on (and a key), or leave protect_ops off.")
+        # Keys are read with auth off too: admin routes always need an admin key (loopback is no trust
+        # boundary: any web page the user opens can send requests to it).
+        self.keys: dict[str, tuple[str, frozenset[str]]] = registry.key_table()
+        self.keys_checked = time.monotonic()
+        self.limiter = (
+            RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst) if settings.rate_limit_per_s else None
+        )
+        self.watcher = {"status": "starting", "failures": 0, "error": None, "last_ok": None}
+        if self.auth and not self.keys:
+            raise ConfigError(
+                f"Auth is on (binding {settings.host}) but no API keys exist. Create one with "
+                "`tunesmith keys create NAME --scope read`, or pass --auth off for a trusted network."
+            )
         self.inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.loader = ThreadPoolExecutor(1, thread_name_prefix="loader")
         self.batchers = {name: MicroBatcher(slot, self.inference, self.metrics) for name, slot in self.slots.items()}
@@ -66,12 +102,8 @@ class Server:
 
     # Loading and swapping run in the loader thread: serving goes on while a model loads.
 
-    def _revision(self, version: ModelVersion) -> tuple[int, str | None]:
-        export = read_export(version.path)
-        return version.version, export["created_at"] if export else None
-
     def _load(self, version: ModelVersion) -> Loaded:
-        revision = self._revision(version)
+        revision = revision_of(version)
         task = get_task(version.task)
         loaded = Loaded(version, task.load(version.path, self.settings.backend, self.settings.threads), revision)
         loaded.compute([task.WARM_UP], 1)  # the first run allocates; do it before taking traffic
@@ -84,16 +116,20 @@ class Server:
             for slot in [self.slots[name]] if name else list(self.slots.values()):
                 try:
                     version = await loop.run_in_executor(self.loader, self.registry.resolve, slot.ref)
-                    revision = await loop.run_in_executor(self.loader, self._revision, version)
+                    revision = await loop.run_in_executor(self.loader, revision_of, version)
                     if slot.current is not None and slot.current.revision == revision:
+                        slot.status, slot.error = "ready", None
                         continue
                     loaded = await loop.run_in_executor(self.loader, self._load, version)
-                except (TunesmithError, OSError) as exc:
-                    log.error(json.dumps({"event": "load_failed", "model": slot.name, "error": str(exc)}))
-                    if slot.current is None:
-                        slot.status = "failed"
+                except Exception as exc:
+                    # Whatever broke (the database, a damaged export, the model itself), the last good model
+                    # keeps serving and the slot says what is wrong; the next look tries again.
+                    known = isinstance(exc, TunesmithError | OSError)
+                    log.error(json.dumps({"event": "load_failed", "model": slot.name, "error": str(exc),
+                                          "kind": type(exc).__name__}), exc_info=not known)  # fmt: skip
+                    slot.status, slot.error = "failed", f"{type(exc).__name__}: {exc}"[:500]
                     continue
-                previous, slot.current, slot.status = slot.current, loaded, "ready"
+                previous, slot.current, slot.status, slot.error = slot.current, loaded, "ready", None
                 if previous is not None:
                     self.metrics.version.remove(slot.name, previous.predictor.backend)
                     self.metrics.swaps.labels(slot.name).inc()
@@ -104,11 +140,30 @@ class Server:
                 }))  # fmt: skip
 
     async def _watch(self) -> None:
+        """Re-check served references and API keys, forever: every failure is caught, logged and retried with
+        backoff, so hot swaps and key revocations never stop for the life of the process."""
+        interval = self.settings.watch_interval_s
+        every = min(interval, KEYS_EVERY_S) if interval > 0 else KEYS_EVERY_S
+        delay = every
         while True:
-            await asyncio.sleep(self.settings.watch_interval_s)
-            await self.refresh()
-            if self.auth:
+            await asyncio.sleep(delay)
+            try:
+                if interval > 0:
+                    await self.refresh()
                 await self._reload_keys()
+                failed = [s.name for s in self.slots.values() if s.status == "failed"]
+                if failed:
+                    raise RuntimeError(f"loading failed for {', '.join(failed)}")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.watcher.update(status="failing", failures=int(self.watcher["failures"] or 0) + 1,
+                                    error=f"{type(exc).__name__}: {exc}"[:500])  # fmt: skip
+                delay = min(MAX_BACKOFF_S, max(delay * 2, every))
+                log.error(json.dumps({"event": "watch_failed", "error": self.watcher["error"], "retry_in_s": delay}))
+                continue
+            self.watcher.update(status="ok", error=None, last_ok=time.time())
+            delay = every
 
     async def _reload_keys(self) -> None:
         self.keys_checked = time.monotonic()
@@ -118,8 +173,7 @@ class Server:
         for batcher in self.batchers.values():
             batcher.slot.worker = asyncio.create_task(batcher.run())
         self._tasks.append(asyncio.create_task(self.refresh()))
-        if self.settings.watch_interval_s > 0:
-            self._tasks.append(asyncio.create_task(self._watch()))
+        self._tasks.append(asyncio.create_task(self._watch()))  # always: keys are re-read even without hot swaps
 
     async def stop(self) -> None:
         # uvicorn has already waited for open requests; nothing is queued any more.
@@ -134,11 +188,28 @@ class Server:
     def ready(self) -> bool:
         return all(s.current is not None for s in self.slots.values())
 
-    async def check_key(self, credentials: HTTPAuthorizationCredentials | None, scope: str) -> None:
-        if not self.auth:
-            return
+    def health(self) -> dict[str, Any]:
+        """What /readyz shows: each model's state and the watcher's."""
+        watch = self._tasks[1] if len(self._tasks) > 1 else None
+        watcher = dict(self.watcher)
+        if watch is not None and watch.done():
+            watcher["status"] = "stopped"  # cannot happen by design; shown rather than hidden if it does
+        details = {
+            s.name: {"status": s.status, "version": s.current.version.version if s.current else None,
+                     **({"error": s.error} if s.error else {})}
+            for s in self.slots.values()
+        }  # fmt: skip
+        return {"status": "ready" if self.ready() else "loading", "models": {s.name: s.status for s in self.slots.values()},
+                "details": details, "watcher": watcher}  # fmt: skip
+
+    async def check_key(self, credentials: HTTPAuthorizationCredentials | None, scope: str) -> str:
+        """Check the bearer key for `scope`; return who is asking (the key's name, or "" with auth off)."""
+        if not self.auth and scope != "admin":
+            return ""
         if credentials is None or credentials.scheme.lower() != "bearer":
-            raise ApiError(401, "unauthenticated", "Send an API key: 'Authorization: Bearer <key>'.",
+            hint = "" if self.auth else " Admin routes need an admin key even with auth off: " \
+                "`tunesmith keys create NAME --scope admin`."
+            raise ApiError(401, "unauthenticated", f"Send an API key: 'Authorization: Bearer <key>'.{hint}",
                            {"WWW-Authenticate": "Bearer"})  # fmt: skip
         digest = key_digest(credentials.credentials)
         if digest not in self.keys and time.monotonic() - self.keys_checked > 1.0:
@@ -149,6 +220,15 @@ class Server:
                            {"WWW-Authenticate": "Bearer"})  # fmt: skip
         if scope not in entry[1] and "admin" not in entry[1]:
             raise ApiError(403, "forbidden", f"The key {entry[0]!r} lacks the {scope!r} scope this route needs.")
+        return entry[0]
+
+    def check_rate(self, identity: str) -> None:
+        if self.limiter is None:
+            return
+        wait = self.limiter.retry_after(identity)
+        if wait > 0:
+            raise ApiError(429, "rate_limited", f"More than {self.settings.rate_limit_per_s:g} requests per second; "
+                           f"retry in {wait:.2f} s.", {"Retry-After": str(max(1, round(wait + 0.5)))})  # fmt: skip
 
     def slot(self, name: str) -> Slot:
         slot = self.slots.get(name)
@@ -168,7 +248,7 @@ class Server:
             if len(text) > limits.max_text_chars:
                 raise ApiError(422, "text_too_long", f"Text {i} has {len(text)} characters; at most "
                                f"{limits.max_text_chars} are accepted.")  # fmt: skip
-        return [_valid_unicode(t) for t in texts]
+        return [valid_unicode(t) for t in texts]
 
     def _require_task(self, slot: Slot, wanted: set[str], hint: str) -> None:
         task = slot.current.task if slot.current else None
@@ -220,7 +300,7 @@ class Server:
         )
 
 
-def _valid_unicode(text: str) -> str:
+def valid_unicode(text: str) -> str:
     try:
         text.encode("utf-8")
         return text

@@ -24,7 +24,7 @@ class BatchSettings(BaseModel):
         "no waiting; requests that arrive while the model is busy form the next batch.",
     )
     max_queue: int = Field(
-        4096, ge=1, description="Texts waiting for the model beyond which requests are refused with 503."
+        4096, ge=1, description="Texts waiting for the model beyond which requests are refused with 429."
     )
 
 
@@ -53,25 +53,60 @@ class ServeSettings(BaseModel):
         1, ge=1, le=64, description="text-generation: generations running at once (1: each answer at full speed; "
         "more: more tokens/s in total, each stream slower)."
     )
-    max_queued_generations: int = Field(32, ge=0, description="text-generation: requests waiting beyond which 503.")
+    max_queued_generations: int = Field(32, ge=0, description="text-generation: requests waiting beyond which 429.")
     max_new_tokens: int = Field(1024, ge=1, description="text-generation: largest max_tokens a request may ask.")
     default_max_tokens: int = Field(256, ge=1, description="text-generation: max_tokens when a request gives none.")
     max_prompt_tokens: int = Field(4096, ge=1, description="text-generation: longest prompt accepted, in tokens.")
     watch_interval_s: float = Field(
-        5.0, ge=0, description="How often aliases and exports are re-checked for hot swaps (0: never)."
+        5.0, ge=0, description="How often aliases and exports are re-checked for hot swaps (0: never; API keys are "
+        "still re-read every few seconds, so a revoked key stops working)."
+    )
+    max_concurrent_requests: int = Field(
+        512, ge=1, description="Requests in progress at once beyond which new ones get 429 at once (not queued)."
+    )
+    max_connections: int = Field(
+        2048, ge=1, description="Open connections beyond which the server refuses new ones (uvicorn's limit)."
+    )
+    body_timeout_s: float = Field(
+        10.0, gt=0, description="A request body not fully received within this time gets 408 (slow clients)."
+    )
+    rate_limit_per_s: float | None = Field(
+        None, gt=0, description="Requests per second allowed per API key (per client address with auth off); "
+        "beyond it 429 with Retry-After. None: no limit."
+    )
+    rate_limit_burst: int = Field(20, ge=1, description="Requests a key may send at once before the rate applies.")
+    protect_ops: bool = Field(
+        False, description="Require a key (read scope) for /metrics, /docs and /openapi.json too; needs auth on."
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Host header values accepted on admin routes when auth is off, besides "
+        "localhost, 127.0.0.1, [::1] and the bind address (a check against DNS rebinding)."
+    )
+    max_prompt_chars: int = Field(
+        50_000, ge=1, description="text-generation: most characters in a prompt (all messages), checked before "
+        "the template is rendered or anything tokenized."
+    )
+    max_stop_chars: int = Field(200, ge=1, description="text-generation: longest stop string accepted.")
+    generation_timeout_s: float = Field(
+        300.0, gt=0, description="text-generation: a whole (non-streamed) answer not ready by then is stopped: 504."
     )
 
 
-def auth_enabled(settings: ServeSettings) -> bool:
-    if settings.auth != "auto":
-        return settings.auth == "on"
-    host = settings.host.strip("[]")
+def is_public(host: str) -> bool:
+    """Whether binding `host` makes the server reachable from other machines."""
+    host = host.strip("[]")
     if host == "localhost":
         return False
     try:
         return not ipaddress.ip_address(host).is_loopback
     except ValueError:
         return True  # a host name other than localhost: assume it is reachable from elsewhere
+
+
+def auth_enabled(settings: ServeSettings) -> bool:
+    if settings.auth != "auto":
+        return settings.auth == "on"
+    return is_public(settings.host)
 
 
 def load_settings(path: str | Path | None, overrides: dict[str, Any]) -> ServeSettings:
