@@ -163,7 +163,7 @@ def create_app(settings: ServeSettings, registry: Registry | None = None) -> Fas
     async def show_model(name: str) -> ModelInfo:
         return server.describe(server.slot(name))
 
-    predict_errors = {k: ERRORS[k] for k in (400, 401, 403, 404, 413, 422, 503, 504)}
+    predict_errors = {k: ERRORS[k] for k in (400, 401, 403, 404, 408, 413, 422, 429, 503, 504)}
 
     @app.post("/v1/models/{name}/predict", tags=["predict"], response_model=PredictResponse, dependencies=read,
               responses=predict_errors)  # fmt: skip
@@ -198,7 +198,7 @@ def create_app(settings: ServeSettings, registry: Registry | None = None) -> Fas
     @app.post("/models/{name}", tags=["predict"], dependencies=read, responses=predict_errors,
               response_model=list[list[LabelScore]] | list[HFEntity] | list[list[HFEntity]] | AnswerOut | list[AnswerOut]
               | list[GeneratedText])  # fmt: skip
-    async def predict_hf(name: str, body: HFRequest) -> JSONResponse:
+    async def predict_hf(name: str, body: HFRequest, request: Request) -> JSONResponse:
         """Hugging Face Inference API compatible: text classification answers one list of {label, score} per
         input, most probable first; token classification answers {entity_group, score, word, start, end} per
         entity (a flat list for one input); text generation answers [{generated_text}] as
@@ -207,7 +207,7 @@ def create_app(settings: ServeSettings, registry: Registry | None = None) -> Fas
         if slot.current is not None and slot.current.task == "text-generation":
             from tunesmith.serving.generation import hf_text_generation
 
-            return await hf_text_generation(server.generations, name, body)
+            return await hf_text_generation(server.generations, name, body, request)
         if isinstance(body.inputs, QuestionContext):
             params = body.parameters or HFParameters()
             loaded, answers = await server.answer(name, body.inputs.question, body.inputs.context)

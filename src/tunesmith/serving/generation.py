@@ -3,8 +3,10 @@ as server-sent events, so the official `openai` client works by pointing its `ba
 
 Generation does not micro-batch: each request runs `generate` (with its KV cache) in a thread of its own,
 at most `max_concurrent_generations` at a time; requests beyond that wait in line, and beyond
-`max_queued_generations` waiting they are refused with 503. Limits on prompt and answer length are checked
-before anything runs (422).
+`max_queued_generations` waiting they are refused with 429. Limits (prompt characters, stop strings,
+then prompt tokens and answer length) are checked before anything costly runs (422); the chat template
+and the tokenizer run off the event loop. A whole answer stops when its client goes away or at
+`generation_timeout_s` (504); a streamed one when its client goes away.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunesmith.serving.schemas import ERRORS, ApiError
+from tunesmith.serving.server import valid_unicode
 
 TASK = "text-generation"
 
@@ -44,7 +47,9 @@ class _Sampling(BaseModel):
     temperature: Annotated[float, Field(ge=0, le=2)] = Field(1.0, description="0: greedy; higher: more random.")
     top_p: Annotated[float, Field(gt=0, le=1)] = Field(1.0, description="Nucleus sampling mass.")
     stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(None, description="Up to 4 stop strings.")
-    seed: int | None = Field(None, description="Seed for sampling: the same seed gives the same answer.")
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = Field(
+        None, description="Seed for sampling (0 to 2^63-1): the same seed gives the same answer."
+    )
     stream: bool = Field(False, description="Send the answer as server-sent events while it is generated.")
     n: Annotated[int, Field(ge=1, le=1)] = Field(1, description="Only 1 answer per request is generated.")
 
@@ -71,8 +76,8 @@ class GenerationMetrics:
         )  # fmt: skip
         self.waiting = Gauge("tunesmith_generation_queue", "Generations waiting for a free slot.", ["model"],
                              registry=registry)  # fmt: skip
-        self.cancelled = Counter("tunesmith_generations_cancelled", "Streamed generations stopped because the "
-                                 "client went away.", ["model"], registry=registry)  # fmt: skip
+        self.cancelled = Counter("tunesmith_generations_cancelled", "Generations stopped because the client went "
+                                 "away.", ["model"], registry=registry)  # fmt: skip
 
 
 class Generations:
@@ -110,7 +115,7 @@ class Generations:
             raise ApiError(422, "context_exceeded", f"prompt ({len(ids)} tokens) + max_tokens ({wanted}) exceed the "
                            f"model's context of {context} tokens.")  # fmt: skip
         if self.slots.locked() and self.waiting >= settings.max_queued_generations:
-            raise ApiError(503, "busy", "All generation slots are busy and the line is full; retry shortly.",
+            raise ApiError(429, "busy", "All generation slots are busy and the line is full; retry shortly.",
                            {"Retry-After": "1"})  # fmt: skip
         return wanted
 
@@ -129,13 +134,55 @@ class Generations:
         finally:
             self.slots.release()
 
-    async def run(self, name: str, generator: Any, ids: list[int], options: dict[str, Any]) -> Any:
+    def check_input(self, texts: list[str], stop: list[str] | None) -> list[str]:
+        """Cheap limits first, before the chat template or the tokenizer see anything: prompt characters and
+        stop-string lengths. Returns the texts with lone surrogates (invalid in UTF-8) replaced."""
+        settings = self.server.settings
+        size = sum(len(t) for t in texts)
+        if size > settings.max_prompt_chars:
+            raise ApiError(422, "prompt_too_long", f"The prompt has {size} characters; at most "
+                           f"{settings.max_prompt_chars} are accepted.")  # fmt: skip
+        for s in stop or []:
+            if len(s) > settings.max_stop_chars:
+                raise ApiError(422, "stop_too_long", f"A stop string has {len(s)} characters; at most "
+                               f"{settings.max_stop_chars} are accepted.")  # fmt: skip
+        return [valid_unicode(t) for t in texts]
+
+    async def prompt_ids(self, generator: Any, messages: list[dict[str, str]] | None = None,
+                         prompt: str | None = None) -> list[int]:  # fmt: skip
+        # Rendering a template and tokenizing 50k characters takes milliseconds the event loop cannot spare.
+        return await asyncio.to_thread(generator.prompt_ids, messages, prompt)
+
+    async def run(self, name: str, generator: Any, ids: list[int], options: dict[str, Any],
+                  request: Any = None) -> Any:  # fmt: skip
+        """A whole answer. It is stopped at its next token when the client goes away or the deadline passes
+        (504); either way the slot is held until the model has stopped."""
         started = time.perf_counter()
+        deadline = started + self.server.settings.generation_timeout_s
+        cancel = threading.Event()
+        late = left = False
         async with self._turn(name):
-            result = await asyncio.get_running_loop().run_in_executor(
-                self.pool, lambda: generator.generate(ids, **options)
+            future = asyncio.get_running_loop().run_in_executor(
+                self.pool, lambda: generator.generate(ids, cancel=cancel, **options)
             )  # fmt: skip
+            while not future.done():
+                await asyncio.wait({future}, timeout=max(0.01, min(0.25, deadline - time.perf_counter())))
+                if future.done() or cancel.is_set():
+                    continue
+                if time.perf_counter() > deadline:
+                    late = True
+                    cancel.set()
+                elif request is not None and await request.is_disconnected():
+                    left = True
+                    cancel.set()
+            with anyio.CancelScope(shield=True):
+                result = await future
         self._count(name, result.completion_tokens, time.perf_counter() - started, None)
+        if left:
+            self.metrics.cancelled.labels(name).inc()
+        if late:
+            raise ApiError(504, "timeout", f"The answer was not ready within {self.server.settings.generation_timeout_s:g}"
+                           " s; ask for fewer max_tokens, or stream it.")  # fmt: skip
         return result
 
     async def stream(self, name: str, generator: Any, ids: list[int], options: dict[str, Any]) -> AsyncIterator[Any]:
@@ -180,7 +227,7 @@ class Generations:
             self.metrics.first_token.labels(name).observe(seconds / max(1, tokens))
 
 
-async def hf_text_generation(generations: Generations, name: str, body: Any) -> JSONResponse:
+async def hf_text_generation(generations: Generations, name: str, body: Any, request: Any = None) -> JSONResponse:
     """`POST /models/NAME` for a text-generation model, as text-generation-inference answers it (what
     `huggingface_hub.InferenceClient.text_generation` parses): `[{"generated_text": ...}]`."""
     if not isinstance(body.inputs, str):
@@ -190,17 +237,18 @@ async def hf_text_generation(generations: Generations, name: str, body: Any) -> 
                        f'{{"model": "{name}", "prompt": ..., "stream": true}}.')  # fmt: skip
     loaded = generations.generator(name)
     generator = loaded.predictor
-    ids = generator.prompt_ids(prompt=body.inputs)
-    if not ids:
-        raise ApiError(422, "empty_prompt", "The prompt is empty; send some text to continue.")
     params = body.parameters
     get = (lambda key: getattr(params, key)) if params is not None else (lambda _key: None)
+    (prompt,) = generations.check_input([body.inputs], get("stop"))
+    ids = await generations.prompt_ids(generator, prompt=prompt)
+    if not ids:
+        raise ApiError(422, "empty_prompt", "The prompt is empty; send some text to continue.")
     # As text-generation-inference: greedy unless asked to sample, and a temperature or top_p asks for it.
     sample = bool(get("do_sample")) or (get("temperature") or 0) > 0 or get("top_p") is not None
     options = {"max_tokens": generations.admit(generator, ids, get("max_new_tokens")),
                "temperature": (get("temperature") or 1.0) if sample else 0.0, "top_p": get("top_p") or 1.0,
                "stop": get("stop"), "seed": get("seed")}  # fmt: skip
-    result = await generations.run(name, generator, ids, options)
+    result = await generations.run(name, generator, ids, options, request)
     out: dict[str, Any] = {"generated_text": (body.inputs if get("return_full_text") else "") + result.text}
     if get("details"):
         out["details"] = {"finish_reason": "eos_token" if result.finish_reason == "stop" else "length",
@@ -223,8 +271,12 @@ def _finish(pending: Future | None, pieces: Iterator[Any]) -> Any:
     return last if not isinstance(last, str) else None
 
 
+def _stops(body: _Sampling) -> list[str] | None:
+    return [body.stop] if isinstance(body.stop, str) else body.stop
+
+
 def _options(body: _Sampling, max_tokens: int) -> dict[str, Any]:
-    stop = [body.stop] if isinstance(body.stop, str) else body.stop
+    stop = _stops(body)
     return {"max_tokens": max_tokens, "temperature": body.temperature, "top_p": body.top_p, "stop": stop,
             "seed": body.seed}  # fmt: skip
 
@@ -243,21 +295,22 @@ def routes(server: Any, dependencies: list[Any]) -> APIRouter:
     router = APIRouter(tags=["generate"], dependencies=dependencies)
     generations = Generations(server)
     server.generations = generations
-    errors = {k: ERRORS[k] for k in (401, 403, 404, 413, 422, 503)}
+    errors = {k: ERRORS[k] for k in (401, 403, 404, 413, 422, 429, 503, 504)}
 
     @router.post("/v1/chat/completions", responses=errors)
-    async def chat_completions(body: ChatRequest) -> Any:
+    async def chat_completions(body: ChatRequest, request: Request) -> Any:
         """OpenAI chat completions: the model's chat template renders `messages`, the answer comes back whole or,
         with `stream`, as `chat.completion.chunk` events ending with `data: [DONE]`."""
         loaded = generations.generator(body.model)
         generator = loaded.predictor
-        messages = [{"role": m.role, "content": m.content} for m in body.messages]
-        ids = generator.prompt_ids(messages)
+        contents = generations.check_input([m.content for m in body.messages], _stops(body))
+        messages = [{"role": m.role, "content": c} for m, c in zip(body.messages, contents, strict=True)]
+        ids = await generations.prompt_ids(generator, messages)
         options = _options(body, generations.admit(generator, ids, body.max_completion_tokens or body.max_tokens))
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         head = {"id": ident, "created": created, "model": body.model}
         if not body.stream:
-            result = await generations.run(body.model, generator, ids, options)
+            result = await generations.run(body.model, generator, ids, options, request)
             return JSONResponse({**head, "object": "chat.completion", "choices": [{
                 "index": 0, "message": {"role": "assistant", "content": result.text},
                 "finish_reason": result.finish_reason, "logprobs": None}], "usage": _usage(result)})  # fmt: skip
@@ -277,18 +330,19 @@ def routes(server: Any, dependencies: list[Any]) -> APIRouter:
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @router.post("/v1/completions", responses=errors)
-    async def completions(body: CompletionRequest) -> Any:
+    async def completions(body: CompletionRequest, request: Request) -> Any:
         """OpenAI (legacy) completions: `prompt` is continued as it is, without the chat template."""
         loaded = generations.generator(body.model)
         generator = loaded.predictor
-        ids = generator.prompt_ids(prompt=body.prompt)
+        (prompt,) = generations.check_input([body.prompt], _stops(body))
+        ids = await generations.prompt_ids(generator, prompt=prompt)
         if not ids:
             raise ApiError(422, "empty_prompt", "The prompt is empty; send some text to continue.")
         options = _options(body, generations.admit(generator, ids, body.max_tokens))
         head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model,
                 "object": "text_completion"}  # fmt: skip
         if not body.stream:
-            result = await generations.run(body.model, generator, ids, options)
+            result = await generations.run(body.model, generator, ids, options, request)
             return JSONResponse({**head, "choices": [{"index": 0, "text": result.text, "logprobs": None,
                                                       "finish_reason": result.finish_reason}], "usage": _usage(result)})  # fmt: skip
 

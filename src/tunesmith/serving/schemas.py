@@ -101,7 +101,9 @@ class HFParameters(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2, strict=True, description="text-generation: sampling temperature.")
     top_p: float | None = Field(None, gt=0, le=1, strict=True, description="text-generation: nucleus sampling mass.")
     stop: Annotated[list[str], Field(max_length=4)] | None = Field(None, description="text-generation: stop strings.")
-    seed: int | None = Field(None, strict=True, description="text-generation: sampling seed.")
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = Field(
+        None, strict=True, description="text-generation: sampling seed (0 to 2^63-1)."
+    )
     return_full_text: bool | None = Field(None, strict=True, description="text-generation: the prompt, then the answer.")
     details: bool | None = Field(None, strict=True, description="text-generation: add finish_reason and token counts.")
 

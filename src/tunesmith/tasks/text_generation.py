@@ -308,18 +308,17 @@ class Generator:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
-        if seed is not None:
-            torch.manual_seed(seed)
         sample = temperature > 0
         kwargs: dict[str, Any] = {
             "input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
             "max_new_tokens": max_tokens, "do_sample": sample, "pad_token_id": self.tokenizer.pad_token_id,
             "use_cache": True,  # the KV cache: each new token costs one position, not the whole sequence
         }  # fmt: skip
+        # Greedy decoding either way, with the model's sampling defaults unset so transformers does not warn
+        # about them; sampling happens in our logits processor, with a generator of this request's own.
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if sample:
-            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-        else:  # greedy: unset the model's sampling defaults so transformers does not warn about them
-            kwargs.update(temperature=None, top_p=None, top_k=None)
+            kwargs["logits_processor"] = _seeded_sampling(temperature, top_p, seed)
         criteria = StoppingCriteriaList()
         if stop:
             criteria.append(_stop_on_text(self.tokenizer, len(ids), list(stop)))
@@ -335,11 +334,12 @@ class Generator:
         return kwargs
 
     def generate(self, ids: list[int], max_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
-                 stop: Sequence[str] | None = None, seed: int | None = None) -> Generation:  # fmt: skip
+                 stop: Sequence[str] | None = None, seed: int | None = None, cancel: Any = None) -> Generation:  # fmt: skip
+        """The whole answer; setting `cancel` (a `threading.Event`) stops it at its next token."""
         import torch
 
         with torch.inference_mode():
-            out = self.model.generate(**self._kwargs(ids, max_tokens, temperature, top_p, stop, seed))
+            out = self.model.generate(**self._kwargs(ids, max_tokens, temperature, top_p, stop, seed, cancel))
         new = out[0, len(ids) :].tolist()
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         text, stopped = _cut_at_stop(text, stop)
@@ -397,6 +397,28 @@ class Generator:
         return self.generate(self.prompt_ids(messages), **options)
 
 
+def _seeded_sampling(temperature: float, top_p: float, seed: int | None) -> Any:
+    """Temperature and nucleus sampling with a `torch.Generator` of the request's own: transformers samples
+    from torch's global generator, so a seed set for one request was moved by every other generation running
+    at the same time. The sampled token gets score 0 and every other -inf, so greedy decoding picks it."""
+    import secrets
+
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+    generator = torch.Generator().manual_seed(seed if seed is not None else secrets.randbits(63))
+
+    class Sample(LogitsProcessor):
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            chosen = torch.multinomial(torch.softmax(scores.float(), dim=-1), 1, generator=generator)
+            return torch.full_like(scores, float("-inf")).scatter_(1, chosen, 0.0)
+
+    warpers: list[Any] = [TemperatureLogitsWarper(temperature)]
+    if top_p < 1:
+        warpers.append(TopPLogitsWarper(top_p))
+    return LogitsProcessorList([*warpers, Sample()])
+
+
 def _stop_on_text(tokenizer: Any, prompt_length: int, stops: list[str]) -> Any:
     """Stop once the decoded answer contains a stop string. transformers' own `stop_strings` matches on
     vocabulary strings and stopped early on byte-level vocabularies (seen with a newline stop), so the
@@ -427,9 +449,12 @@ def _partial_stop(text: str, stop: Sequence[str] | None) -> int:
     """How many characters at the end of `text` could be the start of a stop string."""
     longest = 0
     for s in stop or ():
-        for n in range(1, len(s)):
+        # Longest first, and never longer than the text: the server caps stop strings (max_stop_chars), so
+        # this stays a few thousand character comparisons per piece.
+        for n in range(min(len(s) - 1, len(text)), longest, -1):
             if text.endswith(s[:n]):
-                longest = max(longest, n)
+                longest = n
+                break
     return longest
 
 
