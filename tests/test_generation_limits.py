@@ -27,7 +27,7 @@ def raw_home(tiny_llm: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
-def server_with(start_server, home: Path, tmp_path: Path, settings: str):  # noqa: ANN001, ANN201
+def server_with(start_server, home: Path, tmp_path: Path, settings: str):
     config = tmp_path / "serve.yaml"
     config.write_text(settings)
     return start_server(home, "raw", "--config", str(config))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -282,3 +283,12 @@ def test_label_errors_with_the_large_data_set_up(
         assert i + 1 in flagged
         assert flagged[i + 1]["suggested"] == [clean_rows()[i][1]]
     assert found["flagged"] <= len(FLIPPED) + 2
+
+
+@pytest.mark.parametrize("hostile", ["a." * 20_000, "a-" * 20_000, "a@" + "a." * 20_000])
+def test_email_detection_is_linear(hostile: str) -> None:
+    from tunesmith.quality.pii import find
+
+    started = time.perf_counter()
+    find(hostile)
+    assert time.perf_counter() - started < 0.2  # the unbounded pattern took ~1.3 s here (quadratic)

@@ -25,7 +25,7 @@ def home(served_home: Path, tmp_path: Path) -> Path:
     return private_copy(served_home, tmp_path / "home")
 
 
-def wait_for(check, seconds: float = 20, what: str = "") -> object:  # noqa: ANN001
+def wait_for(check, seconds: float = 20, what: str = "") -> object:
     deadline = time.time() + seconds
     while time.time() < deadline:
         value = check()
