@@ -293,15 +293,17 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterable[Callable[
         server.stop()
 
 
-def fuzz_openapi(url: str, workdir: Path) -> None:
+def fuzz_openapi(url: str, workdir: Path, key: str | None = None, max_examples: int = 25) -> None:
     """schemathesis generates requests from the server's OpenAPI schema (valid and invalid) and checks every
-    answer: no 5xx, documented status codes and content types, responses matching their schemas."""
+    answer: no 5xx, documented status codes and content types, responses matching their schemas. With `key`,
+    every request carries it (admin routes need one even with auth off)."""
     import subprocess
 
+    headers = ["--header", f"Authorization: Bearer {key}"] if key else []
     result = subprocess.run(
         [sys.executable, "-m", "schemathesis.cli", "--config-file", str(ROOT / "tests" / "schemathesis.toml"),
-         "run", f"{url}/openapi.json", "--checks", "all",
-         "--max-examples", "25", "--seed", "1", "--phases", "examples,coverage,fuzzing", "--no-color"],
+         "run", f"{url}/openapi.json", "--checks", "all", *headers,
+         "--max-examples", str(max_examples), "--seed", "1", "--phases", "examples,coverage,fuzzing", "--no-color"],
         capture_output=True, text=True, cwd=workdir, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[result.stdout.find("FAILURES") :][:6000]

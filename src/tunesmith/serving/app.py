@@ -276,11 +276,12 @@ def create_app(settings: ServeSettings, registry: Registry | None = None) -> Fas
         from tunesmith.serving import generation
 
         app.include_router(generation.routes(server, read))
-    _document_limits(app, settings, list(server.slots))
+    generating = [name for name, task in server.tasks.items() if task == "text-generation"]
+    _document_limits(app, settings, list(server.slots), generating)
     return RequestMiddleware(app, server)  # type: ignore[return-value]
 
 
-def _document_limits(app: FastAPI, settings: ServeSettings, served: list[str]) -> None:
+def _document_limits(app: FastAPI, settings: ServeSettings, served: list[str], generating: list[str]) -> None:
     """Put this server's limits and model names into its OpenAPI schema: clients and fuzzers see what is accepted."""
     generate = app.openapi
 
@@ -305,6 +306,14 @@ def _document_limits(app: FastAPI, settings: ServeSettings, served: list[str]) -
                                   ("AnswerRequest", ("question", "context"))):  # fmt: skip
                 for name in fields:
                     limit(components.get(model, {}).get("properties", {}).get(name))
+            for model in ("ChatRequest", "CompletionRequest"):  # the OpenAI routes name their model in the body
+                properties = components.get(model, {}).get("properties", {})
+                if "model" in properties and generating:
+                    properties["model"]["enum"] = list(generating)
+                for name in ("max_tokens", "max_completion_tokens"):
+                    for option in properties.get(name, {}).get("anyOf", []):
+                        if option.get("type") == "integer":
+                            option["maximum"] = settings.max_new_tokens
             for operation in (op for path in schema.get("paths", {}).values() for op in path.values()):
                 for parameter in operation.get("parameters", []):
                     if parameter.get("in") == "path" and parameter.get("name") == "name":

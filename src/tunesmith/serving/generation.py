@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, ConfigDict, Field
 
-from tunesmith.serving.schemas import ERRORS, ApiError
+from tunesmith.serving.schemas import ERRORS, MAX_SEED, ApiError
 from tunesmith.serving.server import valid_unicode
 
 TASK = "text-generation"
@@ -41,16 +41,17 @@ class ChatMessage(BaseModel):
 
 
 class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="allow")  # unknown OpenAI parameters (logprobs, user, ...) are ignored
+    # Strict types: a seed of `false` or a stream of `0` is a client bug to report, not to guess around.
+    model_config = ConfigDict(extra="allow", strict=True)  # unknown OpenAI parameters (logprobs, user, ...) are ignored
     model: str = Field(description="Name of a served text-generation model.")
     max_tokens: Annotated[int, Field(ge=1)] | None = Field(None, description="Most tokens to generate.")
     temperature: Annotated[float, Field(ge=0, le=2)] = Field(1.0, description="0: greedy; higher: more random.")
     top_p: Annotated[float, Field(gt=0, le=1)] = Field(1.0, description="Nucleus sampling mass.")
     stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(None, description="Up to 4 stop strings.")
-    seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = Field(
-        None, description="Seed for sampling (0 to 2^63-1): the same seed gives the same answer."
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = Field(
+        None, description="Seed for sampling (0 to 2^53-1): the same seed gives the same answer."
     )
-    stream: bool = Field(False, description="Send the answer as server-sent events while it is generated.")
+    stream: bool = Field(False, strict=True, description="Send the answer as server-sent events while it is generated.")
     n: Annotated[int, Field(ge=1, le=1)] = Field(1, description="Only 1 answer per request is generated.")
 
 
@@ -61,6 +62,20 @@ class ChatRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str = Field(description="Text to continue (no chat template).")
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIError(BaseModel):
+    """Errors on the OpenAI routes come in OpenAI's shape: its clients show `error.message` to the user."""
+
+    error: OpenAIErrorDetail
+    request_id: str | None = None
 
 
 class GenerationMetrics:
@@ -151,7 +166,14 @@ class Generations:
     async def prompt_ids(self, generator: Any, messages: list[dict[str, str]] | None = None,
                          prompt: str | None = None) -> list[int]:  # fmt: skip
         # Rendering a template and tokenizing 50k characters takes milliseconds the event loop cannot spare.
-        return await asyncio.to_thread(generator.prompt_ids, messages, prompt)
+        ids = await asyncio.to_thread(generator.prompt_ids, messages, prompt)
+        if not ids:  # an empty prompt, as OpenAI takes it: generate from the start-of-text token
+            tokenizer = generator.tokenizer
+            start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+            ids = [start] if start is not None else []
+        if not ids:
+            raise ApiError(422, "empty_prompt", "The prompt is empty and the model has no start token; send some text.")
+        return ids
 
     async def run(self, name: str, generator: Any, ids: list[int], options: dict[str, Any],
                   request: Any = None) -> Any:  # fmt: skip
@@ -229,9 +251,10 @@ class Generations:
 
 async def hf_text_generation(generations: Generations, name: str, body: Any, request: Any = None) -> JSONResponse:
     """`POST /models/NAME` for a text-generation model, as text-generation-inference answers it (what
-    `huggingface_hub.InferenceClient.text_generation` parses): `[{"generated_text": ...}]`."""
-    if not isinstance(body.inputs, str):
-        raise ApiError(422, "one_prompt", "A text-generation model continues one prompt: send `inputs` as a string.")
+    `huggingface_hub.InferenceClient.text_generation` parses): `[{"generated_text": ...}]`, one per prompt."""
+    prompts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+    if not isinstance(prompts, list):  # a {question, context} pair: that route of this model does not exist
+        raise ApiError(404, "wrong_task", f"{name!r} is a text-generation model; send `inputs` as a prompt string.")
     if body.stream:
         raise ApiError(422, "no_stream_here", f"Streaming is served in OpenAI's shape: POST /v1/completions with "
                        f'{{"model": "{name}", "prompt": ..., "stream": true}}.')  # fmt: skip
@@ -239,21 +262,22 @@ async def hf_text_generation(generations: Generations, name: str, body: Any, req
     generator = loaded.predictor
     params = body.parameters
     get = (lambda key: getattr(params, key)) if params is not None else (lambda _key: None)
-    (prompt,) = generations.check_input([body.inputs], get("stop"))
-    ids = await generations.prompt_ids(generator, prompt=prompt)
-    if not ids:
-        raise ApiError(422, "empty_prompt", "The prompt is empty; send some text to continue.")
+    prompts = generations.check_input(prompts, get("stop"))
     # As text-generation-inference: greedy unless asked to sample, and a temperature or top_p asks for it.
     sample = bool(get("do_sample")) or (get("temperature") or 0) > 0 or get("top_p") is not None
-    options = {"max_tokens": generations.admit(generator, ids, get("max_new_tokens")),
-               "temperature": (get("temperature") or 1.0) if sample else 0.0, "top_p": get("top_p") or 1.0,
-               "stop": get("stop"), "seed": get("seed")}  # fmt: skip
-    result = await generations.run(name, generator, ids, options, request)
-    out: dict[str, Any] = {"generated_text": (body.inputs if get("return_full_text") else "") + result.text}
-    if get("details"):
-        out["details"] = {"finish_reason": "eos_token" if result.finish_reason == "stop" else "length",
-                          "generated_tokens": result.completion_tokens, "seed": get("seed")}  # fmt: skip
-    return JSONResponse([out])
+    answers = []
+    for prompt in prompts:  # a list of prompts (as the transformers pipeline takes) is answered in turn
+        ids = await generations.prompt_ids(generator, prompt=prompt)
+        options = {"max_tokens": generations.admit(generator, ids, get("max_new_tokens")),
+                   "temperature": (get("temperature") or 1.0) if sample else 0.0, "top_p": get("top_p") or 1.0,
+                   "stop": get("stop"), "seed": get("seed")}  # fmt: skip
+        result = await generations.run(name, generator, ids, options, request)
+        out: dict[str, Any] = {"generated_text": (prompt if get("return_full_text") else "") + result.text}
+        if get("details"):
+            out["details"] = {"finish_reason": "eos_token" if result.finish_reason == "stop" else "length",
+                              "generated_tokens": result.completion_tokens, "seed": get("seed")}  # fmt: skip
+        answers.append(out)
+    return JSONResponse(answers)
 
 
 def _finish(pending: Future | None, pieces: Iterator[Any]) -> Any:
@@ -295,7 +319,13 @@ def routes(server: Any, dependencies: list[Any]) -> APIRouter:
     router = APIRouter(tags=["generate"], dependencies=dependencies)
     generations = Generations(server)
     server.generations = generations
-    errors = {k: ERRORS[k] for k in (401, 403, 404, 413, 422, 429, 503, 504)}
+    errors: dict[int | str, dict[str, Any]] = {
+        k: {"model": OpenAIError, "description": ERRORS[k]["description"]}
+        for k in (400, 401, 403, 404, 408, 413, 422, 429, 503, 504)
+    }
+    errors[200] = {"description": "The answer (JSON), or with `stream` its pieces as server-sent events.",
+                   "content": {"text/event-stream": {"schema": {  # one event: `data: <a JSON chunk>` or `data: [DONE]`
+                       "type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}}}}  # fmt: skip
 
     @router.post("/v1/chat/completions", responses=errors)
     async def chat_completions(body: ChatRequest, request: Request) -> Any:
@@ -306,6 +336,8 @@ def routes(server: Any, dependencies: list[Any]) -> APIRouter:
         contents = generations.check_input([m.content for m in body.messages], _stops(body))
         messages = [{"role": m.role, "content": c} for m, c in zip(body.messages, contents, strict=True)]
         ids = await generations.prompt_ids(generator, messages)
+        if body.max_completion_tokens and body.max_tokens:  # both given: the alias wins, the other must be valid too
+            generations.admit(generator, ids, body.max_tokens)
         options = _options(body, generations.admit(generator, ids, body.max_completion_tokens or body.max_tokens))
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         head = {"id": ident, "created": created, "model": body.model}
@@ -336,8 +368,6 @@ def routes(server: Any, dependencies: list[Any]) -> APIRouter:
         generator = loaded.predictor
         (prompt,) = generations.check_input([body.prompt], _stops(body))
         ids = await generations.prompt_ids(generator, prompt=prompt)
-        if not ids:
-            raise ApiError(422, "empty_prompt", "The prompt is empty; send some text to continue.")
         options = _options(body, generations.admit(generator, ids, body.max_tokens))
         head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model,
                 "object": "text_completion"}  # fmt: skip

@@ -11,6 +11,11 @@ from pydantic.json_schema import SkipJsonSchema
 MAX_ANSWERS = 10  # answers computed per question; top_k chooses among them
 
 
+# The largest integer every JSON parser holds exactly (JavaScript's Number.MAX_SAFE_INTEGER): a larger seed
+# would silently become another number on its way through a client.
+MAX_SEED = 2**53 - 1
+
+
 class PredictRequest(BaseModel):
     """Exactly one of `text` and `texts` (the schema says so with oneOf, so generated clients know)."""
 
@@ -101,8 +106,8 @@ class HFParameters(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2, strict=True, description="text-generation: sampling temperature.")
     top_p: float | None = Field(None, gt=0, le=1, strict=True, description="text-generation: nucleus sampling mass.")
     stop: Annotated[list[str], Field(max_length=4)] | None = Field(None, description="text-generation: stop strings.")
-    seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = Field(
-        None, strict=True, description="text-generation: sampling seed (0 to 2^63-1)."
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = Field(
+        None, strict=True, description="text-generation: sampling seed (0 to 2^53-1)."
     )
     return_full_text: bool | None = Field(None, strict=True, description="text-generation: the prompt, then the answer.")
     details: bool | None = Field(None, strict=True, description="text-generation: add finish_reason and token counts.")
