@@ -206,7 +206,7 @@ def private_copy(home: Path, target: Path) -> Path:
     """A writable copy of a registry home, so a test that changes it does not affect others."""
     import shutil
 
-    shutil.copytree(home, target)
+    shutil.copytree(home, target, symlinks=True)
     for path in target.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     return target

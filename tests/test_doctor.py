@@ -182,3 +182,18 @@ def test_the_server_serving_a_deleted_version_notices(home: Path) -> None:
     third = registry.register("support", _stage(registry), "text-classification")
     assert third.version == 3 and revision_of(third) != revision_of(second)
     assert os.path.basename(third.path) != os.path.basename(second.path)
+
+
+def test_exports_written_after_registration_do_not_change_the_checksum(tmp_path: Path) -> None:
+    from tunesmith.registry import artifact_checksum
+
+    artifact = tmp_path / "a"
+    (artifact / "model").mkdir(parents=True)
+    (artifact / "model" / "w.safetensors").write_text("w")
+    before = artifact_checksum(artifact)
+    for export in ("onnx", "merged", "exports/onnx-1", ".onnx-tmp", ".merged-tmp"):
+        (artifact / export).mkdir(parents=True)
+        (artifact / export / "f").write_text("x")
+    assert artifact_checksum(artifact) == before
+    (artifact / "model" / "w.safetensors").write_text("changed")
+    assert artifact_checksum(artifact) != before

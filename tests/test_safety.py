@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -212,3 +213,17 @@ def test_two_runs_of_one_name_do_not_collide(registry: Registry, support_csv: Pa
         assert (registry.run_dir("same") / "checkpoints").is_dir()  # the running one's checkpoints are intact
     with pytest.raises(RegistryError):  # lock released: a plain run now gets past the lock (and fails on data)
         registry.resolve("same")
+
+
+def test_trial_paths_read_back_from_the_study_are_confined(tmp_path: Path) -> None:
+    from tunesmith.tuning import _trial_path
+
+    class Trial:
+        user_attrs: ClassVar[dict[str, str]] = {}
+
+    scratch = tmp_path / "tuning" / "study"
+    for hostile in ("/etc", str(tmp_path), "../../x", str(scratch)):
+        Trial.user_attrs = {"path": hostile}
+        assert _trial_path(Trial(), scratch) is None, hostile
+    Trial.user_attrs = {"path": str(scratch / "home" / "models" / "trial-1" / "v-1")}
+    assert _trial_path(Trial(), scratch) == (scratch / "home" / "models" / "trial-1" / "v-1").resolve()

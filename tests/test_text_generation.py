@@ -183,8 +183,10 @@ def test_openai_client_against_the_real_server(trained: tuple, start_server) -> 
         model="extract", prompt="order=", max_tokens=8, temperature=0).choices[0].text  # fmt: skip
     detailed = hf.text_generation("order=", max_new_tokens=8, details=True, return_full_text=True)
     assert detailed.generated_text.startswith("order=") and detailed.details.generated_tokens <= 8
-    refused = httpx.post(f"{server.url}/models/extract", json={"inputs": ["a", "b"]})
-    assert refused.status_code == 422 and "one prompt" in refused.json()["error"]
+    several = httpx.post(f"{server.url}/models/extract", json={"inputs": ["a", "b"], "parameters": {"max_new_tokens": 3}})
+    assert several.status_code == 200 and len(several.json()) == 2  # one answer per prompt, as the pipeline does
+    pair = httpx.post(f"{server.url}/models/extract", json={"inputs": {"question": "q", "context": "c"}})
+    assert pair.status_code == 404 and pair.json()["code"] == "wrong_task"
     assert httpx.post(f"{server.url}/models/extract", json={"inputs": "a", "stream": True}).status_code == 422
 
     metrics = httpx.get(f"{server.url}/metrics").text

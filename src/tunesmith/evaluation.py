@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from tunesmith.registry import is_export_file
+
 
 def multi_hot(labels: Sequence[Sequence[int]], n_classes: int) -> np.ndarray:
     out = np.zeros((len(labels), n_classes), dtype=np.int64)
@@ -322,7 +324,7 @@ def compare_runs(versions: Sequence[Any]) -> list[dict[str, Any]]:
         keys = MAIN_METRICS.get(version.task, ())
         test = evaluation.get("test", {})
         validation = evaluation.get("validation", {})
-        files = [p for p in path.rglob("*") if p.is_file() and "onnx" not in p.relative_to(path).parts[:1]]
+        files = [p for p in path.rglob("*") if p.is_file() and not is_export_file(p.relative_to(path))]
         rows.append({
             "ref": version.ref,
             "task": version.task,

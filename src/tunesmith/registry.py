@@ -169,9 +169,15 @@ class IndexEntry:
     task: str
 
 
-# Export folders live inside a version folder but are written after registration; they are not part of
-# what the checksum covers.
-EXPORT_PARTS = ("onnx", "exports")
+# Export folders live inside a version folder but are written after registration (ONNX, the merged LLM);
+# they are not part of what the checksum covers.
+EXPORT_PARTS = ("onnx", "merged", "exports")
+
+
+def is_export_file(relative: Path) -> bool:
+    """Whether a path inside an artifact belongs to an export (or an export's leftover work folder)."""
+    first = relative.parts[0] if relative.parts else ""
+    return first in EXPORT_PARTS or first.startswith(tuple(f".{p}-" for p in EXPORT_PARTS))
 
 
 def artifact_checksum(root: Path) -> str:
@@ -179,7 +185,7 @@ def artifact_checksum(root: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
         relative = path.relative_to(root)
-        if relative.parts[0] in EXPORT_PARTS or relative.parts[0].startswith(".onnx-"):
+        if is_export_file(relative):
             continue
         digest.update(relative.as_posix().encode() + b"\0")
         with path.open("rb") as handle:
