@@ -3,7 +3,6 @@ never given twice, a failed registration keeps the trained model, two runs of on
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import ClassVar
 
@@ -11,25 +10,12 @@ import pytest
 
 import tunesmith
 from conftest import private_copy, snapshot
-from tunesmith import cli
+from test_cli import run as run_cli
 from tunesmith.errors import InvalidNameError, LockedError, RegistryError
 from tunesmith.paths import check_name, confine
 from tunesmith.registry import Registry
 
 HOSTILE = ["..", "../x", "/abs/path", "a\nb", "abc\n", "con", "NUL.txt", "x" * 300, "", "-x", "a/b", "a b", "x."]
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    old, sys.argv = sys.argv, ["tunesmith", *args]
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
