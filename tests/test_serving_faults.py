@@ -160,3 +160,26 @@ def test_protect_ops_puts_metrics_and_docs_behind_a_key(home: Path, start_server
 def test_auth_off_on_a_public_bind_warns(home: Path, start_server) -> None:
     server = start_server(home, "support", "--auth", "off", "--host", "0.0.0.0")
     assert any("WARNING: auth is off" in line for line in server.log_lines())
+
+
+def test_a_server_notices_a_deleted_version_and_numbers_are_not_reused(home: Path, start_server) -> None:
+    registry = Registry(home)
+    second = add_version(registry, "support@1")
+    server = start_server(home, "support", "--watch-interval", "0.2")  # no alias: the latest version
+    answer = lambda: httpx.post(f"{server.url}{PREDICT}", json={"text": "hi"}).json()["version"]  # noqa: E731
+    assert answer() == second
+    registry.delete(f"support@{second}")
+    wait_for(lambda: answer() == 1, what="the server to leave the deleted version")
+    third = add_version(registry, "support@1")
+    assert third == second + 1  # never the deleted number again
+    wait_for(lambda: answer() == third, what="the server to take the new version")
+
+
+def test_hostile_alias_names_over_http_are_a_4xx(home: Path, start_server) -> None:
+    registry = Registry(home)
+    admin = bearer(registry.create_key("ops", ["admin"]))
+    server = start_server(home, "support")
+    for alias in ("con", "a" * 65, "a.", "latest"):
+        answer = httpx.put(f"{server.url}/v1/models/support/aliases/{alias}", json={"version": 1}, headers=admin)
+        assert 400 <= answer.status_code < 500, (alias, answer.status_code)
+    assert [v.aliases for v in registry.versions("support")] == [[]]

@@ -39,7 +39,7 @@ from tunesmith.serving.schemas import (
     QuestionContext,
     SeedRequest,
 )
-from tunesmith.serving.server import Server
+from tunesmith.serving.server import Server, fix_mmap_threshold
 from tunesmith.serving.settings import ServeSettings, is_public
 
 BEARER = HTTPBearer(auto_error=False, description="An API key from `tunesmith keys create`.")
@@ -328,6 +328,7 @@ def serve(settings: ServeSettings, registry: Registry | None = None, access_log_
     import uvicorn
 
     configure_logging(access_log_enabled)
+    fix_mmap_threshold()  # before any model is loaded
     if settings.auth == "off" and is_public(settings.host):
         warning = (f"WARNING: auth is off and the server binds {settings.host}, reachable from other machines: "
                    "anyone who can reach it can use every model. Use --auth on with API keys.")  # fmt: skip
