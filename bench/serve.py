@@ -154,12 +154,17 @@ def run_server(cmd: list[str], port: int, ready: str, bodies: list[bytes], secon
         rows = [asyncio.run(drive(port, bodies, c, seconds)) for c in CONCURRENCY]
         rss = peak_rss_mb(process.pid)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
     return {"rows": rows, "peak_rss_mb": rss}
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM (open requests finish), then SIGKILL after 30 s."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def main() -> None:

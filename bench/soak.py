@@ -20,7 +20,6 @@ import asyncio
 import json
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, save
-from serve import free_port, wait_ready
+from serve import free_port, stop, wait_ready
 
 
 def rss_mb(pid: int) -> float:
@@ -176,11 +175,7 @@ def main() -> None:
               flush=True)  # fmt: skip
         result = asyncio.run(soak(args, home, server.pid, port, bodies))
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
         log_file.close()
     rows = result["rows"]
     print("\n| minute | requests | req/s | p50 ms | p99 ms | 5xx | 429 | conn. errors | RSS MB | versions answering |")

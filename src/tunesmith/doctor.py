@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,9 +152,9 @@ def _leftover_artifact(folder: Path, what: str, home: Path, report: DoctorReport
         report.leftovers.append(_fix(finding, repair, lambda: _remove(folder)))
 
 
-def _fix(finding: Finding, repair: bool, action: object) -> Finding:
+def _fix(finding: Finding, repair: bool, action: Callable[[], object]) -> Finding:
     if repair:
-        action()  # type: ignore[operator]
+        action()
         finding.repaired = True
     return finding
 
