@@ -10,7 +10,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tunesmith.training import library_versions
+from tunesmith.artifact import library_versions
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("TUNESMITH_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -59,7 +59,8 @@ def save(name: str, payload: dict[str, object]) -> Path:
 
 def export_and_print(model_path: Path) -> dict[str, object]:
     """Export a trained artifact to ONNX (fp32 + int8, checked against PyTorch); print the check as a table."""
-    from tunesmith.export import export_artifact, export_summary
+    from tunesmith.api import export_artifact
+    from tunesmith.export import export_summary
 
     record = export_artifact(model_path, log=lambda _message: None)
     rows = export_summary(record)

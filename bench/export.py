@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tunesmith
 from _common import ROOT, require_shared_data, save
 from accuracy import prepare
-from tunesmith.export import export_artifact
-from tunesmith.inference import EXPORT_DIR, OnnxClassifier, TextClassifier, read_export
+from tunesmith.api import export_artifact
+from tunesmith.artifact import EXPORT_DIR, read_export
+from tunesmith.tasks.text_classification.predictor import OnnxClassifier, TextClassifier
 
 HOME = ROOT / "bench" / ".home"
 

@@ -176,8 +176,8 @@ def main() -> None:
     parser.add_argument("--serve-args", default="", help="extra flags for tunesmith serve, e.g. '--threads 1'")
     args = parser.parse_args()
 
-    from tunesmith.export import export_artifact
-    from tunesmith.inference import read_export
+    from tunesmith.api import export_artifact
+    from tunesmith.artifact import read_export
     from tunesmith.registry import Registry
 
     version = Registry(args.home).resolve(args.model)

@@ -139,8 +139,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32, help="requests kept in flight")
     args = parser.parse_args()
 
-    from tunesmith.export import export_artifact
-    from tunesmith.inference import read_export
+    from tunesmith.api import export_artifact
+    from tunesmith.artifact import read_export
     from tunesmith.registry import Registry
 
     home = ROOT / "bench" / ".soak-home"

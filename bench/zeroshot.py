@@ -17,7 +17,7 @@ from pathlib import Path
 
 import tunesmith
 from _common import require_shared_data, save
-from tunesmith.zeroshot import create
+from tunesmith.tasks.text_classification.zeroshot import create
 
 AG_NEWS = {
     "World": "world news: international politics, governments, wars and diplomacy",

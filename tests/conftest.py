@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from make_support_data import make_rows  # noqa: E402
 from tunesmith.registry import Registry  # noqa: E402
-from tunesmith.tasks.token_classification import Sentence  # noqa: E402
+from tunesmith.tasks.token_classification.sentences import Sentence  # noqa: E402
 
 # Names and places of the synthetic NER and QA data: the words a tiny model can learn to find.
 PEOPLE = ["alice", "bob", "carol", "dave", "erin", "frank"]
@@ -215,7 +215,7 @@ def private_copy(home: Path, target: Path) -> Path:
 @pytest.fixture(scope="session")
 def served_home(tmp_path_factory: pytest.TempPathFactory, trained_home: Path) -> Path:
     """A copy of `trained_home` whose model has an ONNX export (fp32 and int8)."""
-    from tunesmith.export import export_artifact
+    from tunesmith.api import export_artifact
 
     home = private_copy(trained_home, tmp_path_factory.mktemp("served") / "home")
     export_artifact(Registry(home).resolve("support").path, log=lambda _message: None)

@@ -12,8 +12,8 @@ import pytest
 import tunesmith
 from conftest import make_rows, private_copy, write_csv
 from test_cli import run
-from tunesmith.active_learning import select, uncertainty
 from tunesmith.data import load_labeled_file
+from tunesmith.tasks.text_classification.active_learning import select, uncertainty
 
 
 def test_uncertainty_is_one_minus_the_margin() -> None:

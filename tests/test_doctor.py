@@ -15,7 +15,7 @@ import pytest
 from conftest import private_copy
 from test_cli import run
 from tunesmith import doctor
-from tunesmith.inference import EXPORT_DIR, read_export
+from tunesmith.artifact import EXPORT_DIR, read_export
 from tunesmith.pointers import EXPORTS, current, publishing
 from tunesmith.registry import Registry
 

@@ -13,16 +13,10 @@ import pytest
 
 from conftest import private_copy
 from test_cli import run
-from tunesmith.inference import (
-    EXPORT_DIR,
-    EXPORT_META,
-    OnnxClassifier,
-    TextClassifier,
-    length_batches,
-    load_predictor,
-    read_export,
-)
+from tunesmith.artifact import EXPORT_DIR, EXPORT_META, read_export
+from tunesmith.inference import length_batches
 from tunesmith.registry import Registry
+from tunesmith.tasks.text_classification.predictor import OnnxClassifier, TextClassifier, load_predictor
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +66,7 @@ def test_tokenizer_matches_transformers(artifact: Path) -> None:
 
 def test_serving_path_does_not_import_torch(artifact: Path) -> None:
     script = (
-        "import sys; from tunesmith.inference import load_predictor; from tunesmith import serving; "
+        "import sys; from tunesmith.tasks.text_classification.predictor import load_predictor; from tunesmith import serving; "
         f"p = load_predictor({str(artifact)!r}); print(p.backend, p.predict(['where is my parcel'])[0].label); "
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )

@@ -64,7 +64,7 @@ def test_lora_artifact_round_trips_and_exports_merged(
     assert report["test"]["accuracy"] == pytest.approx(lora.metrics["accuracy"], abs=1e-9)
     record = tunesmith.export_model("lora", registry=registry)
     assert record["variants"]["fp32"]["agreement"] == 1.0
-    from tunesmith.evaluation import compare_runs
+    from tunesmith.comparison import compare_runs
 
     rows = {r["ref"]: r for r in compare_runs(registry.versions("full") + registry.versions("lora"))}
     assert rows["lora@1"]["method"] == "lora" and rows["full@1"]["method"] == "full"
@@ -158,8 +158,8 @@ def test_fewshot_trains_exports_and_reloads(
 
 
 def test_fewshot_stops_at_the_time_budget(tiny_model: str, support_rows: list[tuple[str, str]], tmp_path: Path) -> None:
-    from tunesmith.fewshot import fit
     from tunesmith.models import load_tokenizer
+    from tunesmith.tasks.text_classification.fewshot import fit
 
     rows = _few(support_rows, 12)
     names = sorted({label for _, label in rows})
@@ -171,7 +171,7 @@ def test_fewshot_stops_at_the_time_budget(tiny_model: str, support_rows: list[tu
 
 
 def test_fewshot_pair_sampling_is_bounded_whatever_the_data_size() -> None:
-    from tunesmith.fewshot import BODY_TEXTS, body_sample
+    from tunesmith.tasks.text_classification.fewshot import BODY_TEXTS, body_sample
 
     labels = [i % 7 for i in range(200_000)] + [7] * 3  # a huge dataset with one tiny class
     chosen = body_sample(labels, BODY_TEXTS, seed=0)
@@ -194,7 +194,7 @@ def test_small_data_suggests_fewshot(tiny_model: str, support_rows: list[tuple[s
 def test_zeroshot_from_label_descriptions(tiny_model: str, tmp_path: Path, start_server) -> None:
     import httpx
 
-    from tunesmith.zeroshot import create, parse_labels
+    from tunesmith.tasks.text_classification.zeroshot import create, parse_labels
 
     labels_file = tmp_path / "labels.txt"
     labels_file.write_text("refund: i want my money back\ndelivery\tmy parcel has not arrived\n# a comment\nlogin\n")
@@ -221,7 +221,7 @@ def test_zeroshot_from_label_descriptions(tiny_model: str, tmp_path: Path, start
 )
 def test_zeroshot_label_errors(labels: str, message: str) -> None:
     from tunesmith.errors import DataError
-    from tunesmith.zeroshot import parse_labels
+    from tunesmith.tasks.text_classification.zeroshot import parse_labels
 
     with pytest.raises(DataError, match=message):
         parse_labels(labels)

@@ -197,7 +197,10 @@ def test_cli_inspect_with_fix_and_unknown_fix(
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == len(planted["rows"]) and any("[PHONE]" in r["text"] for r in records)
     code, _, stderr = run(capsys, "inspect", str(planted["train"]), "--fix", "dedup")
-    assert code == 1 and "Unknown fix(es) ['dedup']" in stderr and "Traceback" not in stderr
+    assert code == 1 and "Unknown fix(es) dedup. Fixes: dedupe:" in stderr and "Traceback" not in stderr
+    # One spelling for checks and fixes (hyphens; underscores are read too), and a mistyped check is refused.
+    code, _, stderr = run(capsys, "inspect", str(planted["train"]), "--skip", "label-error")
+    assert code == 1 and "Unknown check(s) label-error. Checks: duplicates, label-errors, balance" in stderr
 
 
 def test_ner_inspect_finds_duplicates_and_token_label_errors(tmp_path: Path) -> None:

@@ -10,14 +10,8 @@ import pytest
 import tunesmith
 from conftest import fuzz_openapi, make_paragraphs, squad, write_jsonl
 from tunesmith.errors import DataError
-from tunesmith.tasks.question_answering import (
-    AnswerFinder,
-    Example,
-    features,
-    normalize_answer,
-    read_examples,
-    squad_scores,
-)
+from tunesmith.tasks.question_answering.examples import Example, normalize_answer, read_examples, squad_scores
+from tunesmith.tasks.question_answering.predictor import AnswerFinder, features
 
 
 def test_squad_json_and_jsonl(tmp_path: Path) -> None:

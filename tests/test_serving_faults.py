@@ -14,7 +14,7 @@ import pytest
 
 from conftest import private_copy
 from test_serving_ops import InThreadServer, add_version, bearer
-from tunesmith.inference import read_export
+from tunesmith.artifact import read_export
 from tunesmith.registry import Registry
 
 PREDICT = "/v1/models/support/predict"

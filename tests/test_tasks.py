@@ -9,16 +9,17 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
+from peft import TaskType
 
 import tunesmith
 from conftest import make_paragraphs, make_sentences, squad, write_conll, write_csv, write_jsonl
 from make_instruction_data import make_pairs
-from tunesmith.tasks import TASKS, get_task
+from tunesmith.tasks import TASKS, Task, get_task
+from tunesmith.tasks.base import DataShape, Request, signature_problems
 
-CONTRACT = ("TASK", "WARM_UP", "train", "load", "evaluate_file", "export_check", "serve_compute")
 CONTEXT = "yesterday erin moved to rome with a friend ."
 
 
@@ -69,12 +70,32 @@ CASES = {
 }
 
 
-def test_every_registered_task_has_a_case_and_the_contract() -> None:
+def test_every_registered_task_has_a_case_and_keeps_the_contract() -> None:
+    """Every task is a `Task` whose methods take exactly the contract's parameters and whose attributes have the
+    contract's types: a task that renamed a parameter or returned a tuple where a string belongs fails here."""
     assert set(CASES) == set(TASKS)
-    for name in TASKS:
-        module = get_task(name)
-        assert name == module.TASK
-        assert [a for a in CONTRACT if not hasattr(module, a)] == [], name
+    for name, task in TASKS.items():
+        assert isinstance(task, Task) and task.name == name
+        assert signature_problems(task) == [], name
+        assert task.request in get_args(Request) and task.data_shape in get_args(DataShape)
+        assert task.default_method in task.methods and task.export_format in ("onnx", "merged")
+        assert task.main_metric and all(isinstance(m, str) for m in task.headline_metrics)
+        assert isinstance(task.peft_task_type, str) and task.peft_task_type in TaskType.__members__
+        # The warm-up input is one item of what the task's server batches hold: a text, or a (question, context) pair.
+        assert isinstance(task.warm_up, tuple if task.request == "question" else str), name
+
+
+def test_contract_check_finds_a_drifted_signature() -> None:
+    class Drifted(type(get_task("text-classification"))):  # type: ignore[misc]
+        def load(self, where: str, backend: str = "auto") -> Any:  # renamed and dropped a parameter
+            raise AssertionError
+
+    assert [p for p in signature_problems(Drifted()) if ".load" in p]
+
+
+def test_unknown_task_lists_the_registered_ones() -> None:
+    with pytest.raises(tunesmith.ConfigError, match="Available tasks: " + ", ".join(TASKS)):
+        get_task("summarization")
 
 
 @pytest.mark.parametrize("task", list(TASKS))

@@ -12,7 +12,10 @@ import pytest
 import tunesmith
 from conftest import write_jsonl
 from make_instruction_data import make_pairs
-from tunesmith.tasks import text_generation as tg
+from tunesmith.tasks import get_task
+from tunesmith.tasks.text_generation import conversations as conv
+from tunesmith.tasks.text_generation import generator as gen
+from tunesmith.tasks.text_generation import metrics as scoring
 
 
 @pytest.mark.parametrize(
@@ -33,7 +36,7 @@ from tunesmith.tasks import text_generation as tg
 def test_each_validation_rule_has_its_message(record: dict, message: str, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "ok", "output": "fine"}, record])
     with pytest.raises(tunesmith.DataError, match="line 2") as error:
-        tg.read_conversations(path)
+        conv.read_conversations(path)
     assert message in str(error.value)
 
 
@@ -42,32 +45,32 @@ def test_empty_answers_are_dropped_with_a_warning_and_bad_json_is_named(tmp_path
                                               {"messages": [{"role": "user", "content": "x"},
                                                             {"role": "assistant", "content": ""}]}])  # fmt: skip
     issues: list = []
-    conversations = tg.read_conversations(path, issues)
+    conversations = conv.read_conversations(path, issues)
     assert len(conversations) == 1 and issues[0].code == "empty_output" and "lines 2, 3" in issues[0].message
     (tmp_path / "broken.jsonl").write_text('{"instruction": "a", "output": "b"}\n{"instruction": \n')
     with pytest.raises(tunesmith.DataError, match="line 2 is not valid JSON"):
-        tg.read_conversations(tmp_path / "broken.jsonl")
+        conv.read_conversations(tmp_path / "broken.jsonl")
 
 
 def test_loss_is_on_the_answers_only(tiny_llm: str) -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llm)
-    assert tg.prepare_tokenizer(tokenizer)  # no template of its own: ChatML
-    conversation = tg.Conversation([
+    assert conv.prepare_tokenizer(tokenizer)  # no template of its own: ChatML
+    conversation = conv.Conversation([
         {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
         {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Order 123?"},
         {"role": "assistant", "content": "order=123"},
     ], row=1)  # fmt: skip
-    row, cut = tg.encode(tokenizer, conversation, 10_000)
+    row, cut = conv.encode(tokenizer, conversation, 10_000)
     assert not cut and len(row["input_ids"]) == len(row["labels"])
-    full = tokenizer(tg.render(tokenizer, conversation.messages, False), add_special_tokens=False)["input_ids"]
+    full = tokenizer(conv.render(tokenizer, conversation.messages, False), add_special_tokens=False)["input_ids"]
     assert row["input_ids"] == full  # the pieces add up to the whole rendered conversation
     trained = [i for i, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100]
     assert tokenizer.decode(trained) == "Hello!<|im_end|>\norder=123<|im_end|>\n"
     masked = [i for i, label in zip(row["input_ids"], row["labels"], strict=True) if label == -100]
     assert "Order 123?" in tokenizer.decode(masked) and "Hello!" not in tokenizer.decode(masked)
-    short, cut = tg.encode(tokenizer, conversation, 20)
+    short, cut = conv.encode(tokenizer, conversation, 20)
     assert cut and len(short["input_ids"]) == 20 and set(short["labels"]) == {-100}
 
 
@@ -75,21 +78,21 @@ def test_over_length_conversations_are_counted_truncated_or_dropped(tiny_llm: st
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llm)
-    tg.prepare_tokenizer(tokenizer)
-    long = tg.Conversation([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y" * 200}], 1)
-    short = tg.Conversation([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], 2)
+    conv.prepare_tokenizer(tokenizer)
+    long = conv.Conversation([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y" * 200}], 1)
+    short = conv.Conversation([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], 2)
     issues: list = []
-    rows = tg.encode_all(tokenizer, [long, short], 64, "truncate", "training", issues)
+    rows = conv.encode_all(tokenizer, [long, short], 64, "truncate", "training", issues)
     assert len(rows) == 2 and "1 truncated, 0 dropped" in issues[0].message
     issues = []
-    assert len(tg.encode_all(tokenizer, [long, short], 64, "drop", "training", issues)) == 1
+    assert len(conv.encode_all(tokenizer, [long, short], 64, "drop", "training", issues)) == 1
     assert "0 truncated, 1 dropped" in issues[0].message
 
 
 def test_metrics() -> None:
-    assert tg.token_f1("order=1; product=lamp", "order=1; product=desk lamp") == pytest.approx(2 * 1 * 0.8 / 1.8)
-    assert tg.rouge_l("a b c d", "a c d") == pytest.approx(2 * 0.75 * 1 / 1.75)
-    assert tg.score(["x", "y "], ["x", "z"])["exact_match"] == 0.5
+    assert scoring.token_f1("order=1; product=lamp", "order=1; product=desk lamp") == pytest.approx(2 * 1 * 0.8 / 1.8)
+    assert scoring.rouge_l("a b c d", "a c d") == pytest.approx(2 * 0.75 * 1 / 1.75)
+    assert scoring.score(["x", "y "], ["x", "z"])["exact_match"] == 0.5
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +122,7 @@ def test_tiny_model_trains_registers_and_changes_its_answers(trained: tuple) -> 
     record = tunesmith.export_model("extract", registry=registry)  # the adapter merged into one plain folder
     from transformers import AutoModelForCausalLM
 
-    merged = tg.Generator(AutoModelForCausalLM.from_pretrained(record["path"]), generator.tokenizer)
+    merged = gen.Generator(AutoModelForCausalLM.from_pretrained(record["path"]), generator.tokenizer)
     assert record["format"] == "merged" and not (Path(record["path"]) / "adapter_config.json").exists()
     prompt = [{"role": "user", "content": samples[0]["prompt"]}]
     assert merged.chat(prompt, max_tokens=24).text == answer.text
@@ -129,8 +132,8 @@ def test_stop_strings_are_cut_and_streaming_matches(tiny_llm: str, tmp_path: Pat
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llm)
-    tg.prepare_tokenizer(tokenizer)
-    generator = tg.Generator(AutoModelForCausalLM.from_pretrained(tiny_llm), tokenizer)
+    conv.prepare_tokenizer(tokenizer)
+    generator = gen.Generator(AutoModelForCausalLM.from_pretrained(tiny_llm), tokenizer)
     ids = generator.prompt_ids([{"role": "user", "content": "say something"}])
     whole = generator.generate(ids, max_tokens=20)
     assert whole.finish_reason in ("stop", "length") and whole.completion_tokens <= 20
@@ -315,8 +318,8 @@ def test_a_cancelled_stream_stops_generating(tiny_llm: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llm)
-    tg.prepare_tokenizer(tokenizer)
-    generator = tg.Generator(AutoModelForCausalLM.from_pretrained(tiny_llm), tokenizer)
+    conv.prepare_tokenizer(tokenizer)
+    generator = gen.Generator(AutoModelForCausalLM.from_pretrained(tiny_llm), tokenizer)
     ids = generator.prompt_ids(prompt="once upon a time")
     whole = generator.generate(ids, max_tokens=300)
     assert whole.completion_tokens == 300  # the random model never says its end-of-text token here
@@ -377,6 +380,6 @@ def test_a_killed_generation_run_resumes(tiny_llm: str, tmp_path: Path) -> None:
     logs: list[str] = []
     config = tunesmith.load_config(None, {"data.train": str(data), "task": "text-generation", "name": "gen",
                                           "train.base_model": tiny_llm, **settings})  # fmt: skip
-    result = tg.train(config, registry=tunesmith.Registry(home), resume=True, progress=False, log=logs.append)
+    result = get_task("text-generation").train(config, registry=tunesmith.Registry(home), resume=True, progress=False, log=logs.append)
     assert any("Resuming from" in line and "checkpoint-" in line for line in logs), logs
     assert result.version.version == 1 and not (home / "runs" / "gen").exists()

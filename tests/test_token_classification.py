@@ -13,15 +13,9 @@ from conftest import fuzz_openapi, make_sentences, write_conll, write_jsonl
 from tunesmith.errors import DataError
 from tunesmith.inference import torch_runner
 from tunesmith.tasks import get_task
-from tunesmith.tasks.token_classification import (
-    EntityTagger,
-    Sentence,
-    encode,
-    group_entities,
-    normalize_tags,
-    read_sentences,
-    spans_to_sentence,
-)
+from tunesmith.tasks.token_classification.predictor import EntityTagger, group_entities
+from tunesmith.tasks.token_classification.sentences import Sentence, normalize_tags, read_sentences, spans_to_sentence
+from tunesmith.tasks.token_classification.training import encode
 
 
 @pytest.mark.parametrize("columns", [2, 3, 4])
@@ -197,7 +191,7 @@ def test_served_over_http(ner_home: tuple[Path, object], start_server) -> None:
 
 
 def test_task_registry_lists_tasks() -> None:
-    assert get_task("token-classification").TASK == "token-classification"
+    assert get_task("token-classification").name == "token-classification"
     with pytest.raises(Exception, match="Available tasks: text-classification, token-classification"):
         get_task("summarization")
 

@@ -6,21 +6,26 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from typer.exceptions import TyperException
 
-from tunesmith.config import DataConfig, RunConfig, TrainConfig
+from tunesmith.artifact import read_export, read_meta
+from tunesmith.config import TRIALS, DataConfig, RunConfig, TrainConfig
 from tunesmith.errors import DataError, TunesmithError
-from tunesmith.inference import read_export
+from tunesmith.export import DEFAULT_MIN_AGREEMENT
+from tunesmith.quality.inspection import CHECKS, FIXES
 from tunesmith.serving.settings import BatchSettings, ServeSettings
+from tunesmith.tasks.base import Summary
+from tunesmith.tasks.catalog import TASKS
 
 HELP = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
-    help="Fine-tune, evaluate, register and use transformer text classifiers, offline on a CPU.",
+    help="Fine-tune, evaluate, register, export and serve transformer models (classifiers, taggers, question "
+    "answering, instruction-tuned LMs), offline on a CPU.",
     no_args_is_help=True,
     context_settings=HELP,
     add_completion=False,
@@ -37,12 +42,75 @@ err_console = Console(stderr=True, soft_wrap=True)  # one message, one line: no 
 _state = {"verbose": False}
 
 
-BACKEND_HELP = "auto (the checked ONNX export if any, else PyTorch), onnx, onnx-fp32, onnx-int8 or pytorch."
+BACKEND_HELP = "auto: the checked ONNX export if any, else PyTorch; onnx: the export's default variant."
 
 
 def _doc(section: type[Any], field: str) -> str:
-    """A flag's help is its setting's description: one home for each default and its reason."""
-    return section.model_fields[field].description or ""
+    """A flag's help is its setting's description and default: one home for each default and its reason."""
+    info = section.model_fields[field]
+    default = None if info.default_factory is not None else info.default
+    shown = "" if default is None or default == [] else f" [default: {default}]"
+    return (info.description or "") + shown
+
+
+def _kind(section: type[Any], field: str) -> Any:
+    """A setting's own type (a Literal shows its choices in --help), optional: a flag not given leaves it unset."""
+    annotation = section.model_fields[field].annotation
+    return annotation | None
+
+
+Task = Literal[tuple(TASKS)]  # type: ignore[valid-type]
+Method = _kind(TrainConfig, "method")
+Precision = _kind(TrainConfig, "precision")
+Auth = _kind(ServeSettings, "auth")
+Backend = Literal["auto", "onnx", "onnx-fp32", "onnx-int8", "pytorch"]
+Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (and nothing else there).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings and errors.")]
+
+# Flags shared by `train` and `tune`, and the setting each one sets.
+NameFlag = Annotated[str | None, typer.Option(help=_doc(RunConfig, "name"))]
+TaskFlag = Annotated[Task | None, typer.Option(help=_doc(RunConfig, "task"))]
+ValidationFlag = Annotated[str | None, typer.Option(help=_doc(DataConfig, "validation"))]
+TestFlag = Annotated[str | None, typer.Option(help=_doc(DataConfig, "test"))]
+TextColumnFlag = Annotated[str | None, typer.Option(help=_doc(DataConfig, "text_column"))]
+LabelColumnFlag = Annotated[str | None, typer.Option(help=_doc(DataConfig, "label_column"))]
+MultiLabelFlag = Annotated[bool | None, typer.Option("--multi-label/--single-label", help=_doc(DataConfig, "multi_label"))]
+DelimiterFlag = Annotated[str | None, typer.Option(help=_doc(DataConfig, "label_delimiter"))]
+ModelFlag = Annotated[str | None, typer.Option(help=_doc(TrainConfig, "base_model"))]
+MethodFlag = Annotated[Method, typer.Option(help=_doc(TrainConfig, "method"))]
+ConfigFlag = Annotated[Path | None, typer.Option(help="YAML settings file (see docs/configuration.md).")]
+SetFlag = Annotated[list[str] | None, typer.Option("--set", help="Any setting as section.key=value, e.g. train.weight_decay=0.")]
+DATA_FLAGS = {"name": "name", "task": "task", "validation": "data.validation", "test": "data.test",
+              "text_column": "data.text_column", "label_column": "data.label_column", "multi_label": "data.multi_label",
+              "label_delimiter": "data.label_delimiter", "model": "train.base_model", "method": "train.method"}  # fmt: skip
+TRAIN_FLAGS = {**DATA_FLAGS, "seed": "seed", "epochs": "train.epochs", "learning_rate": "train.learning_rate",
+               "batch_size": "train.batch_size", "max_length": "train.max_length", "max_steps": "train.max_steps",
+               "max_minutes": "train.max_minutes", "class_weights": "train.class_weights", "precision": "train.precision"}  # fmt: skip
+
+
+def _settings(data: str, config: Path | None, set_: list[str] | None, given: dict[str, Any], flags: dict[str, str]) -> RunConfig:
+    """Layers, later ones winning: defaults < YAML file < --set overrides < named flags."""
+    from tunesmith.config import load_config, parse_override
+
+    overrides = dict(parse_override(item) for item in set_ or [])
+    overrides["data.train"] = data
+    overrides.update({key: given[flag] for flag, key in flags.items() if given.get(flag) is not None})
+    if given.get("seed") is not None:
+        overrides["train.seed"] = given["seed"]  # --seed seeds both the split and the training
+    return load_config(config, overrides)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+
+
+def _table(summary: Summary) -> Table:
+    table = Table(title=summary.title)
+    for i, column in enumerate(summary.columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in summary.rows:
+        table.add_row(*row)
+    return table
 
 
 def _print_version(value: bool) -> None:
@@ -78,20 +146,18 @@ def _registry() -> Any:
 
 @app.command()
 def train(
-    data: Annotated[str, typer.Argument(help="Training file: CSV, TSV, JSONL, JSON or Parquet.")],
-    config: Annotated[Path | None, typer.Option(help="YAML settings file (see docs/configuration.md).")] = None,
-    name: Annotated[str | None, typer.Option(help=_doc(RunConfig, "name"))] = None,
-    task: Annotated[str | None, typer.Option(help=_doc(RunConfig, "task"))] = None,
-    validation: Annotated[str | None, typer.Option(help=_doc(DataConfig, "validation"))] = None,
-    test: Annotated[str | None, typer.Option(help=_doc(DataConfig, "test"))] = None,
-    text_column: Annotated[str | None, typer.Option(help=_doc(DataConfig, "text_column"))] = None,
-    label_column: Annotated[str | None, typer.Option(help=_doc(DataConfig, "label_column"))] = None,
-    multi_label: Annotated[
-        bool | None, typer.Option("--multi-label/--single-label", help=_doc(DataConfig, "multi_label"))
-    ] = None,
-    label_delimiter: Annotated[str | None, typer.Option(help=_doc(DataConfig, "label_delimiter"))] = None,
-    model: Annotated[str | None, typer.Option(help=_doc(TrainConfig, "base_model"))] = None,
-    method: Annotated[str | None, typer.Option(help=_doc(TrainConfig, "method"))] = None,
+    data: Annotated[str, typer.Argument(help="Training file: CSV, TSV, JSONL, JSON or Parquet (CoNLL, SQuAD JSON for their tasks).")],
+    config: ConfigFlag = None,
+    name: NameFlag = None,
+    task: TaskFlag = None,
+    validation: ValidationFlag = None,
+    test: TestFlag = None,
+    text_column: TextColumnFlag = None,
+    label_column: LabelColumnFlag = None,
+    multi_label: MultiLabelFlag = None,
+    label_delimiter: DelimiterFlag = None,
+    model: ModelFlag = None,
+    method: MethodFlag = None,
     epochs: Annotated[float | None, typer.Option(help=_doc(TrainConfig, "epochs"))] = None,
     learning_rate: Annotated[
         float | None, typer.Option("--learning-rate", "--lr", help=_doc(TrainConfig, "learning_rate"))
@@ -103,60 +169,32 @@ def train(
     class_weights: Annotated[
         bool | None, typer.Option("--class-weights/--no-class-weights", help=_doc(TrainConfig, "class_weights"))
     ] = None,
-    precision: Annotated[str | None, typer.Option(help=_doc(TrainConfig, "precision"))] = None,
-    seed: Annotated[int | None, typer.Option(help=_doc(TrainConfig, "seed"))] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Any setting as section.key=value, e.g. train.weight_decay=0.")
-    ] = None,
+    precision: Annotated[Precision, typer.Option(help=_doc(TrainConfig, "precision"))] = None,
+    seed: Annotated[int | None, typer.Option(help=_doc(RunConfig, "seed") + " Also seeds training.")] = None,
+    set_: SetFlag = None,
     resume: Annotated[
         bool, typer.Option(help="Continue this name's interrupted run from its last checkpoint.")
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    as_json: Json = False,
+    quiet: Quiet = False,
 ) -> None:
-    """Fine-tune a model on DATA, compare it with a TF-IDF baseline, and register it as a new version."""
-    from tunesmith.config import load_config, parse_override
-    from tunesmith.tasks import get_task
+    """Fine-tune a model on DATA, evaluate it beside a baseline, and register it as a new version."""
+    import tunesmith
 
-    flags = {
-        "data.train": data, "name": name, "task": task, "seed": seed, "data.validation": validation, "data.test": test,
-        "data.text_column": text_column, "data.label_column": label_column, "data.multi_label": multi_label,
-        "data.label_delimiter": label_delimiter, "train.base_model": model, "train.method": method, "train.epochs": epochs,
-        "train.learning_rate": learning_rate, "train.batch_size": batch_size, "train.max_length": max_length,
-        "train.max_steps": max_steps, "train.max_minutes": max_minutes, "train.class_weights": class_weights,
-        "train.precision": precision, "train.seed": seed,
-    }  # fmt: skip
-    # Layers, later ones winning: defaults < YAML file < --set overrides < named flags.
-    overrides = dict(parse_override(item) for item in set_ or [])
-    overrides.update({key: value for key, value in flags.items() if value is not None})
-    settings = load_config(config, overrides)
-    result = get_task(settings.task).train(settings, registry=_registry(), resume=resume, progress=progress, log=_say)
-    if settings.task == "text-generation":
-        table = Table(title=f"{result.version.ref} - test split ({result.metrics['n']} conversations, greedy)")
-        for column in ("metric", "before training", "after training"):
-            table.add_column(column, justify="left" if column == "metric" else "right")
-        for key in ("exact_match", "token_f1", "rouge_l"):
-            table.add_row(key, f"{result.baseline[key]:.4f}", f"{result.metrics[key]:.4f}")
-        table.add_row("validation perplexity", "", f"{result.metrics['perplexity']:.2f}")
-    elif settings.task == "question-answering":
-        table = Table(title=f"{result.version.ref} - test split ({result.metrics['n']} questions)")
-        table.add_column("exact match", justify="right")
-        table.add_column("F1", justify="right")
-        table.add_row(f"{result.metrics['exact_match']:.4f}", f"{result.metrics['f1']:.4f}")
-    elif settings.task == "token-classification":
-        table = Table(title=f"{result.version.ref} - test split ({result.metrics['n']} sentences), entity level")
-        for column in ("entity type", "precision", "recall", "F1", "support"):
-            table.add_column(column, justify="left" if column == "entity type" else "right")
-        rows = [*sorted(result.metrics["per_type"].items()), ("all (micro)", {**result.metrics, "support": ""})]
-        for kind, m in rows:
-            table.add_row(kind, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", str(m["support"]))
-    else:
-        table = Table(title=f"{result.version.ref} - test split ({result.metrics['n']} texts)")
-        table.add_column("metric")
-        table.add_column("fine-tuned", justify="right")
-        table.add_column("TF-IDF baseline", justify="right")
-        for key in ("accuracy", "f1_macro", "f1_micro", "f1_weighted"):
-            table.add_row(key, f"{result.metrics[key]:.4f}", f"{result.baseline[key]:.4f}")
-    console.print(table)
+    settings = _settings(data, config, set_, locals(), TRAIN_FLAGS)
+    log = _say_warnings if quiet or as_json else _say
+    result = tunesmith.train(config=settings, registry=_registry(), resume=resume, progress=progress and not as_json,
+                             log=log)  # fmt: skip
+    summary = TASKS[settings.task].summary(result)
+    if as_json:
+        _print_json({"ref": result.version.ref, "path": str(result.version.path), "metrics": result.metrics,
+                     "baseline": result.baseline, "train_minutes": result.train_minutes,
+                     "issues": [str(i) for i in result.issues]})  # fmt: skip
+        return
+    if quiet:
+        return
+    console.print(_table(summary))
     console.print(f"Trained in {result.train_minutes:.1f} min. Report: {result.version.path / 'report.md'}")
     console.print(f'Use it: tunesmith predict {result.version.ref} "some text"')
 
@@ -164,39 +202,43 @@ def train(
 @app.command()
 def tune(
     data: Annotated[str, typer.Argument(help="Training file (as for `tunesmith train`).")],
-    trials: Annotated[int, typer.Option(help="Trials to finish (completed or pruned), across resumed runs.")] = 20,
+    trials: Annotated[int, typer.Option(help="Trials to finish (completed or pruned), across resumed runs.")] = TRIALS,
     timeout: Annotated[str | None, typer.Option(help="Budget of the whole search: 30m, 2h, 90s. The trial running at the end is cut there (its best checkpoint counts).")] = None,
     methods: Annotated[
-        str | None, typer.Option(help="Methods to search over, e.g. full,lora (default: --method, i.e. full).")
+        str | None, typer.Option(help="Methods to search over, e.g. full,lora (default: --method, i.e. the task's default).")
     ] = None,
-    pruner: Annotated[str, typer.Option(help="median or hyperband: how trailing trials are stopped.")] = "median",
+    pruner: Annotated[Literal["median", "hyperband"], typer.Option(help="How trailing trials are stopped.")] = "median",
     space: Annotated[Path | None, typer.Option(help="YAML search space replacing the default one.")] = None,
     study: Annotated[str | None, typer.Option(help="Study name (default tune-NAME); reuse it to resume.")] = None,
-    name: Annotated[str | None, typer.Option(help=_doc(RunConfig, "name"))] = None,
-    task: Annotated[str | None, typer.Option(help=_doc(RunConfig, "task"))] = None,
-    validation: Annotated[str | None, typer.Option(help=_doc(DataConfig, "validation"))] = None,
-    test: Annotated[str | None, typer.Option(help=_doc(DataConfig, "test"))] = None,
-    model: Annotated[str | None, typer.Option(help=_doc(TrainConfig, "base_model"))] = None,
-    method: Annotated[str | None, typer.Option(help=_doc(TrainConfig, "method"))] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML settings file (see docs/configuration.md).")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Any setting as section.key=value.")] = None,
+    config: ConfigFlag = None,
+    name: NameFlag = None,
+    task: TaskFlag = None,
+    validation: ValidationFlag = None,
+    test: TestFlag = None,
+    text_column: TextColumnFlag = None,
+    label_column: LabelColumnFlag = None,
+    multi_label: MultiLabelFlag = None,
+    label_delimiter: DelimiterFlag = None,
+    model: ModelFlag = None,
+    method: MethodFlag = None,
+    set_: SetFlag = None,
+    as_json: Json = False,
 ) -> None:
     """Search hyperparameters with Optuna (TPE + pruning); register the best trial's model. The study is kept
     in the registry database: run the same command again to resume it, or in several processes at once."""
-    from tunesmith.config import load_config, parse_override
     from tunesmith.tuning import load_space, parse_duration
     from tunesmith.tuning import tune as run_search
 
-    flags = {"data.train": data, "name": name, "task": task, "data.validation": validation, "data.test": test,
-             "train.base_model": model, "train.method": method}  # fmt: skip
-    overrides = dict(parse_override(item) for item in set_ or [])
-    overrides.update({key: value for key, value in flags.items() if value is not None})
-    settings = load_config(config, overrides)
+    settings = _settings(data, config, set_, locals(), DATA_FLAGS)
     result = run_search(
-        settings, trials=trials, timeout=parse_duration(timeout), pruner=pruner, study_name=study, log=_say,
-        methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None, registry=_registry(),
-        space=load_space(space) if space else None,
+        settings, trials=trials, timeout=parse_duration(timeout), pruner=pruner, study_name=study,
+        log=_say_warnings if as_json else _say, registry=_registry(), space=load_space(space) if space else None,
+        methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
     )  # fmt: skip
+    if as_json:
+        _print_json({"study": result.study, "ref": result.version.ref if result.version else None,
+                     "best": result.best, "defaults": result.default_value, "trials": result.trials})  # fmt: skip
+        return
     table = Table(title=f"study {result.study}: {len(result.trials)} trials")
     for column in ("trial", "state", "validation", "settings"):
         table.add_column(column, justify="right" if column != "settings" else "left")
@@ -228,7 +270,7 @@ def zeroshot(
     """Register a classifier built from label names or descriptions alone (no training): each text gets the
     label whose description its embedding is closest to."""
     from tunesmith.config import DEFAULT_MODEL
-    from tunesmith.zeroshot import create, parse_labels
+    from tunesmith.tasks.text_classification.zeroshot import create, parse_labels
 
     descriptions = parse_labels(labels, labels_file)
     result = create(descriptions, name=name, registry=_registry(), base_model=model or DEFAULT_MODEL,
@@ -244,27 +286,34 @@ def inspect_(
     data: Annotated[str, typer.Argument(help="Data file: CSV, TSV, JSONL, JSON or Parquet (CoNLL/JSONL for NER).")],
     validation: Annotated[str | None, typer.Option(help="Validation file, checked for leaks from training.")] = None,
     test: Annotated[str | None, typer.Option(help="Test file, checked for leaks from training.")] = None,
-    task: Annotated[str | None, typer.Option(help="text-classification (default) or token-classification.")] = None,
-    text_column: Annotated[str | None, typer.Option(help=_doc(DataConfig, "text_column"))] = None,
-    label_column: Annotated[str | None, typer.Option(help=_doc(DataConfig, "label_column"))] = None,
-    label_delimiter: Annotated[str | None, typer.Option(help=_doc(DataConfig, "label_delimiter"))] = None,
+    task: Annotated[Task | None, typer.Option(help="The task whose data this is; inspect reads text-classification and token-classification data. [default: text-classification]")] = None,
+    text_column: TextColumnFlag = None,
+    label_column: LabelColumnFlag = None,
+    label_delimiter: DelimiterFlag = None,
     model: Annotated[str | None, typer.Option(help="Model whose tokenizer and length limit the length check uses.")] = None,
     max_length: Annotated[int | None, typer.Option(help="Token limit to check against (default: the model's).")] = None,
     report: Annotated[Path | None, typer.Option(help="Report folder (default: DATA's name + '-report').")] = None,
-    fix: Annotated[
-        str | None, typer.Option(help="Comma-separated: dedupe, drop-conflicts, drop-leaks, drop-junk, mask-pii.")
-    ] = None,
+    fix: Annotated[str | None, typer.Option(help="Comma-separated fixes: " + ", ".join(FIXES) + ".")] = None,
     mask_pii: Annotated[bool, typer.Option(help="Shorthand for adding mask-pii to --fix.")] = False,
-    output: Annotated[Path | None, typer.Option(help="Where --fix writes the cleaned training file.")] = None,
-    skip: Annotated[str | None, typer.Option(help="Comma-separated checks to leave out, e.g. label_errors.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Where --fix writes the cleaned training file (default: DATA's name + '.cleaned').")
+    ] = None,
+    skip: Annotated[str | None, typer.Option(help="Comma-separated checks to leave out: " + ", ".join(c.replace("_", "-") for c in CHECKS) + ".")] = None,
+    fail_on: Annotated[
+        Literal["none", "warning", "error"],
+        typer.Option(help="Exit with code 1 when a finding of this severity or worse is found (for CI)."),
+    ] = "none",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    as_json: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """Check DATA before training: duplicates, leaks, label errors, balance, lengths, junk, languages, personal
     data. Writes report.html and report.json; --fix writes a cleaned copy (the input is never changed)."""
     from tunesmith.config import load_config
-    from tunesmith.quality import CHECKS, inspect_data, parse_fixes, write_fixed
+    from tunesmith.quality import CHECKS, inspect_data, parse_checks, parse_fixes, severity, write_fixed
 
     fixes = parse_fixes((fix or "") + (",mask-pii" if mask_pii else ""))
+    left_out = set(parse_checks(skip or ""))
     if fixes and output is None:
         source = Path(data)
         output = source.with_name(f"{source.stem}.cleaned{source.suffix}")
@@ -272,19 +321,26 @@ def inspect_(
              "data.text_column": text_column, "data.label_column": label_column,
              "data.label_delimiter": label_delimiter, "train.base_model": model, "train.max_length": max_length}  # fmt: skip
     settings = load_config(None, {k: v for k, v in flags.items() if v is not None})
-    left_out = {s.strip() for s in (skip or "").split(",") if s.strip()}
     folder = report or Path(f"{Path(data).name.split('.')[0]}-report")
-    result = inspect_data(settings, output_dir=folder, only=[c for c in CHECKS if c not in left_out],
-                          progress=progress)  # fmt: skip
-    for finding in result.findings:
-        console.print(f"- {finding}", markup=False, highlight=False, soft_wrap=True)
-    if not result.findings:
-        console.print("No problems found.")
-    console.print(f"Report: {folder / 'report.html'} (and report.json)", soft_wrap=True)
-    if fixes and output is not None:
-        counts = write_fixed(result, fixes, output)
-        done = ", ".join(f"{k}: {n} row(s)" for k, n in counts.items())
-        console.print(f"Wrote {output} ({done}); {data} is unchanged.", soft_wrap=True)
+    result = inspect_data(settings, TASKS[settings.task].data_shape, output_dir=folder, only=[c for c in CHECKS if c not in left_out],
+                          progress=progress and not as_json)  # fmt: skip
+    counts = write_fixed(result, fixes, output) if fixes and output is not None else {}
+    worst = severity(result)
+    if as_json:
+        _print_json({"findings": result.findings, "severity": worst, "report": str(folder / "report.json"),
+                     "fixed": str(output) if counts else None, "fix_counts": counts, "checks": result.report["checks"]})  # fmt: skip
+    elif not quiet:
+        for finding in result.findings:
+            console.print(f"- {finding}", markup=False, highlight=False, soft_wrap=True)
+        if not result.findings:
+            console.print("No problems found.")
+        console.print(f"Report: {folder / 'report.html'} (and report.json)", soft_wrap=True)
+        if counts:
+            done = ", ".join(f"{k}: {n} row(s)" for k, n in counts.items())
+            console.print(f"Wrote {output} ({done}); {data} is unchanged.", soft_wrap=True)
+    levels = ("none", "warning", "error")
+    if fail_on != "none" and levels.index(worst) >= levels.index(fail_on):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -293,15 +349,17 @@ def suggest(
     pool: Annotated[Path, typer.Option(help="Unlabelled texts (CSV/TSV/JSONL/JSON/Parquet).")],
     n: Annotated[int, typer.Option("-n", help="How many texts to suggest.")] = 200,
     output: Annotated[Path | None, typer.Option(help="CSV to write (default: POOL's name + '.suggested.csv').")] = None,
-    strategy: Annotated[str, typer.Option(help="uncertainty-diversity, uncertainty or random.")] = "uncertainty-diversity",
+    strategy: Annotated[
+        Literal["uncertainty-diversity", "uncertainty", "random"], typer.Option(help="How texts are picked.")
+    ] = "uncertainty-diversity",
     exclude: Annotated[Path | None, typer.Option(help="Texts never to suggest, e.g. the training file.")] = None,
     text_column: Annotated[str | None, typer.Option(help="Text column of the pool (default: detected).")] = None,
-    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "auto",
+    backend: Annotated[Backend, typer.Option(help=BACKEND_HELP)] = "auto",
 ) -> None:
     """Pick the pool texts worth labelling next (uncertain and diverse); writes a CSV with an empty label column
     and a Label Studio import file. Labelled results train like any data file."""
     from tunesmith import load_model
-    from tunesmith.active_learning import suggest as pick
+    from tunesmith.tasks.text_classification.active_learning import suggest as pick
 
     model = load_model(ref, backend=backend)
     output = output or pool.with_name(f"{pool.name.split('.')[0]}.suggested.csv")
@@ -318,19 +376,27 @@ def _say(message: str) -> None:
     err_console.print(message, style=style, markup=False, highlight=False)
 
 
+def _say_warnings(message: str) -> None:
+    """The log of --quiet and --json runs: warnings only."""
+    if message.startswith(("warning", "hint")):
+        _say(message)
+
+
 @app.command()
 def predict(
     ref: Annotated[str, typer.Argument(help="NAME, NAME@VERSION, NAME@ALIAS, or a model folder.")],
-    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
-    input_file: Annotated[Path | None, typer.Option("--input", "-i", help="File of texts (CSV/TSV/JSONL/...).")] = None,
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify or tag, questions (with --context), or prompts.")] = None,
+    input_file: Annotated[Path | None, typer.Option("--input", "-i", help="File of texts (CSV/TSV/JSONL/...); text classifiers.")] = None,
     output_file: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Where to write predictions (.csv or .jsonl).")
+        Path | None, typer.Option("--output", "-o", help="Where to write predictions of --input (.csv or .jsonl).")
     ] = None,
     text_column: Annotated[str | None, typer.Option(help="Text column of --input (default: detected).")] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
-    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "auto",
+    backend: Annotated[Backend, typer.Option(help=BACKEND_HELP)] = "auto",
     context: Annotated[str | None, typer.Option(help="For question-answering models: the text to search.")] = None,
     max_tokens: Annotated[int, typer.Option(help="For text-generation models: most tokens to generate.")] = 256,
+    as_json: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """Predict with a registered model: labels (or entities) for texts, answers to questions (--context),
     replies to prompts (text-generation models, greedy), or a whole file with --input/--output."""
@@ -342,42 +408,21 @@ def predict(
         raise DataError("--input needs --output FILE (.csv or .jsonl) to write the predictions to.")
     if output_file is not None and output_file.suffix.lower() not in (".csv", ".jsonl"):
         raise DataError(f"Cannot write {output_file.suffix!r}: pass an --output ending in .csv or .jsonl.")
-    classifier = load_model(ref, backend=backend)
-    if getattr(classifier, "task", None) == "text-generation":
-        if input_file is not None:
-            raise DataError("For a text-generation model pass prompts as arguments, or evaluate a file with "
-                            "`tunesmith evaluate`.")  # fmt: skip
-        for prompt in texts or []:
-            answer = classifier.chat([{"role": "user", "content": prompt}], max_tokens=max_tokens)
-            print(answer.text)
+    predictor = load_model(ref, backend=backend)
+    task = TASKS[predictor.task]
+    options = {"context": context, "max_tokens": max_tokens, "batch_size": batch_size}
+    if input_file is not None:
+        n = task.predict_file(predictor, input_file, output_file, text_column=text_column, batch_size=batch_size)
+        if as_json:
+            _print_json({"predictions": n, "output": str(output_file)})
+        elif not quiet:
+            console.print(f"Wrote {n} predictions to {output_file}.")
         return
-    if getattr(classifier, "task", None) == "question-answering":
-        if not context:
-            raise DataError('A question-answering model needs --context "the text holding the answer".')
-        for question, answers in zip(
-            texts or [], classifier.answer(texts or [], [context] * len(texts or [])), strict=True
-        ):
-            a = answers[0]
-            print(f"{a.text or '(no answer)'}\t[{a.start}:{a.end}]\t{a.score:.3f}\t{question}")
+    if as_json:
+        _print_json(task.predict_records(predictor, texts or [], **options))
         return
-    if getattr(classifier, "task", None) == "token-classification":
-        if input_file is not None:
-            raise DataError("--input is for text classifiers; pass texts to tag as arguments.")
-        for text, entities in zip(texts or [], classifier.predict(texts or [], batch_size), strict=True):
-            found = "; ".join(f"{e.label} {e.text!r} [{e.start}:{e.end}] {e.score:.3f}" for e in entities)
-            print(f"{found or '(no entities)'}\t{text}")
-        return
-    if input_file is None:
-        for text, result in zip(texts or [], classifier.predict(texts or [], batch_size), strict=True):
-            label = ", ".join(result.label) if isinstance(result.label, list) else result.label
-            print(f"{label}\t{result.score:.3f}\t{text}")
-        return
-    from tunesmith.data import read_text_column
-
-    frame, column = read_text_column(input_file, text_column, classifier.meta.get("data", {}).get("text_column"))
-    results = classifier.predict(frame[column].astype(str).tolist(), batch_size)
-    _write_predictions(frame, results, output_file)  # type: ignore[arg-type]
-    console.print(f"Wrote {len(results)} predictions to {output_file}.")
+    for line in task.predict_lines(predictor, texts or [], **options):
+        print(line)
 
 
 @app.command()
@@ -387,55 +432,66 @@ def evaluate(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Report folder.")] = None,
     text_column: Annotated[str | None, typer.Option(help="Text column (default: detected).")] = None,
     label_column: Annotated[str | None, typer.Option(help="Label column (default: detected).")] = None,
+    as_json: Json = False,
+    quiet: Quiet = False,
 ) -> None:
-    """Score a registered model on a labeled file: metrics, confusion matrix, errors and report.md."""
+    """Score a registered model on a labeled file: metrics, errors and report.md (a confusion matrix too for
+    classifiers)."""
     from tunesmith import evaluate as run_evaluation
     from tunesmith import load_model
 
-    classifier = load_model(ref)
-    name = str(classifier.meta.get("name", "model"))
+    predictor = load_model(ref)
+    name = str(predictor.meta.get("name", "model"))
     folder = output or Path(f"evaluation-{name}-{Path(data).name.split('.')[0]}")
-    result = run_evaluation(classifier, data, folder, text_column=text_column, label_column=label_column)
-    for issue in result["issues"]:
+    columns = {k: v for k, v in (("text_column", text_column), ("label_column", label_column)) if v is not None}
+    result = run_evaluation(predictor, data, folder, **columns)
+    for issue in result.get("issues", []):
         _say(str(issue))
-    metrics = result["test"]
-    task = getattr(classifier, "task", "text-classification")
-    if task != "text-classification":
-        keys = ("exact_match", "f1") if task == "question-answering" else ("precision", "recall", "f1")
-        console.print(", ".join(f"{k} {metrics[k]:.4f}" for k in keys))
-        console.print(f"{metrics['n']} scored. Report: {folder / 'report.md'}")
+    if as_json:
+        _print_json({"report": str(folder / "report.md"), **result})
         return
-    if result["skipped_rows"]:
-        _say(f"warning: {result['skipped_rows']} row(s) carry labels the model does not know "
-             f"({', '.join(result['unknown_labels'][:5])}); they were left out.")  # fmt: skip
-    console.print(", ".join(f"{k} {metrics[k]:.4f}" for k in ("accuracy", "f1_macro", "f1_micro", "f1_weighted")))
-    console.print(f"{metrics['n']} texts scored. Report: {folder / 'report.md'}")
+    lines = TASKS[predictor.task].evaluation_lines(result)
+    lines[-1] += f" Report: {folder / 'report.md'}"
+    for line in lines:
+        if line.startswith("warning"):
+            _say(line)
+        elif not quiet:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
 def export(
     ref: Annotated[str, typer.Argument(help="NAME, NAME@VERSION or NAME@ALIAS.")],
-    format: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
-    quantize: Annotated[str, typer.Option(help="int8: also a static int8 model; none: fp32 only.")] = "int8",
+    format: Annotated[Literal["onnx"], typer.Option("--format", help="Export format of the encoder tasks.")] = "onnx",
+    quantize: Annotated[Literal["int8", "none"], typer.Option(help="int8: also a static int8 model; none: fp32 only.")] = "int8",
     min_agreement: Annotated[
         float, typer.Option(help="Share of validation predictions a variant must share with PyTorch to be used.")
-    ] = 0.99,
+    ] = DEFAULT_MIN_AGREEMENT,
+    as_json: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """Export a registered model to ONNX (and int8), checked against PyTorch on its validation split; a
     text-generation model is exported as one merged Hugging Face folder (adapter folded into the weights)."""
-    from tunesmith.export import export_artifact, export_summary
+    from tunesmith.api import export_artifact
+    from tunesmith.export import export_summary
 
-    if format != "onnx":
-        raise DataError(f"Unknown export format {format!r}: the supported format is onnx.")
-    if quantize not in ("int8", "none"):
-        raise DataError(f"Unknown --quantize {quantize!r}: use int8 or none.")
     version = _registry().resolve(ref)
-    if version.task == "text-generation":
-        record = export_artifact(version.path, log=_say)
-        console.print(f"{version.ref}: merged model ({record['method']} on {record['base_model']}) in {record['path']}")
+    task = TASKS[version.task]
+    log = _say_warnings if quiet or as_json else _say
+    if task.export_format == "onnx":
+        log(f"Exporting {version.ref} to ONNX ...")
+    record = export_artifact(version.path, quantize=quantize == "int8", min_agreement=min_agreement, log=log)
+    if as_json:
+        _print_json(record)
         return
-    _say(f"Exporting {version.ref} to ONNX ...")
-    record = export_artifact(version.path, quantize=quantize == "int8", min_agreement=min_agreement, log=_say)
+    if task.export_format != "onnx":
+        for line in task.export_lines(version.ref, record):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+        return
+    if record["default"] is None:
+        _say(f"warning: no variant reached {min_agreement:.0%} agreement; the server will use PyTorch.")
+    if quiet:
+        return
     checked = record["checked_on"]
     console.print(f"Checked on {checked['n']} validation and {checked['test_n']} test items against PyTorch:")
     rows = export_summary(record)
@@ -446,9 +502,7 @@ def export(
     console.print(table)
     if "int8" in schemes:
         console.print(f"int8 scheme: {schemes['int8']}")
-    if record["default"] is None:
-        _say(f"warning: no variant reached {min_agreement:.0%} agreement; the server will use PyTorch.")
-    else:
+    if record["default"] is not None:
         console.print(f"Served by default: {record['default']} ({version.path / 'onnx'})")
 
 
@@ -460,8 +514,8 @@ def serve(
     config: Annotated[Path | None, typer.Option(help="YAML server settings (docs/serving.md).")] = None,
     host: Annotated[str | None, typer.Option(help=_doc(ServeSettings, "host"))] = None,
     port: Annotated[int | None, typer.Option(help=_doc(ServeSettings, "port"))] = None,
-    auth: Annotated[str | None, typer.Option(help=_doc(ServeSettings, "auth"))] = None,
-    backend: Annotated[str | None, typer.Option(help=BACKEND_HELP)] = None,
+    auth: Annotated[Auth, typer.Option(help=_doc(ServeSettings, "auth"))] = None,
+    backend: Annotated[Backend | None, typer.Option(help=BACKEND_HELP + " [default: auto]")] = None,
     default_model: Annotated[str | None, typer.Option(help=_doc(ServeSettings, "default_model"))] = None,
     max_batch_size: Annotated[int | None, typer.Option(help=_doc(BatchSettings, "max_batch_size"))] = None,
     max_wait_ms: Annotated[float | None, typer.Option(help=_doc(BatchSettings, "max_wait_ms"))] = None,
@@ -522,34 +576,18 @@ def keys_revoke(name: Annotated[str, typer.Argument(help="Name of the key to rev
     console.print(f"Revoked {name!r}.")
 
 
-def _write_predictions(frame: Any, results: list[Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    labels = [r.label if isinstance(r.label, str) else "|".join(r.label) for r in results]
-    if path.suffix.lower() == ".jsonl":
-        with path.open("w", encoding="utf-8") as handle:
-            for record, result in zip(frame.to_dict(orient="records"), results, strict=True):
-                row = {**record, "predicted_label": result.label, "score": result.score, "scores": result.scores}
-                handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-        return
-    out = frame.copy()
-    out["predicted_label"] = labels
-    out["score"] = [round(r.score, 6) for r in results]
-    for name in results[0].scores if results else []:
-        out[f"score_{name}"] = [round(r.scores[name], 6) for r in results]
-    out.to_csv(path, index=False)
-
-
 @runs_app.command("compare")
 def runs_compare(
     refs: Annotated[
         list[str] | None, typer.Argument(help="Models (all their versions) or NAME@VERSION; default all.")
     ] = None,
     sort: Annotated[str | None, typer.Option(help="Sort by this test metric, best first (e.g. f1_macro).")] = None,
-    output: Annotated[Path | None, typer.Option("--json", help="Also write the rows to this JSON file.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the rows to this JSON file.")] = None,
+    as_json: Json = False,
 ) -> None:
     """One table of runs: method, settings, validation and test metrics, training time, trainable parameters,
     size on disk (without exports)."""
-    from tunesmith.evaluation import compare_runs
+    from tunesmith.comparison import compare_runs
 
     registry = _registry()
     versions = []
@@ -563,6 +601,11 @@ def runs_compare(
             raise DataError(f"No run has a test metric {sort!r}; metrics here: "
                             f"{sorted({k for r in rows for k in r['test']})}.")  # fmt: skip
         rows.sort(key=lambda r: r["test"].get(sort, float("-inf")), reverse=True)
+    if output is not None:
+        output.write_text(json.dumps(rows, indent=2, default=str), encoding="utf-8")
+    if as_json:
+        _print_json(rows)
+        return
     table = Table(title=f"{len(rows)} runs")
     for column in ("run", "task", "method", "lr", "epochs", "validation", "test", "baseline", "min", "trainable", "MB"):
         table.add_column(
@@ -581,7 +624,6 @@ def runs_compare(
         )  # fmt: skip
     console.print(table)
     if output is not None:
-        output.write_text(json.dumps(rows, indent=2, default=str), encoding="utf-8")
         console.print(f"Wrote {output}.")
 
 
@@ -615,34 +657,45 @@ def doctor(
 
 
 @models_app.command("list")
-def models_list(name: Annotated[str | None, typer.Argument(help="Only this model's versions.")] = None) -> None:
-    """List registered models and their versions."""
+def models_list(
+    name: Annotated[str | None, typer.Argument(help="Only this model's versions.")] = None, as_json: Json = False
+) -> None:
+    """List registered models and their versions, with each version's headline test metrics."""
     registry = _registry()
     names = [name] if name else registry.names()
+    if as_json:
+        _print_json([_version_record(v) for model in names for v in registry.versions(model)])
+        return
     table = Table(title=f"Models in {registry.home}")
-    for column in ("model", "version", "aliases", "created", "accuracy", "f1_macro"):
+    for column in ("model", "version", "task", "aliases", "created", "test metrics"):
         table.add_column(column)
     for model in names:
         for v in registry.versions(model):
-            table.add_row(
-                v.name, str(v.version), ", ".join(v.aliases), f"{v.created_at:%Y-%m-%d %H:%M}",
-                _fmt(v.metrics.get("accuracy")), _fmt(v.metrics.get("f1_macro")),
-            )  # fmt: skip
+            keys = TASKS[v.task].headline_metrics if v.task in TASKS else tuple(v.metrics)
+            shown = ", ".join(f"{k} {v.metrics[k]:.4f}" for k in keys if isinstance(v.metrics.get(k), float)) or "-"
+            table.add_row(v.name, str(v.version), v.task, ", ".join(v.aliases), f"{v.created_at:%Y-%m-%d %H:%M}", shown)
     if not table.row_count:
         console.print("No models yet. Train one with `tunesmith train DATA`." if not name else f"No model {name!r}.")
         return
     console.print(table)
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else "-"
+def _version_record(v: Any) -> dict[str, Any]:
+    return {"ref": v.ref, "name": v.name, "version": v.version, "task": v.task, "aliases": v.aliases,
+            "created_at": v.created_at.isoformat(), "metrics": v.metrics, "path": str(v.path)}  # fmt: skip
 
 
 @models_app.command("show")
-def models_show(ref: Annotated[str, typer.Argument(help="NAME, NAME@VERSION or NAME@ALIAS.")]) -> None:
+def models_show(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME@VERSION or NAME@ALIAS.")], as_json: Json = False
+) -> None:
     """Show one version: where it lives, its data, settings and metrics."""
     version = _registry().resolve(ref)
-    meta = json.loads((version.path / "tunesmith.json").read_text(encoding="utf-8"))
+    meta = read_meta(version.path)
+    if as_json:
+        export = read_export(version.path)
+        _print_json({**_version_record(version), "meta": meta, "export": export})
+        return
     console.print(f"[bold]{version.ref}[/bold]  aliases: {', '.join(version.aliases) or '-'}")
     console.print(f"path:       {version.path}")
     kind = {True: " (multi-label)", False: " (single-label)"}.get(meta.get("multi_label"), "")

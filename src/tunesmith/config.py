@@ -18,6 +18,8 @@ from tunesmith.paths import check_name
 
 DEFAULT_MODEL = "embedded:all-MiniLM-L6-v2"
 
+TRIALS = 20  # trials a search finishes by default: `tune` in the CLI and the Python API
+
 
 class _Settings(BaseModel):
     # Unknown keys are typos, not extensions: reject them with the list of valid ones.

@@ -17,12 +17,14 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
 from tunesmith.config import DataConfig
 from tunesmith.errors import DataError
+
+Item = TypeVar("Item")
 
 if TYPE_CHECKING:  # pandas loads only when a table is read: a server never needs it
     import pandas as pd
@@ -344,7 +346,7 @@ def detect_columns(frame: pd.DataFrame, config: DataConfig) -> tuple[str, str]:
     return text, label
 
 
-def _as_label_list(value: Any, delimiter: str | None) -> list[str] | None:
+def as_label_list(value: Any, delimiter: str | None) -> list[str] | None:
     """One row's labels as a list of strings, or None when the row has no label."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
@@ -408,7 +410,7 @@ def _clean_frame(
     empty, unlabeled = [], []
     for index, (text, label) in enumerate(zip(frame[text_col], frame[label_col], strict=True)):
         text = "" if text is None or (isinstance(text, float) and math.isnan(text)) else str(text)
-        parsed = _as_label_list(label, delimiter)
+        parsed = as_label_list(label, delimiter)
         if not text.strip():
             empty.append(index)
         elif parsed is None:
@@ -507,6 +509,25 @@ def _split(
     )
 
 
+def holdout(
+    items: Sequence[Item], given: dict[str, list[Item]], config: DataConfig, seed: int, *, minimum: int, what: str
+) -> tuple[list[Item], list[Item], list[Item]]:
+    """Split `items` into train, validation and test at random (`config`'s sizes, at least one item each), unless
+    `given` already holds a validation or test list (from --validation / --test), which is then used as it is."""
+    import random
+
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_val = 0 if "validation" in given else max(1, round(len(order) * config.validation_size))
+    n_test = 0 if "test" in given else max(1, round(len(order) * config.test_size))
+    if len(order) - n_val - n_test < minimum:
+        raise DataError(f"{config.train} has {len(order)} {what}: too few to split off validation and test. Add data "
+                        "or pass --validation and --test files.")  # fmt: skip
+    validation = given.get("validation", [items[i] for i in order[:n_val]])
+    test = given.get("test", [items[i] for i in order[n_val : n_val + n_test]])
+    return [items[i] for i in order[n_val + n_test :]], validation, test
+
+
 def fingerprint(texts: Sequence[str], labels: Sequence[Any]) -> str:
     """A stable hash of a labeled split, stored with each model to tell which data trained it."""
     digest = hashlib.sha256()
@@ -526,7 +547,7 @@ class _Layout:
     delimiter: str | None
 
 
-def _read_layout(path: str, config: DataConfig) -> tuple[pd.DataFrame, _Layout]:
+def read_layout(path: str, config: DataConfig) -> tuple[pd.DataFrame, _Layout]:
     frame = read_table(path)
     if frame.empty:
         raise DataError(f"{path!r} has a header but no rows. Add labeled rows.")
@@ -552,7 +573,7 @@ def load_labeled_file(
     """
     config = (config or DataConfig()).model_copy(update={"train": str(path)})
     issues: list[DataIssue] = []
-    frame, layout = _read_layout(str(path), config)
+    frame, layout = read_layout(str(path), config)
     texts, labels = _clean_frame(
         frame, layout.text_column, layout.label_column, layout.delimiter, Path(path).name, issues, False
     )
@@ -564,7 +585,7 @@ def load_classification_data(config: DataConfig, seed: int = 42) -> Classificati
     if not config.train:
         raise DataError("No training file given. Pass the data file, e.g. `tunesmith train data.csv`.")
     issues: list[DataIssue] = []
-    frame, layout = _read_layout(config.train, config)
+    frame, layout = read_layout(config.train, config)
     text_col, label_col, multi_label, delimiter = (
         layout.text_column, layout.label_column, layout.multi_label, layout.delimiter
     )  # fmt: skip

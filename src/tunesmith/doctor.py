@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunesmith.artifact import ARTIFACT_META, EXPORT_DIR, EXPORT_META
 from tunesmith.errors import TunesmithError
-from tunesmith.inference import ARTIFACT_META, EXPORT_DIR, EXPORT_META
 from tunesmith.locks import in_use
 from tunesmith.pointers import EXPORTS, LOCK, current, leftovers
 from tunesmith.registry import RUNS, STAGING, UNREGISTERED, Registry, artifact_checksum

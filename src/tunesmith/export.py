@@ -20,7 +20,6 @@ mix, and a killed export leaves the old one served.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -33,8 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from tunesmith.errors import ModelError
-from tunesmith.inference import EXPORT_DIR, EXPORT_META, _read_meta, read_export
+from tunesmith.artifact import EXPORT_DIR, task_of, write_export
 from tunesmith.pointers import publishing
 
 DEFAULT_MIN_AGREEMENT = 0.99
@@ -154,24 +152,12 @@ def _quantize(source: Path, target: Path, calibration: list[dict[str, np.ndarray
         logging.getLogger().setLevel(quiet)
 
 
-def export_artifact(
-    path: str | Path,
-    *,
-    quantize: bool = True,
-    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+def export_onnx(
+    check: ExportCheck, path: str | Path, *, quantize: bool = True, min_agreement: float = DEFAULT_MIN_AGREEMENT,
     log: Log = print,
-) -> dict[str, Any]:
-    """Export the model in artifact folder `path` to ONNX, check it, and return the export record."""
-    from tunesmith.tasks import get_task
-
+) -> dict[str, Any]:  # fmt: skip
+    """Export to ONNX (and int8) as `check` traces it, score every variant against PyTorch, publish the export."""
     path = Path(path)
-    if not 0 < min_agreement <= 1:
-        raise ModelError(f"min_agreement must be in (0, 1], e.g. 0.99; got {min_agreement}.")
-    meta = _read_meta(path)
-    task = get_task(meta.get("task", "text-classification"))
-    if hasattr(task, "export"):  # a task that is not exported to ONNX writes its own format
-        return task.export(path, log=log)
-    check: ExportCheck = task.export_check(path)
     if check.n < 50:
         log(f"warning: the validation split has {check.n} items; agreement measured on so few is a rough guide.")
 
@@ -205,7 +191,7 @@ def export_artifact(
         default = next((v for v in ("int8", "fp32") if v in variants and variants[v]["passed"]), None)
         record = {
             "format": 1,
-            "task": meta.get("task", "text-classification"),
+            "task": task_of(path),
             "created_at": datetime.now(UTC).isoformat(),
             "opset": OPSET,
             "pad_token_id": check.pad_token_id,
@@ -219,7 +205,7 @@ def export_artifact(
             "variants": variants,
             "default": default,
         }
-        (workdir / EXPORT_META).write_text(json.dumps(record, indent=2), encoding="utf-8")
+        write_export(workdir, record)
     return record
 
 
@@ -255,4 +241,4 @@ def export_summary(record: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-__all__ = ["DEFAULT_MIN_AGREEMENT", "export_artifact", "export_summary", "read_export"]
+__all__ = ["DEFAULT_MIN_AGREEMENT", "export_onnx", "export_summary"]

@@ -16,23 +16,20 @@ export and serving run a plain model, as fast as a fully tuned one.
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from tunesmith.artifact import read_meta
 from tunesmith.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tunesmith.tasks.base import Task
 
 ADAPTER_DIR = "adapter"
 PEFT_METHODS = ("lora", "adalora", "ia3")
 # Adapters and heads learn from scratch, so they want a larger step than weights that only need nudging.
 DEFAULT_LEARNING_RATES = {"full": 1e-4, "lora": 1e-3, "adalora": 1e-3, "ia3": 3e-3, "frozen": 3e-3}
-_TASK_TYPES = {
-    "text-classification": "SEQ_CLS",
-    "token-classification": "TOKEN_CLS",
-    "question-answering": "QUESTION_ANS",
-    "text-generation": "CAUSAL_LM",
-}
 
 
 def learning_rate(settings: Any) -> float:
@@ -40,7 +37,7 @@ def learning_rate(settings: Any) -> float:
     return float(settings.learning_rate or DEFAULT_LEARNING_RATES.get(settings.method, 1e-4))
 
 
-def prepare(model: Any, settings: Any, task: str, total_steps: int) -> Any:
+def prepare(model: Any, settings: Any, task: Task, total_steps: int) -> Any:
     """`model` made ready for `settings.method`: wrapped with a peft adapter, partly frozen, or as it is."""
     method = settings.method
     if method == "full":
@@ -54,14 +51,12 @@ def prepare(model: Any, settings: Any, task: str, total_steps: int) -> Any:
         for name, parameter in model.base_model.named_parameters():
             parameter.requires_grad = "pooler" in name  # a random or NSP-trained pooler must adapt too
         return model
-    if method == "fewshot":
-        raise ConfigError(f"--method fewshot trains text classifiers only; for {task} use full, lora, ia3 or frozen.")
     if method not in PEFT_METHODS:
-        raise ConfigError(f"Unknown method {method!r} for {task}; choose full, lora, adalora, ia3 or frozen.")
+        raise ConfigError(f"Unknown method {method!r} for {task.name}; choose {', '.join(task.methods)}.")
     import peft
 
-    common: dict[str, Any] = {"task_type": _TASK_TYPES[task], "target_modules": settings.target_modules}
-    if task == "text-classification" and getattr(model.base_model, "pooler", None) is not None:
+    common: dict[str, Any] = {"task_type": task.peft_task_type, "target_modules": settings.target_modules}
+    if task.reads_pooler and getattr(model.base_model, "pooler", None) is not None:
         common["modules_to_save"] = ["pooler.dense"]  # the classification head reads the pooler's output
     if method == "lora":
         config: Any = peft.LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
@@ -132,7 +127,7 @@ def load(auto_class: Any, path: Path, **kwargs: Any) -> Any:
 
     from tunesmith.models import load_with_new_head
 
-    meta = json.loads((path / "tunesmith.json").read_text(encoding="utf-8"))
+    meta = read_meta(path)
     config = AutoConfig.from_pretrained(path / "model")
     base = load_with_new_head(auto_class, meta["base_model"], config=config, **kwargs)
     with warnings.catch_warnings():

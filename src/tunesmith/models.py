@@ -58,7 +58,7 @@ def resolve_model(name: str) -> str:
     return name  # a hub id, e.g. "distilbert-base-uncased"
 
 
-def _load(loader: Any, name: str, **kwargs: Any) -> Any:
+def load_pretrained(loader: Any, name: str, **kwargs: Any) -> Any:
     location = resolve_model(name)
     try:
         return loader.from_pretrained(location, **kwargs)
@@ -72,7 +72,7 @@ def _load(loader: Any, name: str, **kwargs: Any) -> Any:
 def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    return _load(AutoTokenizer, name, trust_remote_code=trust_remote_code)
+    return load_pretrained(AutoTokenizer, name, trust_remote_code=trust_remote_code)
 
 
 def load_classifier(
@@ -104,7 +104,7 @@ def load_with_new_head(auto_class: Any, name: str, **kwargs: Any) -> Any:
     hf_logging.set_verbosity_error()
     try:
         # A base model's own head (if any) has another size: replace it instead of failing.
-        return _load(auto_class, name, ignore_mismatched_sizes=True, **kwargs)
+        return load_pretrained(auto_class, name, ignore_mismatched_sizes=True, **kwargs)
     finally:
         hf_logging.set_verbosity(level)
 

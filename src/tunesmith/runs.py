@@ -1,24 +1,16 @@
-"""Training runs: the name a run registers under, and the lock that keeps two runs of one name apart.
+"""Training runs: the name a run registers under.
 
-A run keeps its checkpoints in `<home>/runs/NAME/` until it is registered, so `--resume` can continue it.
-Every task's `train` is wrapped by `locked_run`: the name is settled and checked before anything is read or
-written, and `runs/NAME.lock` is held for the whole run, so a second run of the same name stops with a
-clear message instead of deleting the first one's checkpoints.
+A run keeps its checkpoints in `<home>/runs/NAME/` until it is registered, so `--resume` can continue it;
+`training.fit` settles the name with `default_name` and holds `runs/NAME.lock` for the whole run.
 """
 
 from __future__ import annotations
 
-import functools
 import re
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 from tunesmith.config import RunConfig
 from tunesmith.paths import MAX_NAME, check_name
-from tunesmith.registry import Registry
-
-Result = TypeVar("Result")
 
 
 def default_name(config: RunConfig) -> str:
@@ -33,17 +25,4 @@ def default_name(config: RunConfig) -> str:
         return f"{name}-model"
 
 
-def locked_run(train: Callable[..., Result]) -> Callable[..., Result]:
-    """Wrap a task's `train(config, *, registry, ...)`: settle and check the name, then hold the run's lock."""
-
-    @functools.wraps(train)
-    def run(config: RunConfig, *, registry: Registry | None = None, **kwargs: Any) -> Result:
-        config = config.model_copy(update={"name": default_name(config)})
-        registry = registry or Registry()
-        with registry.run_lock(str(config.name)):
-            return train(config, registry=registry, **kwargs)
-
-    return run
-
-
-__all__ = ["default_name", "locked_run"]
+__all__ = ["default_name"]

@@ -9,45 +9,30 @@ The tasks themselves live in `tunesmith.tasks`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from importlib import metadata
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from tunesmith import methods
+from tunesmith import artifact, methods
 from tunesmith.config import RunConfig, TrainConfig, dump_config
-from tunesmith.data import (
-    DataIssue,
-)
 from tunesmith.errors import ConfigError, DataError
-from tunesmith.inference import ARTIFACT_META
-from tunesmith.models import load_tokenizer
+from tunesmith.models import bf16_supported, load_tokenizer
 from tunesmith.registry import ModelVersion, Registry
 from tunesmith.runs import default_name
+from tunesmith.tasks.base import Task, TrainResult
 
 Log = Callable[[str], None]
 SELECTION_METRIC = "selection_score"
 
 
-@dataclass
-class TrainResult:
-    """What a training run produced."""
-
-    version: ModelVersion
-    metrics: dict[str, Any]  # test-split metrics of the fine-tuned model
-    baseline: dict[str, Any]  # the same for the TF-IDF baseline
-    issues: list[DataIssue] = field(default_factory=list)
-    train_minutes: float = 0.0
-
-
-class _ListDataset:
+class ListDataset:
     """Pre-tokenized rows; the Trainer's length-grouped sampler reads `input_ids` lengths from them."""
 
     def __init__(self, rows: list[dict[str, Any]]) -> None:
@@ -148,14 +133,6 @@ def _progress_callback(log: Log, bar: bool) -> Any:
     return Progress()
 
 
-def library_versions() -> dict[str, str]:
-    versions = {}
-    for package in ("tunesmith", "torch", "transformers", "tokenizers", "scikit-learn", "numpy"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[package] = metadata.version(package)
-    return versions
-
-
 def _last_complete_checkpoint(folder: Path, log: Log) -> str | None:
     """The newest checkpoint that was written to the end; a process killed mid-save leaves a partial one."""
     if not folder.is_dir():
@@ -177,7 +154,7 @@ def _last_complete_checkpoint(folder: Path, log: Log) -> str | None:
     return None
 
 
-def _prepare_run_dir(run_dir: Path, fingerprint: str, config: RunConfig, resume: bool, log: Log) -> str | None:
+def prepare_run_dir(run_dir: Path, fingerprint: str, config: RunConfig, resume: bool, log: Log) -> str | None:
     """Set up the folder holding checkpoints; return the checkpoint to resume from, if any."""
     state_file = run_dir / "run.json"
     if resume:
@@ -211,7 +188,7 @@ def build_trainer(
     train_set: Any,
     val_set: Any,
     *,
-    task: str,
+    task: Task,
     collator: Any,
     compute_metrics: Callable[[Any], dict[str, float]],
     bf16: bool,
@@ -219,6 +196,7 @@ def build_trainer(
     progress: bool,
     compute_loss_func: Callable[..., Any] | None = None,
     select_by: str = SELECTION_METRIC,
+    extra_callbacks: Sequence[Any] = (),
 ) -> Any:
     """The Trainer every task uses: the training method applied to `model` (`trainer.model` is the result),
     AdamW + linear warmup, eval and save each epoch, the best checkpoint kept (by `SELECTION_METRIC`, which
@@ -264,9 +242,7 @@ def build_trainer(
         disable_tqdm=True,  # replaced by _progress_callback
         dataloader_num_workers=0,
     )
-    from tunesmith.tuning import trial_callbacks
-
-    callbacks: list[Any] = methods.callbacks(model) + trial_callbacks()
+    callbacks: list[Any] = [*methods.callbacks(model), *extra_callbacks]
     if settings.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
     if settings.max_minutes:
@@ -288,21 +264,6 @@ def build_trainer(
     return trainer
 
 
-def begin_run(
-    config: RunConfig, registry: Registry | None, offsets_for: str | None = None
-) -> tuple[RunConfig, Registry, Any]:
-    """The run's config with its name settled, the registry, and the base model's tokenizer (which must be a
-    fast one when `offsets_for` names a task that maps tokens back to characters)."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # weight loading/saving bars; the training bar is ours
-    config = config.model_copy(update={"name": default_name(config)})
-    tokenizer = load_tokenizer(config.train.base_model, config.train.trust_remote_code)
-    if offsets_for and not getattr(tokenizer, "is_fast", False):
-        raise DataError(f"{config.train.base_model} has no fast tokenizer; {offsets_for} needs its character offsets.")
-    return config, registry or Registry(), tokenizer
-
-
 def run_trainer(trainer: Any, checkpoint: str | None) -> tuple[Any, float]:
     """Train (from `checkpoint` if resuming); return the best model without accelerate's autocast wrapper, and
     the minutes it took. Metrics must come from the model as it is saved and served (fp32)."""
@@ -312,37 +273,137 @@ def run_trainer(trainer: Any, checkpoint: str | None) -> tuple[Any, float]:
     return model, (time.perf_counter() - started) / 60
 
 
-def register_artifact(
-    registry: Registry,
-    config: RunConfig,
-    model: Any,
-    tokenizer: Any,
-    *,
-    files: dict[str, str],
-    meta: dict[str, Any],
-    metrics: dict[str, Any],
-    evaluation: dict[str, Any],
-    errors: list[dict[str, Any]],
-    report: str,
-) -> ModelVersion:
-    """Write a complete artifact (weights as safetensors, tokenizer, `files`, metrics.json from `evaluation`,
-    errors.jsonl, report.md, config.yaml, tunesmith.json) to staging and register it as the next version."""
-    files = {
-        **files,
-        "metrics.json": json.dumps(evaluation, indent=2),
-        "errors.jsonl": "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors),
-        "report.md": report,
-    }
-    with registry.staging() as staged:
-        methods.save(model, staged)
+
+
+@dataclass
+class Run:
+    """One training run in progress, as `fit` hands it to a task's training body: the settled config, the
+    registry, the run folder (checkpoints, for --resume), the precision, and the callbacks the caller passed
+    (e.g. `tune`'s pruning). The body reads its data, builds its model and calls `trainer`, `fine_tune` and
+    `register`; everything around that (name, lock, run folder, precision, registration) happens here once."""
+
+    task: Task
+    config: RunConfig
+    registry: Registry
+    resume: bool
+    progress: bool
+    log: Log
+    callbacks: Sequence[Any] = ()
+    # Settings left to "auto" and what they came to (epochs, learning rate): saved in the artifact's config.yaml.
+    chosen: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.config.name)
+
+    @property
+    def settings(self) -> TrainConfig:
+        return self.config.train
+
+    @property
+    def run_dir(self) -> Path:
+        return self.registry.run_dir(self.name)
+
+    @cached_property
+    def bf16(self) -> bool:
+        """bf16 autocast when asked for, or by default where the CPU (or GPU) computes it natively."""
+        precision = self.settings.precision
+        return precision == "bf16" or (precision == "auto" and bf16_supported())
+
+    def tokenizer(self, offsets_for: str | None = None) -> Any:
+        """The base model's tokenizer (a fast one when `offsets_for` names a task that maps tokens back to
+        characters)."""
+        tokenizer = load_tokenizer(self.settings.base_model, self.settings.trust_remote_code)
+        if offsets_for and not getattr(tokenizer, "is_fast", False):
+            raise DataError(f"{self.settings.base_model} has no fast tokenizer; {offsets_for} needs its character offsets.")
+        return tokenizer
+
+    def checkpoint(self, fingerprint: str) -> str | None:
+        """Set up the run folder for data with this fingerprint; the checkpoint to resume from, if any."""
+        return prepare_run_dir(self.run_dir, fingerprint, self.config, self.resume, self.log)
+
+    def trainer(self, model: Any, tokenizer: Any, train_set: Any, val_set: Any, **options: Any) -> Any:
+        """`build_trainer` for this run (options: collator, compute_metrics, compute_loss_func, select_by)."""
+        options.setdefault("bf16", self.bf16)
+        trainer = build_trainer(model, tokenizer, self.settings, self.run_dir, train_set, val_set, task=self.task,
+                                log=self.log, progress=self.progress, extra_callbacks=self.callbacks, **options)  # fmt: skip
+        self.chosen.update(epochs=trainer.args.num_train_epochs, learning_rate=trainer.args.learning_rate)
+        return trainer
+
+    def fine_tune(self, trainer: Any, checkpoint: str | None) -> tuple[Any, float]:
+        bf16 = trainer.args.bf16
+        self.log(f"Fine-tuning {self.settings.base_model} for {self.task.name} ({self.settings.method}, "
+                 f"{'bf16 autocast' if bf16 else 'fp32'}) ...")  # fmt: skip
+        return run_trainer(trainer, checkpoint)
+
+    @contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A folder to write the artifact into; `register` it before the block ends."""
+        with self.registry.staging() as staged:
+            yield staged
+
+    def save(self, staged: Path, model: Any, tokenizer: Any, meta: dict[str, Any],
+             save: Callable[[Any, Path], None] = methods.save) -> None:  # fmt: skip
+        """Weights (safetensors), tokenizer, config.yaml and tunesmith.json into `staged`. config.yaml is the
+        fully resolved config: a setting left to "auto" holds the value the run used, so training again from
+        it repeats the run."""
+        save(model, staged)
         tokenizer.save_pretrained(staged / "model")
-        for relative, content in files.items():
-            (staged / relative).parent.mkdir(parents=True, exist_ok=True)
-            (staged / relative).write_text(content, encoding="utf-8")
+        chosen = {**self.chosen, "max_length": meta.get("max_length")}
+        unset = {k: v for k, v in chosen.items() if v is not None and getattr(self.settings, k) is None}
+        config = self.config.model_copy(update={"train": self.settings.model_copy(update=unset)})
         (staged / "config.yaml").write_text(dump_config(config), encoding="utf-8")
-        common = {"format": 1, "task": config.task, "name": config.name, "base_model": config.train.base_model,
-                  "method": config.train.method, "parameters": methods.parameter_counts(model),
-                  "created_at": datetime.now(UTC).isoformat(), "metrics": metrics,
-                  "library_versions": library_versions()}  # fmt: skip
-        (staged / ARTIFACT_META).write_text(json.dumps({**common, **meta}, indent=2), encoding="utf-8")
-        return registry.register(str(config.name), staged, config.task, metrics=metrics)
+        meta = {"parameters": methods.parameter_counts(model), **meta}
+        artifact.write_meta(staged, artifact.describe(self.config, **meta))
+
+    def register(self, staged: Path, metrics: dict[str, Any]) -> ModelVersion:
+        return self.registry.register(self.name, staged, self.task.name, metrics=metrics)
+
+    def register_artifact(
+        self, model: Any, tokenizer: Any, *, files: dict[str, str], meta: dict[str, Any], metrics: dict[str, Any],
+        evaluation: dict[str, Any], errors: list[dict[str, Any]], report: str,
+    ) -> ModelVersion:  # fmt: skip
+        """Write a complete artifact (weights, tokenizer, `files`, metrics.json from `evaluation`, errors.jsonl,
+        report.md, config.yaml, tunesmith.json) and register it as the next version."""
+        files = {
+            **files,
+            "metrics.json": json.dumps(evaluation, indent=2),
+            "errors.jsonl": "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors),
+            "report.md": report,
+        }
+        with self.staging() as staged:
+            for relative, content in files.items():
+                (staged / relative).parent.mkdir(parents=True, exist_ok=True)
+                (staged / relative).write_text(content, encoding="utf-8")
+            self.save(staged, model, tokenizer, {**meta, "metrics": metrics})
+            return self.register(staged, metrics)
+
+
+def fit(
+    task: Task,
+    config: RunConfig,
+    body: Callable[[Run], TrainResult],
+    *,
+    registry: Registry | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    log: Log = print,
+    callbacks: Sequence[Any] = (),
+) -> TrainResult:
+    """The one training skeleton: the task's defaults applied, the method checked, the name settled and its
+    lock held for the whole run (a second run of the same name stops with a clear message instead of deleting
+    the first one's checkpoints); then the task's `body`; then the run folder removed once registered."""
+    from transformers import set_seed
+    from transformers.utils import logging as hf_logging
+
+    config = task.resolve(config)
+    task.check_method(config.train.method)
+    config = config.model_copy(update={"name": default_name(config)})
+    registry = registry or Registry()
+    hf_logging.disable_progress_bar()  # weight loading/saving bars; the training bar is ours
+    with registry.run_lock(str(config.name)):
+        run = Run(task, config, registry, resume, progress, log, tuple(callbacks))
+        set_seed(config.train.seed)  # before a new head's weights are drawn
+        result = body(run)
+        shutil.rmtree(run.run_dir, ignore_errors=True)  # checkpoints are only needed to resume an unfinished run
+    return result

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import contextvars
 import json
 import math
 import re
@@ -26,16 +25,16 @@ from typing import Any
 
 import yaml
 
-from tunesmith.config import RunConfig, TrainConfig, dump_config
+from tunesmith import methods as training_methods
+from tunesmith.config import TRIALS, RunConfig, TrainConfig, dump_config
 from tunesmith.errors import ConfigError
 from tunesmith.paths import MAX_NAME, check_name, confine
 from tunesmith.registry import ModelVersion, Registry
+from tunesmith.runs import default_name
+from tunesmith.tasks.catalog import TASKS
+from tunesmith.training import SELECTION_METRIC
 
-# The trial being run in this thread, if any: `training.build_trainer` adds its pruning callback.
-CURRENT_TRIAL: contextvars.ContextVar[Any] = contextvars.ContextVar("tunesmith_trial", default=None)
 HEARTBEAT_SECONDS = 10
-MAIN_METRIC = {"text-classification": "f1_macro", "token-classification": "f1", "question-answering": "f1",
-               "text-generation": "negative_loss"}  # fmt: skip
 
 
 @dataclass
@@ -127,8 +126,6 @@ def _suggest(trial: Any, space: dict[str, Param], methods: list[str]) -> dict[st
 
 def _defaults(config: RunConfig, space: dict[str, Param], methods: list[str]) -> dict[str, Any]:
     """Trial 0: the first method's defaults, written in the space's parameter names where they fit."""
-    from tunesmith import methods as training_methods
-
     method = methods[0]
     values = {"method": method} if len(methods) > 1 else {}
     settings = config.train.model_copy(update={"method": method})
@@ -150,8 +147,6 @@ def _defaults(config: RunConfig, space: dict[str, Param], methods: list[str]) ->
 def _pruning_callback(trial: Any) -> Any:
     import optuna
     from transformers import TrainerCallback
-
-    from tunesmith.training import SELECTION_METRIC
 
     class Report(TrainerCallback):
         def __init__(self) -> None:
@@ -176,16 +171,10 @@ def _pruning_callback(trial: Any) -> Any:
     return Report()
 
 
-def trial_callbacks() -> list[Any]:
-    """Callbacks `build_trainer` adds when a trial is running (pruning)."""
-    trial = CURRENT_TRIAL.get()
-    return [] if trial is None else [_pruning_callback(trial)]
-
-
 def tune(
     config: RunConfig,
     *,
-    trials: int = 20,
+    trials: int = TRIALS,
     timeout: float | None = None,
     methods: list[str] | None = None,
     pruner: str = "median",
@@ -198,15 +187,12 @@ def tune(
     """Search settings for `config`'s task and data; register the best trial's model under the study's name."""
     import optuna
 
-    from tunesmith.runs import default_name
-    from tunesmith.tasks import get_task
-
     registry = registry or Registry()
-    if not methods and config.task == "text-generation" and "method" not in config.train.model_fields_set:
-        methods = ["lora"]  # the task's default method
+    task = TASKS[config.task]
+    config = task.resolve(config)
     methods = methods or [config.train.method]
-    if "fewshot" in methods and config.task != "text-classification":
-        raise ConfigError("--methods fewshot is for text classification only.")
+    for method in methods:
+        task.check_method(method)
     if pruner not in ("median", "hyperband"):
         raise ConfigError(f"Unknown pruner {pruner!r}: use median or hyperband.")
     space = space or DEFAULT_SPACE
@@ -235,8 +221,7 @@ def tune(
         study.set_user_attr("config", config.model_dump(mode="json"))
     elif done:
         log(f"Resuming study {study_name!r}: {done} of {trials} trials already finished.")
-    metric = MAIN_METRIC[config.task]
-    task = get_task(config.task)
+    metric = task.main_metric
 
     deadline = None if timeout is None else time.perf_counter() + timeout
 
@@ -255,11 +240,10 @@ def tune(
         run = config.model_copy(update={"train": settings, "data": quiet, "name": f"trial-{trial.number}"})
         trial_registry = Registry(scratch / "home", database_url=f"sqlite:///{scratch / 'trials.db'}")
         started = time.perf_counter()
-        token = CURRENT_TRIAL.set(trial)
         try:
-            result = task.train(run, registry=trial_registry, progress=False, log=lambda _message: None)
+            result = task.train(run, registry=trial_registry, progress=False, log=lambda _message: None,
+                                callbacks=[_pruning_callback(trial)])  # fmt: skip
         finally:
-            CURRENT_TRIAL.reset(token)
             shutil.rmtree(trial_registry.home / "runs" / f"trial-{trial.number}", ignore_errors=True)
         evaluation = json.loads((result.version.path / "metrics.json").read_text(encoding="utf-8"))
         value = float(evaluation["validation"][metric])

@@ -39,7 +39,7 @@ def _classifier(seed: int) -> Any:
 def _features(large: bool) -> Any:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from tunesmith.baseline import tfidf_features
+    from tunesmith.tasks.text_classification.baseline import tfidf_features
 
     if large:
         return TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, max_features=100_000)

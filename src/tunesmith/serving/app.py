@@ -2,45 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
 from typing import Annotated, Any
 
-import numpy as np
-from fastapi import Body, Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunesmith.errors import ConflictError, NotFoundError, TunesmithError
 from tunesmith.registry import Registry
+from tunesmith.serving import generation
 from tunesmith.serving.middleware import RequestMiddleware, configure_logging, error_body
+from tunesmith.serving.routes import admin as admin_routes
+from tunesmith.serving.routes import models, operations, predict
 from tunesmith.serving.schemas import (
-    ERRORS,
-    AliasName,
-    AliasRequest,
-    AnswerOut,
-    AnswerRequest,
-    AnswerResponse,
     ApiError,
-    GeneratedText,
-    HFEntity,
-    HFParameters,
-    HFRequest,
-    LabelScore,
-    ModelInfo,
-    ModelList,
-    PredictRequest,
-    PredictResponse,
-    QuestionContext,
-    SeedRequest,
 )
 from tunesmith.serving.server import Server, fix_mmap_threshold
 from tunesmith.serving.settings import ServeSettings, is_public
+from tunesmith.tasks.catalog import TASKS
 
 BEARER = HTTPBearer(auto_error=False, description="An API key from `tunesmith keys create`.")
 
@@ -135,148 +119,13 @@ def create_app(settings: ServeSettings, registry: Registry | None = None) -> Fas
         log.exception("unhandled error")
         return _error_response(500, "internal_error", "The server failed on this request; see its log.", request)
 
-    @app.get("/healthz", tags=["operations"], summary="Liveness: the process answers.")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["operations"], summary="Readiness: every served model is loaded.",
-             responses={503: {"description": "Still loading."}})  # fmt: skip
-    async def readyz() -> JSONResponse:
-        """Each model's state ("ready", "loading", or "failed" with the error, while the last good version keeps
-        serving) and the hot-swap watcher's ("ok", or "failing" with its error and count)."""
-        health = server.health()
-        return JSONResponse(health, 200 if health["status"] == "ready" else 503)
-
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics.", response_class=Response)
-    async def metrics() -> Response:
-        # Rendering every series takes milliseconds that would stall all other requests on the event loop.
-        text = await asyncio.get_running_loop().run_in_executor(None, generate_latest, server.metrics.registry)
-        return Response(text, media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/v1/models", tags=["models"], response_model=ModelList, dependencies=read,
-             responses={k: ERRORS[k] for k in (401, 403)})  # fmt: skip
-    async def list_models() -> ModelList:
-        return ModelList(models=[server.describe(s) for s in server.slots.values()])
-
-    @app.get("/v1/models/{name}", tags=["models"], response_model=ModelInfo, dependencies=read,
-             responses={k: ERRORS[k] for k in (401, 403, 404)})  # fmt: skip
-    async def show_model(name: str) -> ModelInfo:
-        return server.describe(server.slot(name))
-
-    predict_errors = {k: ERRORS[k] for k in (400, 401, 403, 404, 408, 413, 422, 429, 503, 504)}
-
-    @app.post("/v1/models/{name}/predict", tags=["predict"], response_model=PredictResponse, dependencies=read,
-              responses=predict_errors)  # fmt: skip
-    async def predict(name: str, body: PredictRequest) -> JSONResponse:
-        """Classify one text (`text`) or several (`texts`); answers keep the order of the texts."""
-        texts = [body.text] if body.text is not None else list(body.texts or [])
-        loaded, logits = await server.infer(name, texts)
-        out: list[dict[str, Any]] = []
-        if loaded.task == "token-classification":
-            out = [{"entities": [e.to_dict() for e in entities]} for entities in logits]
-            return JSONResponse({"model": loaded.version.name, "version": loaded.version.version,
-                                 "backend": loaded.predictor.backend, "predictions": out})  # fmt: skip
-        for p in loaded.predictor.decide(loaded.predictor.activate(logits)):
-            item: dict[str, Any] = {"label": p.label, "score": p.score}
-            if body.all_scores:
-                item["scores"] = p.scores
-            out.append(item)
-        return JSONResponse({"model": loaded.version.name, "version": loaded.version.version,
-                             "backend": loaded.predictor.backend, "predictions": out})  # fmt: skip
-
-    @app.post("/predict", tags=["predict"], response_model=LabelScore, dependencies=read, responses=predict_errors)
-    async def predict_seed(body: SeedRequest) -> JSONResponse:
-        """The default model, in the request and response shape of the original Flask service."""
-        if server.slots[server.default].current and server.slots[server.default].current.task != "text-classification":
-            raise ApiError(404, "wrong_task", f"/predict answers with a label; the default model {server.default!r} "
-                           f"finds entities. Use /v1/models/{server.default}/predict.")  # fmt: skip
-        loaded, logits = await server.infer(server.default, [body.text])
-        p = loaded.predictor.decide(loaded.predictor.activate(logits))[0]
-        label = p.label if isinstance(p.label, str) else ",".join(p.label)
-        return JSONResponse({"label": label, "score": p.score})
-
-    @app.post("/models/{name}", tags=["predict"], dependencies=read, responses=predict_errors,
-              response_model=list[list[LabelScore]] | list[HFEntity] | list[list[HFEntity]] | AnswerOut | list[AnswerOut]
-              | list[GeneratedText])  # fmt: skip
-    async def predict_hf(name: str, body: HFRequest, request: Request) -> JSONResponse:
-        """Hugging Face Inference API compatible: text classification answers one list of {label, score} per
-        input, most probable first; token classification answers {entity_group, score, word, start, end} per
-        entity (a flat list for one input); text generation answers [{generated_text}] as
-        text-generation-inference does. `huggingface_hub.InferenceClient` works unchanged."""
-        slot = server.slot(name)
-        if slot.current is not None and slot.current.task == "text-generation":
-            from tunesmith.serving.generation import hf_text_generation
-
-            return await hf_text_generation(server.generations, name, body, request)
-        if isinstance(body.inputs, QuestionContext):
-            params = body.parameters or HFParameters()
-            loaded, answers = await server.answer(name, body.inputs.question, body.inputs.context)
-            found = [{"answer": a.text, "score": a.score, "start": a.start, "end": a.end} for a in answers]
-            return JSONResponse(found[: params.top_k] if params.top_k else found[0])
-        texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-        loaded, logits = await server.infer(name, texts)
-        if loaded.task == "token-classification":
-            groups = [
-                [
-                    {"entity_group": e.label, "score": e.score, "word": e.text, "start": e.start, "end": e.end}
-                    for e in entities
-                ]
-                for entities in logits
-            ]
-            return JSONResponse(groups[0] if isinstance(body.inputs, str) else groups)
-        params = body.parameters or HFParameters()
-        probs = loaded.predictor.activate(logits, params.function_to_apply)
-        labels = loaded.predictor.label_names
-        k = min(params.top_k or len(labels), len(labels))
-        out = []
-        for row in probs:
-            best = np.argsort(-row, kind="stable")[:k]
-            out.append([{"label": labels[i], "score": float(row[i])} for i in best])
-        return JSONResponse(out)
-
-    @app.post("/v1/models/{name}/answer", tags=["predict"], response_model=AnswerResponse, dependencies=read,
-              responses=predict_errors)  # fmt: skip
-    async def answer(name: str, body: AnswerRequest) -> JSONResponse:
-        """Extractive question answering: the best `top_k` spans of `context` that answer `question`."""
-        loaded, answers = await server.answer(name, body.question, body.context)
-        return JSONResponse({"model": loaded.version.name, "version": loaded.version.version,
-                             "backend": loaded.predictor.backend,
-                             "answers": [a.to_dict() for a in answers[: body.top_k]]})  # fmt: skip
-
-    admin_errors = {k: ERRORS[k] for k in (400, 401, 403, 404, 409, 422)}
-
-    @app.post("/v1/models/{name}/reload", tags=["admin"], response_model=ModelInfo, dependencies=admin,
-              responses=admin_errors)  # fmt: skip
-    async def reload(name: str) -> ModelInfo:
-        """Re-resolve the served reference now and swap to what it names, if that changed."""
-        slot = server.slot(name)
-        await server.refresh(slot.name)
-        return server.describe(slot)
-
-    @app.put("/v1/models/{name}/aliases/{alias}", tags=["admin"], response_model=ModelInfo, dependencies=admin,
-             responses=admin_errors)  # fmt: skip
-    async def set_alias(name: str, alias: AliasName, body: Annotated[AliasRequest, Body()]) -> ModelInfo:
-        """Point an alias at a version (as `tunesmith models promote`); a server serving it swaps at once."""
-        slot = server.slot(name)
-        await asyncio.get_running_loop().run_in_executor(server.loader, server.registry.promote,
-                                                         f"{name}@{body.version}", alias)  # fmt: skip
-        await server.refresh(slot.name)
-        return server.describe(slot)
-
-    @app.post("/v1/models/{name}/aliases/{alias}/rollback", tags=["admin"], response_model=ModelInfo,
-              dependencies=admin, responses=admin_errors)  # fmt: skip
-    async def rollback(name: str, alias: AliasName) -> ModelInfo:
-        """Move an alias back to its previous version (as `tunesmith models rollback`)."""
-        slot = server.slot(name)
-        await asyncio.get_running_loop().run_in_executor(server.loader, server.registry.rollback, name, alias)
-        await server.refresh(slot.name)
-        return server.describe(slot)
-
-    if "text-generation" in server.tasks.values():  # OpenAI-compatible routes only where they can answer
-        from tunesmith.serving import generation
-
+    app.include_router(operations.routes(server, read))
+    app.include_router(models.routes(server, read))
+    app.include_router(predict.routes(server, read))
+    app.include_router(admin_routes.routes(server, admin))
+    generating = [name for name, task in server.tasks.items() if TASKS[task].request == "chat"]
+    if generating:  # OpenAI-compatible routes only where they can answer
         app.include_router(generation.routes(server, read))
-    generating = [name for name, task in server.tasks.items() if task == "text-generation"]
     _document_limits(app, settings, list(server.slots), generating)
     return RequestMiddleware(app, server)  # type: ignore[return-value]
 

@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from tunesmith.registry import ModelVersion
 from tunesmith.serving.schemas import ApiError
 from tunesmith.serving.settings import BatchSettings
+from tunesmith.tasks.base import Predictor
+from tunesmith.tasks.catalog import TASKS
 
 log = logging.getLogger("tunesmith.server")
 
@@ -43,7 +45,7 @@ class Loaded:
     """One loaded model version; replaced as a whole on a hot swap."""
 
     version: ModelVersion
-    predictor: Any  # a BaseClassifier, or an EntityTagger for token classification
+    predictor: Predictor  # what its task's `load` returned
     revision: tuple[int, str | None]
 
     @property
@@ -51,11 +53,9 @@ class Loaded:
         return self.version.task
 
     def compute(self, texts: list[str], batch_size: int) -> Any:
-        """One forward pass over `texts`: logits (text classification) or entity lists (token classification);
-        either way indexable per text, so the batcher can hand each request its slice."""
-        from tunesmith.tasks import get_task
-
-        return get_task(self.task).serve_compute(self.predictor, texts, batch_size)
+        """One forward pass over `texts` by the model's task: logits, entity lists, answers, generations; indexable
+        per item either way, so the batcher can hand each request its slice."""
+        return TASKS[self.task].serve_compute(self.predictor, texts, batch_size)
 
 
 @dataclass

@@ -30,8 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tunesmith.serving.schemas import ERRORS, MAX_SEED, ApiError
 from tunesmith.serving.server import valid_unicode
-
-TASK = "text-generation"
+from tunesmith.tasks.catalog import TASKS
 
 
 class ChatMessage(BaseModel):
@@ -111,7 +110,7 @@ class Generations:
         loaded = slot.current
         if loaded is None:
             raise ApiError(503, "loading", f"{name!r} is still loading; retry shortly.", {"Retry-After": "1"})
-        if loaded.task != TASK:
+        if TASKS[loaded.task].request != "chat":
             raise ApiError(404, "wrong_task", f"{name!r} is a {loaded.task} model; send it texts at "
                            f"/v1/models/{name}/predict. Completions need a text-generation model.")  # fmt: skip
         return loaded

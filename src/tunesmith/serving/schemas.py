@@ -8,8 +8,7 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-MAX_ANSWERS = 10  # answers computed per question; top_k chooses among them
-
+from tunesmith.tasks.question_answering.predictor import MAX_ANSWERS
 
 # The largest integer every JSON parser holds exactly (JavaScript's Number.MAX_SAFE_INTEGER): a larger seed
 # would silently become another number on its way through a client.

@@ -12,16 +12,15 @@ from typing import Any
 
 from fastapi.security import HTTPAuthorizationCredentials
 
+from tunesmith.artifact import read_export
 from tunesmith.errors import ConfigError, TunesmithError
-from tunesmith.inference import read_export
 from tunesmith.registry import ModelVersion, Registry, key_digest
 from tunesmith.serving.batching import Loaded, Metrics, MicroBatcher, Slot
 from tunesmith.serving.schemas import ApiError, ModelInfo
 from tunesmith.serving.settings import ServeSettings, auth_enabled
-from tunesmith.tasks import get_task
+from tunesmith.tasks.catalog import TASKS
 
 log = logging.getLogger("tunesmith.server")
-SERVED_TASKS = ("text-classification", "token-classification", "question-answering", "text-generation")
 KEYS_EVERY_S = 5.0  # API keys are re-read at least this often, whatever the watch interval: revocation works
 MAX_BACKOFF_S = 60.0
 
@@ -97,8 +96,8 @@ class Server:
             version = registry.resolve(ref)  # unknown names fail here, before the port is bound
             if version.name in self.slots:
                 raise ConfigError(f"{version.name!r} is named twice; serve one reference per model name.")
-            if version.task not in SERVED_TASKS:
-                raise ConfigError(f"{ref!r} is a {version.task} model; this server handles {', '.join(SERVED_TASKS)}.")
+            if version.task not in TASKS:
+                raise ConfigError(f"{ref!r} is a {version.task} model; this server handles {', '.join(TASKS)}.")
             self.tasks[version.name] = version.task
             self.slots[version.name] = Slot(version.name, ref, settings.per_model.get(version.name, settings.batching))
         unknown = set(settings.per_model) - set(self.slots)
@@ -133,9 +132,9 @@ class Server:
 
     def _load(self, version: ModelVersion) -> Loaded:
         revision = revision_of(version)
-        task = get_task(version.task)
+        task = TASKS[version.task]
         loaded = Loaded(version, task.load(version.path, self.settings.backend, self.settings.threads), revision)
-        loaded.compute([task.WARM_UP], 1)  # the first run allocates; do it before taking traffic
+        loaded.compute([task.warm_up], 1)  # the first run allocates; do it before taking traffic
         return loaded
 
     async def refresh(self, name: str | None = None) -> None:
@@ -282,16 +281,16 @@ class Server:
                                f"{limits.max_text_chars} are accepted.")  # fmt: skip
         return [valid_unicode(t) for t in texts]
 
-    def _require_task(self, slot: Slot, wanted: set[str], hint: str) -> None:
+    def _require_request(self, slot: Slot, request: str, hint: str) -> None:
         task = slot.current.task if slot.current else None
-        if task is not None and task not in wanted:
+        if task is not None and TASKS[task].request != request:
             # 404: this route of that model does not exist (the request itself may be well-formed).
             raise ApiError(404, "wrong_task", f"{slot.name!r} is a {task} model; {hint}")
 
     async def answer(self, name: str, question: str, context: str) -> tuple[Loaded, Any]:
         """(the version that answered, its best answers to `question` in `context`)"""
         slot = self.slot(name)
-        self._require_task(slot, {"question-answering"}, f"send texts to /v1/models/{name}/predict instead.")
+        self._require_request(slot, "question", f"send texts to /v1/models/{name}/predict instead.")
         question, context = self.check_texts([question, context])
         loaded, answers = await self.batchers[slot.name].submit([(question, context)], self.settings.request_timeout_s)
         return loaded, answers[0]
@@ -299,21 +298,12 @@ class Server:
     async def infer(self, name: str, texts: list[str]) -> tuple[Loaded, Any]:
         """(the version that answered, its output for `texts`: logits, or entity lists for token classification)"""
         slot = self.slot(name)
-        self._require_task(slot, {"text-classification", "token-classification"},
-                           f'ask it with {{"question", "context"}} at /v1/models/{name}/answer.')  # fmt: skip
+        self._require_request(slot, "texts", f'ask it with {{"question", "context"}} at /v1/models/{name}/answer.')  # fmt: skip
         texts = self.check_texts(texts)
-        loaded, logits = await self.batchers[slot.name].submit(texts, self.settings.request_timeout_s)
-        counter = self.metrics.predictions
-        if loaded.task == "token-classification":
-            for entities in logits:
-                for entity in entities:
-                    counter.labels(slot.name, entity.label).inc()
-            return loaded, logits
-        labels = loaded.predictor.label_names
-        if not loaded.predictor.multi_label:
-            for i in logits.argmax(axis=1):
-                counter.labels(slot.name, labels[int(i)]).inc()
-        return loaded, logits
+        loaded, outputs = await self.batchers[slot.name].submit(texts, self.settings.request_timeout_s)
+        for label in TASKS[loaded.task].counted_labels(loaded.predictor, outputs):
+            self.metrics.predictions.labels(slot.name, label).inc()
+        return loaded, outputs
 
     def describe(self, slot: Slot) -> ModelInfo:
         loaded = slot.current

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tunesmith.embedding import EmbeddingHead, embed_texts, head_from_logistic
+from tunesmith.tasks.text_classification.embedding import EmbeddingHead, embed_texts, head_from_logistic
 
 BODY_TEXTS = 2048  # n^2/2 pairs enumerated by setfit: ~2.1M index pairs, ~34 MB
 DEFAULT_LEARNING_RATE = 2e-5  # setfit's default body learning rate

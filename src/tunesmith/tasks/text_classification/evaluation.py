@@ -1,4 +1,4 @@
-"""Metrics, plots and the written report of a classification run."""
+"""Metrics, plots and the written report of a text classification run, and scoring a model on a labeled file."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from tunesmith.registry import is_export_file
 
 
 def multi_hot(labels: Sequence[Sequence[int]], n_classes: int) -> np.ndarray:
@@ -293,53 +291,19 @@ def evaluate(
     return result
 
 
-MAIN_METRICS = {
-    "text-classification": ("accuracy", "f1_macro"),
-    "token-classification": ("precision", "recall", "f1"),
-    "question-answering": ("exact_match", "f1"),
-}
-
-
-def compare_runs(versions: Sequence[Any]) -> list[dict[str, Any]]:
-    """One row per registered version: method, settings, validation and test metrics, time, size.
-
-    Everything comes from the artifacts themselves (tunesmith.json, metrics.json, config.yaml), so versions
-    trained by different tunesmith releases or on other machines compare the same way.
-    """
-    import yaml
-
-    rows = []
-    for version in versions:
-        path = Path(version.path)
-        meta = json.loads((path / "tunesmith.json").read_text(encoding="utf-8"))
-        evaluation = (
-            json.loads((path / "metrics.json").read_text(encoding="utf-8")) if (path / "metrics.json").is_file() else {}
-        )
-        config = (
-            yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
-            if (path / "config.yaml").is_file()
-            else {}
-        )
-        train = (config or {}).get("train", {})
-        keys = MAIN_METRICS.get(version.task, ())
-        test = evaluation.get("test", {})
-        validation = evaluation.get("validation", {})
-        files = [p for p in path.rglob("*") if p.is_file() and not is_export_file(p.relative_to(path))]
-        rows.append({
-            "ref": version.ref,
-            "task": version.task,
-            "method": meta.get("method", "full"),
-            "base_model": meta.get("base_model"),
-            "learning_rate": train.get("learning_rate"),
-            "epochs": train.get("epochs"),
-            "batch_size": train.get("batch_size"),
-            "train_size": (meta.get("data") or {}).get("sizes", {}).get("train"),
-            "test": {k: test[k] for k in keys if isinstance(test.get(k), int | float)},
-            "validation": {k: validation[k] for k in keys if isinstance(validation.get(k), int | float)},
-            "baseline": {k: v for k, v in (meta.get("baseline_metrics") or {}).items() if k in keys},
-            "train_minutes": evaluation.get("train_minutes"),
-            "trainable_parameters": (meta.get("parameters") or {}).get("trainable"),
-            "size_mb": sum(p.stat().st_size for p in files) / 2**20,
-            "created_at": meta.get("created_at"),
-        })  # fmt: skip
-    return rows
+def write_predictions(frame: Any, results: list[Any], path: Path) -> None:
+    """`frame` with each row's predicted label and scores, as CSV (a column per class) or JSONL."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labels = [r.label if isinstance(r.label, str) else "|".join(r.label) for r in results]
+    if path.suffix.lower() == ".jsonl":
+        with path.open("w", encoding="utf-8") as handle:
+            for record, result in zip(frame.to_dict(orient="records"), results, strict=True):
+                row = {**record, "predicted_label": result.label, "score": result.score, "scores": result.scores}
+                handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        return
+    out = frame.copy()
+    out["predicted_label"] = labels
+    out["score"] = [round(r.score, 6) for r in results]
+    for name in results[0].scores if results else []:
+        out[f"score_{name}"] = [round(r.scores[name], 6) for r in results]
+    out.to_csv(path, index=False)

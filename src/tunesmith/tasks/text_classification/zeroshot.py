@@ -64,14 +64,14 @@ def build(descriptions: dict[str, str], base_model: str = DEFAULT_MODEL, templat
     import torch
     from transformers import AutoModel
 
-    from tunesmith.embedding import EmbeddingHead, embed_texts
-    from tunesmith.models import _load, load_tokenizer
+    from tunesmith.models import load_pretrained, load_tokenizer
+    from tunesmith.tasks.text_classification.embedding import EmbeddingHead, embed_texts
 
     if "{}" not in template:
         raise DataError(f'The template must hold "{{}}" where the description goes, e.g. "This text is about {{}}."; '
                         f"got {template!r}.")  # fmt: skip
     tokenizer = load_tokenizer(base_model)
-    encoder = _load(AutoModel, base_model)
+    encoder = load_pretrained(AutoModel, base_model)
     dim = encoder.config.hidden_size
     probe = EmbeddingHead(encoder, torch.zeros(1, dim), torch.zeros(1), "mean", normalize=True)
     rows = embed_texts(probe, tokenizer, [template.format(d) for d in descriptions.values()], MAX_LENGTH)
@@ -90,10 +90,11 @@ def create(
     log: Any = print,
 ) -> ZeroShotResult:
     """Build, (evaluate on `test` if given,) and register a zero-shot classifier."""
-    from tunesmith import embedding, methods
-    from tunesmith.evaluation import evaluate, headline
-    from tunesmith.inference import ARTIFACT_META, TextClassifier
-    from tunesmith.training import library_versions
+    from tunesmith import methods
+    from tunesmith.artifact import FORMAT, library_versions, write_meta
+    from tunesmith.tasks.text_classification import embedding
+    from tunesmith.tasks.text_classification.evaluation import evaluate, headline
+    from tunesmith.tasks.text_classification.predictor import TextClassifier
 
     registry = registry or Registry()
     labels = list(descriptions)
@@ -116,7 +117,7 @@ def create(
         tokenizer.save_pretrained(staged / "model")
         metrics = headline(report["test"]) if report else {}
         meta = {
-            "format": 1, "task": "text-classification", "name": name, "label_names": labels,
+            "format": FORMAT, "task": "text-classification", "name": name, "label_names": labels,
             "multi_label": False, "threshold": 0.5, "max_length": MAX_LENGTH, "base_model": base_model,
             "precision": "fp32", "method": "zeroshot", "architecture": embedding.ARCHITECTURE, "pooling": "mean",
             "normalize": True, "parameters": {**methods.parameter_counts(model), "trainable": 0},
@@ -126,7 +127,7 @@ def create(
                      "sizes": {"train": 0, "validation": 0, "test": report["test"]["n"] if report else 0}},
             "library_versions": library_versions(),
         }  # fmt: skip
-        (staged / ARTIFACT_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        write_meta(staged, meta)
         version = registry.register(name, staged, "text-classification", metrics=metrics)
     return ZeroShotResult(version, report.get("test", {}), report.get("skipped_rows", 0))
 

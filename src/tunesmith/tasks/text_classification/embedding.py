@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from tunesmith.inference import length_batches
+
 ARCHITECTURE = "embedding-head"
 HEAD_FILE = "head.safetensors"
 
@@ -63,8 +65,6 @@ def embed_texts(
     model: EmbeddingHead, tokenizer: Any, texts: Sequence[str], max_length: int, batch_size: int = 64
 ) -> np.ndarray:
     """Pooled embeddings of `texts`, row i for texts[i] (length-sorted batches, as prediction does)."""
-    from tunesmith.inference import length_batches
-
     out = np.zeros((len(texts), model.head.in_features), dtype=np.float32)
     if not len(texts):
         return out

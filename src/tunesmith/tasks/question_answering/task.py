@@ -1,0 +1,95 @@
+"""Extractive question answering: find the answer to a question as a span of its context.
+
+Inputs: SQuAD v1.1 / v2.0 JSON (`{"data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]}`) and JSONL
+with `question`, `context` and `answers` (`{"text": [...], "answer_start": [...]}` as Hugging Face datasets
+write it, or a list of `{"text", "answer_start"}`); an empty answer list means "no answer" (SQuAD v2).
+
+Contexts longer than the token limit are cut into windows overlapping by `doc_stride` tokens; each window
+is trained to point at the answer if it holds all of it, else at [CLS] ("not here"). At prediction time
+the best span over all windows wins; for data with unanswerable questions the model answers "" when [CLS]
+scores higher than the best span. Scores: exact match and F1 with SQuAD's official answer normalisation.
+
+The package: `examples` (reading, splitting, SQuAD scores), `predictor` (the answer finder), `training`
+and `checking` (the export check).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunesmith.errors import DataError
+from tunesmith.tasks.base import Log, Summary, Task, TrainResult
+
+if TYPE_CHECKING:
+    from tunesmith.config import RunConfig
+    from tunesmith.export import ExportCheck
+    from tunesmith.registry import Registry
+    from tunesmith.tasks.question_answering.predictor import Answer, AnswerFinder
+
+
+class QuestionAnswering(Task):
+    name = "question-answering"
+    peft_task_type = "QUESTION_ANS"
+    main_metric = "f1"
+    headline_metrics = ("exact_match", "f1")
+    warm_up = ("warm-up?", "warm-up")
+    request = "question"
+    data_shape = "questions"
+
+    def train(
+        self,
+        config: RunConfig,
+        *,
+        registry: Registry | None = None,
+        resume: bool = False,
+        progress: bool = True,
+        log: Log = print,
+        callbacks: Sequence[Any] = (),
+    ) -> TrainResult:
+        from tunesmith.tasks.question_answering import training
+        from tunesmith.training import fit
+
+        return fit(self, config, training.train, registry=registry, resume=resume, progress=progress, log=log,
+                   callbacks=callbacks)  # fmt: skip
+
+    def load(self, path: str | Path, backend: str = "auto", threads: int | None = None) -> AnswerFinder:
+        from tunesmith.tasks.question_answering.predictor import AnswerFinder
+
+        return AnswerFinder.from_artifact(path, backend, threads)
+
+    def evaluate_file(self, predictor: Any, data: str | Path, out_dir: str | Path, **options: Any) -> dict[str, Any]:
+        from tunesmith.tasks.question_answering.training import evaluate_file
+
+        return evaluate_file(predictor, data, out_dir)
+
+    def _answers(self, predictor: Any, inputs: Sequence[str], context: str | None) -> list[Any]:
+        if not context:
+            raise DataError('A question-answering model needs --context "the text holding the answer".')
+        return predictor.answer(list(inputs), [context] * len(inputs))
+
+    def predict_lines(self, predictor: Any, inputs: Sequence[str], **options: Any) -> Iterator[str]:
+        for question, answers in zip(inputs, self._answers(predictor, inputs, options.get("context")), strict=True):
+            a = answers[0]
+            yield f"{a.text or '(no answer)'}\t[{a.start}:{a.end}]\t{a.score:.3f}\t{question}"
+
+    def predict_records(self, predictor: Any, inputs: Sequence[str], **options: Any) -> list[dict[str, Any]]:
+        found = self._answers(predictor, inputs, options.get("context"))
+        return [{"question": q, "answer": answers[0].to_dict()} for q, answers in zip(inputs, found, strict=True)]
+
+    def export_check(self, path: str | Path) -> ExportCheck:
+        from tunesmith.tasks.question_answering.checking import FinderCheck
+
+        return FinderCheck(Path(path))
+
+    def serve_compute(self, predictor: Any, items: list[Any], batch_size: int) -> list[list[Answer]]:
+        """One server batch of (question, context) pairs: the best answers of each, best first."""
+        from tunesmith.tasks.question_answering.predictor import MAX_ANSWERS
+
+        return predictor.answer([q for q, _ in items], [c for _, c in items], top_k=MAX_ANSWERS, batch_size=batch_size)
+
+    def summary(self, result: TrainResult) -> Summary:
+        m = result.metrics
+        return Summary(f"{result.version.ref} - test split ({m['n']} questions)", ["exact match", "F1"],
+                       [[f"{m['exact_match']:.4f}", f"{m['f1']:.4f}"]])  # fmt: skip

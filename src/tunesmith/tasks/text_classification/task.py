@@ -1,0 +1,132 @@
+"""Text classification (binary, multi-class, multi-label) behind the task contract.
+
+The package: `training` (fine-tuning inside `training.fit`), `fewshot` (SetFit-style), `zeroshot` (labels
+from their descriptions), `embedding` (the head those two train), `baseline` (TF-IDF), `predictor`
+(PyTorch and ONNX classifiers), `evaluation` (metrics, reports, plots), `checking` (the export check) and
+`active_learning` (which texts to label next).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from tunesmith.tasks.base import METHODS, Log, Summary, Task, TrainResult
+
+if TYPE_CHECKING:
+    from tunesmith.config import RunConfig
+    from tunesmith.export import ExportCheck
+    from tunesmith.registry import Registry
+    from tunesmith.tasks.text_classification.predictor import BaseClassifier
+
+
+class TextClassification(Task):
+    name = "text-classification"
+    peft_task_type = "SEQ_CLS"
+    main_metric = "f1_macro"
+    headline_metrics = ("accuracy", "f1_macro")
+    warm_up = "warm-up"
+    request = "texts"
+    data_shape = "labeled-texts"
+    methods: ClassVar[tuple[str, ...]] = (*METHODS, "fewshot")
+    reads_pooler = True
+    answers_with_label = True
+
+    def train(
+        self,
+        config: RunConfig,
+        *,
+        registry: Registry | None = None,
+        resume: bool = False,
+        progress: bool = True,
+        log: Log = print,
+        callbacks: Sequence[Any] = (),
+    ) -> TrainResult:
+        from tunesmith.tasks.text_classification import training
+        from tunesmith.training import fit
+
+        return fit(self, config, training.train, registry=registry, resume=resume, progress=progress, log=log,
+                   callbacks=callbacks)  # fmt: skip
+
+    def load(self, path: str | Path, backend: str = "auto", threads: int | None = None) -> BaseClassifier:
+        from tunesmith.tasks.text_classification.predictor import load_predictor
+
+        return load_predictor(path, backend, threads)
+
+    def evaluate_file(self, predictor: Any, data: str | Path, out_dir: str | Path, **options: Any) -> dict[str, Any]:
+        """Options: `text_column`, `label_column` (detected when not named)."""
+        from tunesmith.tasks.text_classification.evaluation import evaluate
+
+        return evaluate(predictor, data, out_dir, **options)
+
+    def evaluation_lines(self, result: dict[str, Any]) -> list[str]:
+        metrics = result["test"]
+        lines = []
+        if result.get("skipped_rows"):
+            lines.append(f"warning: {result['skipped_rows']} row(s) carry labels the model does not know "
+                         f"({', '.join(result['unknown_labels'][:5])}); they were left out.")  # fmt: skip
+        lines.append(", ".join(f"{k} {metrics[k]:.4f}" for k in ("accuracy", "f1_macro", "f1_micro", "f1_weighted")))
+        lines.append(f"{metrics['n']} texts scored.")
+        return lines
+
+    def predict_lines(self, predictor: Any, inputs: Sequence[str], **options: Any) -> Iterator[str]:
+        for text, result in zip(inputs, predictor.predict(list(inputs), options.get("batch_size", 64)), strict=True):
+            label = ", ".join(result.label) if isinstance(result.label, list) else result.label
+            yield f"{label}\t{result.score:.3f}\t{text}"
+
+    def predict_records(self, predictor: Any, inputs: Sequence[str], **options: Any) -> list[dict[str, Any]]:
+        results = predictor.predict(list(inputs), options.get("batch_size", 64))
+        return [{"text": text, **r.to_dict()} for text, r in zip(inputs, results, strict=True)]
+
+    def predict_file(self, predictor: Any, path: Path, output: Path, *, text_column: str | None = None,
+                     batch_size: int = 64) -> int:  # fmt: skip
+        """Predict every row of a table file; write it with the predictions (.csv or .jsonl); return the count."""
+        from tunesmith.data import read_text_column
+        from tunesmith.tasks.text_classification.evaluation import write_predictions
+
+        frame, column = read_text_column(path, text_column, predictor.meta.get("data", {}).get("text_column"))
+        results = predictor.predict(frame[column].astype(str).tolist(), batch_size)
+        write_predictions(frame, results, output)
+        return len(results)
+
+    def export_check(self, path: str | Path) -> ExportCheck:
+        from tunesmith.tasks.text_classification.checking import ClassifierCheck
+
+        return ClassifierCheck(Path(path))
+
+    def serve_compute(self, predictor: Any, items: list[Any], batch_size: int) -> np.ndarray:
+        """One forward pass for the server: logits, row i for items[i]."""
+        return predictor.predict_logits(items, batch_size)
+
+    def serve_outputs(self, predictor: Any, outputs: Any, all_scores: bool = False) -> list[dict[str, Any]]:
+        out = []
+        for p in predictor.decide(predictor.activate(outputs)):
+            item: dict[str, Any] = {"label": p.label, "score": p.score}
+            if all_scores:
+                item["scores"] = p.scores
+            out.append(item)
+        return out
+
+    def hf_outputs(self, predictor: Any, outputs: Any, single: bool, top_k: int | None, function: str | None) -> Any:
+        """One list of {label, score} per input, most probable first (`top_k` of them)."""
+        probs = predictor.activate(outputs, function)
+        labels = predictor.label_names
+        k = min(top_k or len(labels), len(labels))
+        return [[{"label": labels[i], "score": float(row[i])} for i in np.argsort(-row, kind="stable")[:k]]
+                for row in probs]  # fmt: skip
+
+    def counted_labels(self, predictor: Any, outputs: Any) -> Iterable[str]:
+        if predictor.multi_label:  # a multi-label decision is a set; counting argmax would mislead
+            return []
+        return [predictor.label_names[int(i)] for i in outputs.argmax(axis=1)]
+
+    def summary(self, result: TrainResult) -> Summary:
+        keys = ("accuracy", "f1_macro", "f1_micro", "f1_weighted")
+        return Summary(
+            title=f"{result.version.ref} - test split ({result.metrics['n']} texts)",
+            columns=["metric", "fine-tuned", "TF-IDF baseline"],
+            rows=[[k, f"{result.metrics[k]:.4f}", f"{result.baseline[k]:.4f}"] for k in keys],
+        )

@@ -1,0 +1,108 @@
+"""Token classification (named-entity recognition): data, training, evaluation and prediction.
+
+Inputs, detected by content:
+- CoNLL column files: one token per line, 2-4 whitespace-separated columns (token first, tag last),
+  blank lines between sentences, `-DOCSTART-` lines skipped;
+- JSONL with tokens and tags: `{"tokens": [...], "tags": [...]}` (also `words`, `ner_tags`, `labels`);
+- JSONL with character spans: `{"text": ..., "entities": [{"start", "end", "label"}]}` (also doccano's
+  `"label": [[start, end, label], ...]`).
+
+Tags in IOB1, IOB2 (BIO), BIOES or BILOU are detected and normalised to IOB2, the scheme the model
+learns and `seqeval` scores. Sub-words: the first sub-token of a word carries the word's tag, the others
+are ignored by the loss; sentences longer than the token limit are split into overlapping windows
+(`stride`), and at prediction time each word takes its tags from the window where it has the most
+context. Predictions are entities with character offsets into the caller's text, not sub-word tags.
+
+The package: `sentences` (reading and splitting), `predictor` (the tagger), `metrics` (seqeval),
+`training` and `checking` (the export check).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunesmith.tasks.base import Log, Summary, Task, TrainResult
+
+if TYPE_CHECKING:
+    from tunesmith.config import RunConfig
+    from tunesmith.export import ExportCheck
+    from tunesmith.registry import Registry
+    from tunesmith.tasks.token_classification.predictor import Entity, EntityTagger
+
+
+class TokenClassification(Task):
+    name = "token-classification"
+    peft_task_type = "TOKEN_CLS"
+    main_metric = "f1"
+    headline_metrics = ("precision", "recall", "f1")
+    warm_up = "warm-up"
+    request = "texts"
+    data_shape = "tagged-sentences"
+
+    def train(
+        self,
+        config: RunConfig,
+        *,
+        registry: Registry | None = None,
+        resume: bool = False,
+        progress: bool = True,
+        log: Log = print,
+        callbacks: Sequence[Any] = (),
+    ) -> TrainResult:
+        from tunesmith.tasks.token_classification import training
+        from tunesmith.training import fit
+
+        return fit(self, config, training.train, registry=registry, resume=resume, progress=progress, log=log,
+                   callbacks=callbacks)  # fmt: skip
+
+    def load(self, path: str | Path, backend: str = "auto", threads: int | None = None) -> EntityTagger:
+        from tunesmith.tasks.token_classification.predictor import EntityTagger
+
+        return EntityTagger.from_artifact(path, backend, threads)
+
+    def evaluate_file(self, predictor: Any, data: str | Path, out_dir: str | Path, **options: Any) -> dict[str, Any]:
+        from tunesmith.tasks.token_classification.training import evaluate_file
+
+        return evaluate_file(predictor, data, out_dir)
+
+    def predict_lines(self, predictor: Any, inputs: Sequence[str], **options: Any) -> Iterator[str]:
+        for text, entities in zip(inputs, predictor.predict(list(inputs), options.get("batch_size", 64)), strict=True):
+            found = "; ".join(f"{e.label} {e.text!r} [{e.start}:{e.end}] {e.score:.3f}" for e in entities)
+            yield f"{found or '(no entities)'}\t{text}"
+
+    def predict_records(self, predictor: Any, inputs: Sequence[str], **options: Any) -> list[dict[str, Any]]:
+        found = predictor.predict(list(inputs), options.get("batch_size", 64))
+        return [{"text": t, "entities": [e.to_dict() for e in es]} for t, es in zip(inputs, found, strict=True)]
+
+    def export_check(self, path: str | Path) -> ExportCheck:
+        from tunesmith.tasks.token_classification.checking import TaggerCheck
+
+        return TaggerCheck(Path(path))
+
+    def serve_compute(self, predictor: Any, items: list[Any], batch_size: int) -> list[list[Entity]]:
+        """One server batch: entities per text."""
+        return predictor.predict(items, batch_size)
+
+    def serve_outputs(self, predictor: Any, outputs: Any, all_scores: bool = False) -> list[dict[str, Any]]:
+        return [{"entities": [e.to_dict() for e in entities]} for entities in outputs]
+
+    def hf_outputs(self, predictor: Any, outputs: Any, single: bool, top_k: int | None, function: str | None) -> Any:
+        """{entity_group, score, word, start, end} per entity, as the Inference API answers (one list for one input)."""
+        groups = [[{"entity_group": e.label, "score": e.score, "word": e.text, "start": e.start, "end": e.end}
+                   for e in entities] for entities in outputs]  # fmt: skip
+        return groups[0] if single else groups
+
+    def counted_labels(self, predictor: Any, outputs: Any) -> Iterable[str]:
+        return [entity.label for entities in outputs for entity in entities]
+
+    def summary(self, result: TrainResult) -> Summary:
+        m = result.metrics
+        rows = [*sorted(m["per_type"].items()), ("all (micro)", {**m, "support": ""})]
+        return Summary(
+            title=f"{result.version.ref} - test split ({m['n']} sentences), entity level",
+            columns=["entity type", "precision", "recall", "F1", "support"],
+            rows=[[kind, f"{x['precision']:.4f}", f"{x['recall']:.4f}", f"{x['f1']:.4f}", str(x["support"])]
+                  for kind, x in rows],
+        )
