@@ -40,6 +40,8 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 clean:

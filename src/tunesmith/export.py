@@ -52,7 +52,7 @@ def int8_schemes(model_file: Path) -> list[tuple[str, list[str]]]:
     ffn = [(int(m.group(1)), n.name) for n in graph.node if n.op_type == "MatMul" and (m := _FFN_OUTPUT.search(n.name))]
     layers = sorted({layer for layer, _ in ffn})
     first_half = [name for layer, name in ffn if layer < (len(layers) + 1) // 2]
-    schemes = [("all MatMuls", [])]
+    schemes: list[tuple[str, list[str]]] = [("all MatMuls", [])]
     if ffn:
         schemes += [
             (f"feed-forward outputs of layers 0-{(len(layers) + 1) // 2 - 1} in fp32", first_half),

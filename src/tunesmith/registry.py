@@ -50,6 +50,7 @@ from tunesmith.errors import (
     RegistryError,
     TunesmithError,
 )
+from tunesmith.artifact import task_of
 from tunesmith.locks import hold, holder
 from tunesmith.paths import check_name, confine
 
@@ -367,7 +368,7 @@ class Registry:
             shutil.copytree(folder, staged, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*EXPORT_PARTS))
             for path in [staged, *staged.rglob("*")]:
                 path.chmod(0o755 if path.is_dir() else 0o644)
-            version = self.register(name, staged, meta.get("task", "text-classification"), meta.get("metrics", {}))
+            version = self.register(name, staged, task_of(staged), meta.get("metrics", {}))
         unregistered = self.home / UNREGISTERED
         if folder.is_relative_to(unregistered.resolve()) and folder != unregistered.resolve():
             shutil.rmtree(folder, ignore_errors=True)  # it was ours to keep; it is registered now
@@ -431,14 +432,14 @@ class Registry:
             for row in session.scalars(select(_AliasRow).where(_AliasRow.model_name == name)):
                 if row.version in numbers:
                     session.delete(row)
-            for row in session.scalars(select(_VersionRow).where(_VersionRow.model_name == name)):
-                if row.version in numbers:
-                    session.delete(row)
+            for version_row in session.scalars(select(_VersionRow).where(_VersionRow.model_name == name)):
+                if version_row.version in numbers:
+                    session.delete(version_row)
             session.flush()
             left = session.scalar(select(func.count()).select_from(_VersionRow).where(_VersionRow.model_name == name))
             if not left:
-                for row in session.scalars(select(_AliasEventRow).where(_AliasEventRow.model_name == name)):
-                    session.delete(row)
+                for event in session.scalars(select(_AliasEventRow).where(_AliasEventRow.model_name == name)):
+                    session.delete(event)
                 # The model row stays: it holds the last version number given, which is never given again.
         # Files go only after the index no longer points at them, and only inside the home.
         for version in victims:
@@ -461,8 +462,9 @@ class Registry:
         with self._session.begin() as session:
             for row in session.scalars(select(_AliasRow).where(_AliasRow.model_name == name, _AliasRow.version == version)):
                 session.delete(row)
-            for row in session.scalars(select(_VersionRow).where(_VersionRow.model_name == name, _VersionRow.version == version)):
-                session.delete(row)
+            for version_row in session.scalars(select(_VersionRow).where(_VersionRow.model_name == name,
+                                                                          _VersionRow.version == version)):  # fmt: skip
+                session.delete(version_row)
 
     def drop_alias(self, name: str, alias: str) -> None:
         with self._session.begin() as session:

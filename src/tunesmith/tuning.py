@@ -127,7 +127,7 @@ def _suggest(trial: Any, space: dict[str, Param], methods: list[str]) -> dict[st
 def _defaults(config: RunConfig, space: dict[str, Param], methods: list[str]) -> dict[str, Any]:
     """Trial 0: the first method's defaults, written in the space's parameter names where they fit."""
     method = methods[0]
-    values = {"method": method} if len(methods) > 1 else {}
+    values: dict[str, Any] = {"method": method} if len(methods) > 1 else {}
     settings = config.train.model_copy(update={"method": method})
     for key, p in space.items():
         setting = key.partition("@")[0]
@@ -371,10 +371,10 @@ def _plots(study: Any, folder: Path, log: Any) -> None:
     for file, draw in (("optimization_history.png", vis.plot_optimization_history),
                        ("param_importances.png", vis.plot_param_importances)):  # fmt: skip
         try:
-            axes = draw(study)
-            axes.figure.tight_layout()
-            axes.figure.savefig(folder / file, dpi=110)
-            plt.close(axes.figure)
+            figure: Any = draw(study).figure
+            figure.tight_layout()
+            figure.savefig(folder / file, dpi=110)
+            plt.close(figure)
         except (ValueError, RuntimeError, TunesmithError) as exc:  # importances need >= 2 completed trials
             log(f"note: no {file}: {exc}")
 

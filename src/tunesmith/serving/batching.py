@@ -46,7 +46,7 @@ class Loaded:
 
     version: ModelVersion
     predictor: Predictor  # what its task's `load` returned
-    revision: tuple[int, str | None]
+    revision: tuple[int, str, str | None]  # `server.revision_of`: what a hot swap compares
 
     @property
     def task(self) -> str:

@@ -92,6 +92,7 @@ class Server:
         self.auth = auth_enabled(settings)
         self.slots: dict[str, Slot] = {}
         self.tasks: dict[str, str] = {}  # task of each served name, as resolved at start
+        self.generations: Any = None  # `serving.generation.Generations`, when a text-generation model is served
         for ref in settings.models:
             version = registry.resolve(ref)  # unknown names fail here, before the port is bound
             if version.name in self.slots:
@@ -211,9 +212,8 @@ class Server:
         for task in self._tasks + [s.worker for s in self.slots.values() if s.worker]:
             task.cancel()
         self.inference.shutdown(wait=True)
-        generations = getattr(self, "generations", None)
-        if generations is not None:
-            generations.pool.shutdown(wait=True)
+        if self.generations is not None:
+            self.generations.pool.shutdown(wait=True)
         self.loader.shutdown(wait=False, cancel_futures=True)
 
     def ready(self) -> bool:
@@ -314,7 +314,7 @@ class Server:
             version=loaded.version.version if loaded else None,
             backend=loaded.predictor.backend if loaded else None,
             status=slot.status,
-            task=loaded.task if loaded else "text-classification",
+            task=loaded.task if loaded else self.tasks.get(slot.name, ""),
             labels=meta.get("label_names", []),
             multi_label=bool(meta.get("multi_label", False)),
             aliases=loaded.version.aliases if loaded else [],

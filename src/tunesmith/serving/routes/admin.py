@@ -19,7 +19,7 @@ from tunesmith.serving.server import Server
 def routes(server: Server, admin: list[Any]) -> APIRouter:
     router = APIRouter()
 
-    admin_errors = {k: ERRORS[k] for k in (400, 401, 403, 404, 409, 422)}
+    admin_errors: dict[int | str, dict[str, Any]] = {k: ERRORS[k] for k in (400, 401, 403, 404, 409, 422)}
 
     @router.post("/v1/models/{name}/reload", tags=["admin"], response_model=ModelInfo, dependencies=admin,
               responses=admin_errors)  # fmt: skip

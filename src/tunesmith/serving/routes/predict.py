@@ -32,7 +32,7 @@ from tunesmith.tasks.catalog import TASKS
 def routes(server: Server, read: list[Any]) -> APIRouter:
     router = APIRouter()
 
-    predict_errors = {k: ERRORS[k] for k in (400, 401, 403, 404, 408, 413, 422, 429, 503, 504)}
+    predict_errors: dict[int | str, dict[str, Any]] = {k: ERRORS[k] for k in (400, 401, 403, 404, 408, 413, 422, 429, 503, 504)}
 
     @router.post("/v1/models/{name}/predict", tags=["predict"], response_model=PredictResponse, dependencies=read,
               responses=predict_errors)  # fmt: skip
@@ -51,10 +51,10 @@ def routes(server: Server, read: list[Any]) -> APIRouter:
         if current is not None and not TASKS[current.task].answers_with_label:
             raise ApiError(404, "wrong_task", f"/predict answers with a label; the default model {server.default!r} "
                            f"is a {current.task} model. Use /v1/models/{server.default}/predict.")  # fmt: skip
-        loaded, logits = await server.infer(server.default, [body.text])
-        p = loaded.predictor.decide(loaded.predictor.activate(logits))[0]
-        label = p.label if isinstance(p.label, str) else ",".join(p.label)
-        return JSONResponse({"label": label, "score": p.score})
+        loaded, outputs = await server.infer(server.default, [body.text])
+        p = TASKS[loaded.task].serve_outputs(loaded.predictor, outputs)[0]
+        label = p["label"] if isinstance(p["label"], str) else ",".join(p["label"])
+        return JSONResponse({"label": label, "score": p["score"]})
 
     @router.post("/models/{name}", tags=["predict"], dependencies=read, responses=predict_errors,
               response_model=list[list[LabelScore]] | list[HFEntity] | list[list[HFEntity]] | AnswerOut | list[AnswerOut]
