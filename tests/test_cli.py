@@ -197,3 +197,78 @@ def test_short_help_version_and_trailing_verbose(capsys: pytest.CaptureFixture[s
     # --verbose after the command turns on tracebacks for errors, as before it does
     with pytest.raises(Exception, match="No model named"):
         run(capsys, "--home", str(home), "models", "show", "nothere", "--verbose")
+
+
+def test_flags_with_fixed_values_show_their_choices_and_defaults(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # the help table uncut
+    _, out, _ = run(capsys, "train", "--help")
+    flat = " ".join(out.split())
+    assert "auto|bf16|fp32" in flat and "(default: auto)" in flat  # --precision
+    assert "text-classification|token-classification|question-answering|text-generation" in flat.replace(" ", "")
+    assert "full|lora|adalora|ia3|frozen|fewshot|prefix" in flat.replace(" ", "")
+    _, out, _ = run(capsys, "serve", "--help")
+    assert "auto|on|off" in "".join(out.split()) and "pytorch" in out
+    code, _, err = run(capsys, "train", "x.csv", "--precision", "fp16")
+    assert code == 2 and "fp16" in err and "bf16" in err
+
+
+def test_json_output_is_json_on_stdout(capsys: pytest.CaptureFixture[str], home: Path) -> None:
+    h = ["--home", str(home)]
+    code, out, _ = run(capsys, *h, "models", "list", "--json")
+    listed = json.loads(out)
+    assert code == 0 and listed[0]["ref"] == "support@1" and listed[0]["task"] == "text-classification"
+    code, out, _ = run(capsys, *h, "models", "show", "support", "--json")
+    shown = json.loads(out)
+    assert code == 0 and shown["meta"]["label_names"] and Path(shown["path"], "tunesmith.json").is_file()
+    code, out, _ = run(capsys, *h, "predict", "support", "where is my parcel", "--json")
+    predicted = json.loads(out)
+    assert code == 0 and predicted[0]["text"] == "where is my parcel" and set(predicted[0]["scores"]) == set(
+        shown["meta"]["label_names"]
+    )
+
+
+def _documented_commands() -> list[tuple[str, str, list[str]]]:
+    """(file, command line, its --flags) for every `tunesmith ...` line in a code block of the README and docs/."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        in_code = False
+        text = doc.read_text(encoding="utf-8").replace("\\\n", " ")  # a command continued on the next line
+        for line in text.splitlines():
+            if line.strip().startswith("```"):
+                in_code = not in_code
+                continue
+            if in_code and re.match(r"\s*(\$ )?tunesmith ", line):
+                found.append((doc.name, line.strip(), re.findall(r"(?<![\w-])--?[a-zA-Z][\w-]*", line)))
+    return found
+
+
+def test_every_flag_the_docs_show_exists_on_its_command() -> None:
+    """The README and docs/ are checked against the CLI itself: a renamed or missing flag fails here."""
+    import shlex
+
+    import typer.main
+
+    root = typer.main.get_command(cli.app)
+    documented = _documented_commands()
+    assert len(documented) > 20
+    problems = []
+    for doc, line, flags in documented:
+        try:
+            words = shlex.split(line.split(" #")[0].removeprefix("$ "))[1:]
+        except ValueError:
+            words = line.split()[1:]
+        words = [w for w in words if not w.startswith("-")]
+        command, ctx_params = root, {p for p in root.params for p in p.opts}
+        for word in words:  # walk down the command groups as far as the words name subcommands
+            sub = getattr(command, "commands", {}).get(word)
+            if sub is None:
+                break
+            command = sub
+        known = ctx_params | {o for p in command.params for o in (*p.opts, *p.secondary_opts)} | {"-h", "--help"}
+        problems += [f"{doc}: `{line}`: {flag}" for flag in flags if flag not in known]
+    assert problems == []

@@ -73,7 +73,7 @@ def test_lora_artifact_round_trips_and_exports_merged(
     assert set(rows["full@1"]["test"]) == {"accuracy", "f1_macro"} and rows["full@1"]["train_minutes"] > 0
     from test_cli import run
 
-    code, out, err = run(capsys, "--home", str(registry.home), "runs", "compare", "--sort", "f1_macro", "--json",
+    code, out, err = run(capsys, "--home", str(registry.home), "runs", "compare", "--sort", "f1_macro", "-o",
                          str(tmp_path / "runs.json"))  # fmt: skip
     assert code == 0, err
     import json
@@ -81,6 +81,14 @@ def test_lora_artifact_round_trips_and_exports_merged(
     assert "2 runs" in out
     written = json.loads((tmp_path / "runs.json").read_text())
     assert [r["ref"] for r in written] == sorted(rows, key=lambda ref: -rows[ref]["test"]["f1_macro"])
+    code, out, err = run(capsys, "--home", str(registry.home), "runs", "compare", "--sort", "f1_macro", "--json")
+    assert code == 0 and json.loads(out) == written  # stdout holds the JSON and nothing else
+    # config.yaml is saved fully resolved: the epochs and learning rate the run used, not "auto".
+    import yaml
+
+    saved = yaml.safe_load((registry.resolve("lora").path / "config.yaml").read_text())["train"]
+    assert saved["learning_rate"] == pytest.approx(1e-3) and saved["epochs"] == 3  # lora's default rate
+    assert saved["max_length"] is not None
     texts = ["where is my parcel", "refund please", "the app crashes on start"]
     onnx = tunesmith.load_model("lora", registry=registry, backend="onnx-fp32").predict_proba(texts)
     assert np.allclose(onnx, model.predict_proba(texts), atol=1e-4)

@@ -49,7 +49,7 @@ def _doc(section: type[Any], field: str) -> str:
     """A flag's help is its setting's description and default: one home for each default and its reason."""
     info = section.model_fields[field]
     default = None if info.default_factory is not None else info.default
-    shown = "" if default is None or default == [] else f" [default: {default}]"
+    shown = "" if default is None or default == [] else f" (default: {default})"
     return (info.description or "") + shown
 
 
@@ -286,7 +286,7 @@ def inspect_(
     data: Annotated[str, typer.Argument(help="Data file: CSV, TSV, JSONL, JSON or Parquet (CoNLL/JSONL for NER).")],
     validation: Annotated[str | None, typer.Option(help="Validation file, checked for leaks from training.")] = None,
     test: Annotated[str | None, typer.Option(help="Test file, checked for leaks from training.")] = None,
-    task: Annotated[Task | None, typer.Option(help="The task whose data this is; inspect reads text-classification and token-classification data. [default: text-classification]")] = None,
+    task: Annotated[Task | None, typer.Option(help="The task whose data this is; inspect reads text-classification and token-classification data. (default: text-classification)")] = None,
     text_column: TextColumnFlag = None,
     label_column: LabelColumnFlag = None,
     label_delimiter: DelimiterFlag = None,
@@ -515,7 +515,7 @@ def serve(
     host: Annotated[str | None, typer.Option(help=_doc(ServeSettings, "host"))] = None,
     port: Annotated[int | None, typer.Option(help=_doc(ServeSettings, "port"))] = None,
     auth: Annotated[Auth, typer.Option(help=_doc(ServeSettings, "auth"))] = None,
-    backend: Annotated[Backend | None, typer.Option(help=BACKEND_HELP + " [default: auto]")] = None,
+    backend: Annotated[Backend | None, typer.Option(help=BACKEND_HELP + " (default: auto)")] = None,
     default_model: Annotated[str | None, typer.Option(help=_doc(ServeSettings, "default_model"))] = None,
     max_batch_size: Annotated[int | None, typer.Option(help=_doc(BatchSettings, "max_batch_size"))] = None,
     max_wait_ms: Annotated[float | None, typer.Option(help=_doc(BatchSettings, "max_wait_ms"))] = None,

@@ -74,7 +74,7 @@ class TrainConfig(_Settings):
         description="What trains: 'full' (every weight), 'lora' / 'adalora' / 'ia3' (peft adapters + the head; "
         "the artifact stores only the adapter), 'frozen' (only the head), 'fewshot' (SetFit-style contrastive "
         "tuning + a logistic-regression head, for a few examples per class; text classification only). "
-        "See README 'Choosing a method'.",
+        "See docs/methods.md.",
     )
     learning_rate: Annotated[float, Field(gt=0, lt=1)] | None = Field(
         None,
