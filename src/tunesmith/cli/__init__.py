@@ -1,0 +1,8 @@
+"""The `tunesmith` command line: a thin typer layer that parses flags, calls the Python API, and prints what
+the task renders. Commands live in modules by what they act on; importing them registers them on `app`, in
+the order `tunesmith --help` lists them."""
+
+from tunesmith.cli.app import app, main  # noqa: I001
+from tunesmith.cli import training, data, using, registry
+
+__all__ = ["app", "data", "main", "registry", "training", "using"]
