@@ -86,4 +86,4 @@ def test_cli_suggest(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert code == 0, err
     assert "Picked 4 of 30 texts" in out and (tmp_path / "pool.suggested.label-studio.json").is_file()
     code, _, err = run(capsys, "--home", str(home), "suggest", "support", "--pool", str(pool), "--strategy", "best")
-    assert code == 1 and "Unknown strategy 'best'" in err
+    assert code == 2 and "'best' is not one of 'uncertainty-diversity', 'uncertainty', 'random'" in err

@@ -119,8 +119,8 @@ def test_export_cli(trained_home: Path, tmp_path: Path, capsys: pytest.CaptureFi
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--format", "tflite"], "Unknown export format"),
-        (["--quantize", "int4"], "Unknown --quantize"),
+        (["--format", "tflite"], "'tflite' is not one of 'onnx'"),
+        (["--quantize", "int4"], "'int4' is not one of 'int8', 'none'"),
         (["--min-agreement", "1.5"], "min_agreement must be in"),
     ],
 )
@@ -128,7 +128,7 @@ def test_export_cli_errors(
     trained_home: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
     code, _, err = run(capsys, "--home", str(trained_home), "export", "support", *args)
-    assert code == 1
+    assert code == (1 if "min_agreement" in message else 2)  # a value outside the flag's choices is a usage error
     assert message in err and "Traceback" not in err
 
 

@@ -24,7 +24,9 @@ def test_each_method_trains_and_predicts(
     logs: list[str] = []
     config = tunesmith.load_config(None, {"data.train": str(data), "name": "s", "train.base_model": tiny_model,
                                           "train.method": method, **{f"train.{k}": v for k, v in QUICK.items()}})  # fmt: skip
-    from tunesmith.tasks.text_classification import train
+    from tunesmith.tasks import get_task
+
+    train = get_task("text-classification").train
 
     result = train(config, registry=registry, progress=False, log=logs.append)
     meta = tunesmith.load_model("s", registry=registry).meta
@@ -113,7 +115,7 @@ def test_lora_for_entities_and_answers(tiny_model: str, tmp_path: Path) -> None:
     ("method", "task", "message"),
     [
         ("prefix", "text-classification", "past key values"),
-        ("fewshot", "token-classification", "text classifiers only"),
+        ("fewshot", "token-classification", "not available for token-classification; choose full, lora"),
     ],
 )
 def test_unavailable_methods_say_why(
@@ -149,7 +151,9 @@ def test_fewshot_trains_exports_and_reloads(
     config = tunesmith.load_config(None, {"data.train": str(data), "name": "few", "train.base_model": tiny_model,
                                           "train.method": "fewshot", "train.fewshot_max_pairs": 96,
                                           "train.learning_rate": 1e-3})  # fmt: skip
-    from tunesmith.tasks.text_classification import train
+    from tunesmith.tasks import get_task
+
+    train = get_task("text-classification").train
 
     result = train(config, registry=registry, progress=False, log=logs.append)
     assert any("96 pairs (6 steps)" in line for line in logs), logs  # bounded: not 2 x 20 x n pairs
@@ -192,7 +196,9 @@ def test_fewshot_pair_sampling_is_bounded_whatever_the_data_size() -> None:
 def test_small_data_suggests_fewshot(tiny_model: str, support_rows: list[tuple[str, str]], tmp_path: Path) -> None:
     data = write_csv(tmp_path / "few.csv", _few(support_rows, 12))
     config = tunesmith.load_config(None, {"data.train": str(data), "train.base_model": tiny_model, "train.epochs": 1})
-    from tunesmith.tasks.text_classification import train
+    from tunesmith.tasks import get_task
+
+    train = get_task("text-classification").train
 
     logs: list[str] = []
     train(config, registry=tunesmith.Registry(tmp_path / "h"), progress=False, log=logs.append)

@@ -144,7 +144,9 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_model: str, support_cs
         tunesmith.train(changed, name="support", resume=True, registry=Registry(home), progress=False)
 
     logs: list[str] = []
-    from tunesmith.tasks.text_classification import train as run
+    from tunesmith.tasks import get_task
+
+    run = get_task("text-classification").train
 
     config = tunesmith.load_config(None, {"data.train": str(support_csv), "name": "support", "train.base_model": tiny_model,
                                           "train.epochs": 40, "train.learning_rate": 5e-3, "train.batch_size": 16,

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 
 ADAPTER_DIR = "adapter"
 PEFT_METHODS = ("lora", "adalora", "ia3")
+UNAVAILABLE = {  # methods the settings accept but no task can train yet, and why
+    "prefix": "--method prefix is not available: peft's prefix tuning feeds past key values, which BERT-style "
+    "encoders do not accept in transformers 5. Use --method lora (or ia3, adalora).",
+}
 # Adapters and heads learn from scratch, so they want a larger step than weights that only need nudging.
 DEFAULT_LEARNING_RATES = {"full": 1e-4, "lora": 1e-3, "adalora": 1e-3, "ia3": 3e-3, "frozen": 3e-3}
 
@@ -42,11 +46,8 @@ def prepare(model: Any, settings: Any, task: Task, total_steps: int) -> Any:
     method = settings.method
     if method == "full":
         return model
-    if method == "prefix":
-        raise ConfigError(
-            "--method prefix is not available: peft's prefix tuning feeds past key values, which BERT-style "
-            "encoders do not accept in transformers 5. Use --method lora (or ia3, adalora)."
-        )
+    if method in UNAVAILABLE:
+        raise ConfigError(UNAVAILABLE[method])
     if method == "frozen":
         for name, parameter in model.base_model.named_parameters():
             parameter.requires_grad = "pooler" in name  # a random or NSP-trained pooler must adapt too

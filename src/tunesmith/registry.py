@@ -42,6 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
+from tunesmith.artifact import task_of
 from tunesmith.errors import (
     ConflictError,
     InvalidNameError,
@@ -50,7 +51,6 @@ from tunesmith.errors import (
     RegistryError,
     TunesmithError,
 )
-from tunesmith.artifact import task_of
 from tunesmith.locks import hold, holder
 from tunesmith.paths import check_name, confine
 

@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from fastapi import FastAPI
@@ -36,6 +36,17 @@ def error_body(status: int, code: str, message: str, path: str, request_id: str 
     return {"error": message, "code": code, "request_id": request_id, **extra}
 
 
+def _leaves(routes: list[Any]) -> Iterator[Any]:
+    """The routes themselves: FastAPI keeps an included router as one entry (`original_router` holds its routes);
+    the key check must see each route's path and tags before routing, so it looks inside."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _leaves(inner.routes)
+        else:
+            yield route
+
+
 class RequestMiddleware:
     """Everything decided before a route runs, cheapest first (pure ASGI): request ids, the concurrency cap,
     the API key (checked before a body is read, so an unauthenticated client cannot make the server buffer
@@ -43,6 +54,7 @@ class RequestMiddleware:
 
     def __init__(self, app: FastAPI, server: Server) -> None:
         self.app, self.server = app, server
+        self.routes = list(_leaves(app.router.routes))
         self.state = app.state  # lets callers reach `app.state.server` through the wrapper
         self.in_flight = 0
 
@@ -50,7 +62,7 @@ class RequestMiddleware:
         """(the route's path template, for a metrics label that stays bounded; the key scope it needs, if any)"""
         from starlette.routing import Match
 
-        for route in self.app.router.routes:
+        for route in self.routes:
             match, _ = route.matches(scope)
             if match == Match.NONE:
                 continue

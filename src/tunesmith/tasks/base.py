@@ -99,7 +99,10 @@ class Task(ABC):
 
     def check_method(self, method: str) -> None:
         from tunesmith.errors import ConfigError
+        from tunesmith.methods import UNAVAILABLE
 
+        if method in UNAVAILABLE:
+            raise ConfigError(UNAVAILABLE[method])
         if method not in self.methods:
             raise ConfigError(f"--method {method} is not available for {self.name}; choose {', '.join(self.methods)}.")
 
