@@ -42,7 +42,8 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	# Two workers on two cores, a file per worker at a time (module fixtures and servers stay on one worker).
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) .tunesmith .pytest_cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import re
 import string
@@ -15,6 +16,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on two cores: one compute thread each, or they take turns on both and both run slower.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 
 from make_support_data import make_rows  # noqa: E402
 from tunesmith.registry import Registry  # noqa: E402
