@@ -262,3 +262,27 @@ def test_text_the_vocabulary_cannot_read_is_reported() -> None:
     issue = check_unknown_tokens([[unk, unk, 5], [unk, 7]], unk, "embedded:all-MiniLM-L6-v2")
     assert issue is not None and "60% of the training tokens are unknown" in issue.message
     assert check_unknown_tokens([[1, 2, 3]] * 30, unk, "m") is None
+
+
+@pytest.mark.parametrize(
+    "reader",
+    ["tunesmith.tasks.token_classification.sentences:read_sentences",
+     "tunesmith.tasks.question_answering.examples:read_examples",
+     "tunesmith.tasks.text_generation.conversations:read_conversations"],
+)
+def test_every_task_reader_says_where_a_file_is_not_utf8_and_reads_a_bom(reader: str, tmp_path: Path) -> None:
+    import importlib
+
+    module, name = reader.split(":")
+    read = getattr(importlib.import_module(module), name)
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes('{"text": "ok"}\n{"text": "caf\u00e9"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"not UTF-8: byte 0xe9 at line 2, column 14.*iconv"):
+        read(latin)
+    with pytest.raises(DataError, match=r"does not exist"):
+        read(tmp_path / "missing.jsonl")
+    bom = tmp_path / "bom.jsonl"
+    record = {"tokens": ["bob", "ran"], "tags": ["B-PER", "O"], "question": "who ran?", "context": "bob ran",
+              "answers": {"text": ["bob"], "answer_start": [0]}, "instruction": "who ran?", "output": "bob"}
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(record).encode())
+    assert read(bom)  # the byte-order mark some editors write is not taken for data

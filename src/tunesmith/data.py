@@ -103,7 +103,23 @@ def detect_format(path: Path) -> str:
     )
 
 
-def _check_utf8(path: Path) -> str:
+def _existing_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        hint = ""
+        if path.parent.is_dir():
+            near = sorted(p.name for p in path.parent.iterdir() if p.suffix.lower() in FORMATS)[:5]
+            hint = f" Data files in {str(path.parent)!r}: {', '.join(near)}." if near else ""
+        raise DataError(f"Data file {str(path)!r} does not exist.{hint}")
+    if path.is_dir():
+        raise DataError(f"{str(path)!r} is a folder; pass a data file inside it.")
+    return path
+
+
+def read_text(path: str | Path) -> str:
+    """The text of a data file (UTF-8, a BOM dropped), or a `DataError` saying where it is not UTF-8 and how to
+    convert it: every reader, tables and each task's own formats, goes through here."""
+    path = _existing_file(path)
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8-sig")
@@ -228,22 +244,14 @@ def read_table(path: str | Path) -> pd.DataFrame:
     """Read a data file into a DataFrame, or raise a `DataError` that says how to fix it."""
     import pandas as pd
 
-    path = Path(path)
-    if not path.exists():
-        hint = ""
-        if path.parent.is_dir():
-            near = sorted(p.name for p in path.parent.iterdir() if p.suffix.lower() in FORMATS)[:5]
-            hint = f" Data files in {str(path.parent)!r}: {', '.join(near)}." if near else ""
-        raise DataError(f"Data file {str(path)!r} does not exist.{hint}")
-    if path.is_dir():
-        raise DataError(f"{str(path)!r} is a folder; pass a data file inside it.")
+    path = _existing_file(path)
     kind = detect_format(path)
     if kind == "parquet":
         try:
             return pd.read_parquet(path)
         except Exception as exc:  # pyarrow raises several unrelated types for a damaged file
             raise DataError(f"{str(path)!r} is not a readable Parquet file: {exc}") from None
-    text = _check_utf8(path)
+    text = read_text(path)
     if not text.strip():
         raise DataError(f"{str(path)!r} is empty. Add labeled rows.")
     if kind in ("csv", "tsv"):

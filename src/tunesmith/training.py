@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunesmith import artifact, methods
 from tunesmith.config import RunConfig, TrainConfig, dump_config
@@ -26,7 +26,9 @@ from tunesmith.errors import ConfigError, DataError
 from tunesmith.models import bf16_supported, load_tokenizer
 from tunesmith.registry import ModelVersion, Registry
 from tunesmith.runs import default_name
-from tunesmith.tasks.base import Task, TrainResult
+
+if TYPE_CHECKING:  # tasks reach this module through `Task.train`; at run time it needs nothing of theirs
+    from tunesmith.tasks.base import Task, TrainResult
 
 Log = Callable[[str], None]
 SELECTION_METRIC = "selection_score"

@@ -80,6 +80,7 @@ class Task(ABC):
     default_base_model: ClassVar[str | None] = None  # None: the embedded encoder (config.DEFAULT_MODEL)
     reads_pooler: ClassVar[bool] = False  # the head reads the encoder's pooler, which adapters must then train
     export_format: ClassVar[Literal["onnx", "merged"]] = "onnx"
+    training: ClassVar[str]  # the module whose `train(run: training.Run) -> TrainResult` is the training body
 
     # -- training -----------------------------------------------------------------------------------
 
@@ -106,7 +107,6 @@ class Task(ABC):
         if method not in self.methods:
             raise ConfigError(f"--method {method} is not available for {self.name}; choose {', '.join(self.methods)}.")
 
-    @abstractmethod
     def train(
         self,
         config: RunConfig,
@@ -117,8 +117,16 @@ class Task(ABC):
         log: Log = print,
         callbacks: Sequence[Any] = (),
     ) -> TrainResult:
-        """Fine-tune, evaluate and register a model as `config` describes; `callbacks` go to the Trainer
+        """Fine-tune, evaluate and register a model as `config` describes, through the shared skeleton
+        (`training.fit`) with this task's `training.train(run)` as the body; `callbacks` go to the Trainer
         (e.g. `tune`'s pruning)."""
+        from importlib import import_module
+
+        from tunesmith.training import fit
+
+        body = import_module(self.training).train  # imported only to train: a server never loads it
+        return fit(self, config, body, registry=registry, resume=resume, progress=progress, log=log,
+                   callbacks=callbacks)  # fmt: skip
 
     # -- using a model ------------------------------------------------------------------------------
 
@@ -213,7 +221,8 @@ def signature_problems(task: Task) -> list[str]:
         actual = [(p.name, p.kind) for p in found.parameters.values()]
         if actual != expected:
             problems.append(f"{type(task).__name__}.{name}{found} differs from Task.{name}{wanted}")
-    for attribute in ("name", "peft_task_type", "main_metric", "headline_metrics", "warm_up", "request", "data_shape"):
+    for attribute in ("name", "peft_task_type", "main_metric", "headline_metrics", "warm_up", "request", "data_shape",
+                      "training"):  # fmt: skip
         if not hasattr(type(task), attribute):
             problems.append(f"{type(task).__name__} does not set {attribute}")
     return problems

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from tunesmith.config import RunConfig
-from tunesmith.data import DataIssue, fingerprint, holdout
+from tunesmith.data import DataIssue, fingerprint, holdout, read_text
 from tunesmith.errors import DataError
 
 
@@ -30,12 +30,7 @@ class Example:
 def read_examples(path: str | Path) -> tuple[list[Example], list[DataIssue]]:
     """Examples from SQuAD JSON or JSONL, with answers checked against their contexts."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"Data file {path} does not exist.")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text (byte {exc.start}). Convert it, e.g. with iconv.") from None
+    text = read_text(path)
     raw: list[dict[str, Any]] = []
     stripped = text.lstrip()
     if stripped.startswith("{") and '"data"' in stripped[:200]:

@@ -20,12 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.errors import DataError
-from tunesmith.tasks.base import Log, Summary, Task, TrainResult
+from tunesmith.tasks.base import Summary, Task, TrainResult
 
 if TYPE_CHECKING:
-    from tunesmith.config import RunConfig
     from tunesmith.export import ExportCheck
-    from tunesmith.registry import Registry
     from tunesmith.tasks.question_answering.predictor import Answer, AnswerFinder
 
 
@@ -36,23 +34,8 @@ class QuestionAnswering(Task):
     headline_metrics = ("exact_match", "f1")
     warm_up = ("warm-up?", "warm-up")
     request = "question"
+    training = "tunesmith.tasks.question_answering.training"
     data_shape = "questions"
-
-    def train(
-        self,
-        config: RunConfig,
-        *,
-        registry: Registry | None = None,
-        resume: bool = False,
-        progress: bool = True,
-        log: Log = print,
-        callbacks: Sequence[Any] = (),
-    ) -> TrainResult:
-        from tunesmith.tasks.question_answering import training
-        from tunesmith.training import fit
-
-        return fit(self, config, training.train, registry=registry, resume=resume, progress=progress, log=log,
-                   callbacks=callbacks)  # fmt: skip
 
     def load(self, path: str | Path, backend: str = "auto", threads: int | None = None) -> AnswerFinder:
         from tunesmith.tasks.question_answering.predictor import AnswerFinder

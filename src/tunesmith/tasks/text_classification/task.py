@@ -14,12 +14,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from tunesmith.tasks.base import METHODS, Log, Summary, Task, TrainResult
+from tunesmith.tasks.base import METHODS, Summary, Task, TrainResult
 
 if TYPE_CHECKING:
-    from tunesmith.config import RunConfig
     from tunesmith.export import ExportCheck
-    from tunesmith.registry import Registry
     from tunesmith.tasks.text_classification.predictor import BaseClassifier
 
 
@@ -30,26 +28,11 @@ class TextClassification(Task):
     headline_metrics = ("accuracy", "f1_macro")
     warm_up = "warm-up"
     request = "texts"
+    training = "tunesmith.tasks.text_classification.training"
     data_shape = "labeled-texts"
     methods: ClassVar[tuple[str, ...]] = (*METHODS, "fewshot")
     reads_pooler = True
     answers_with_label = True
-
-    def train(
-        self,
-        config: RunConfig,
-        *,
-        registry: Registry | None = None,
-        resume: bool = False,
-        progress: bool = True,
-        log: Log = print,
-        callbacks: Sequence[Any] = (),
-    ) -> TrainResult:
-        from tunesmith.tasks.text_classification import training
-        from tunesmith.training import fit
-
-        return fit(self, config, training.train, registry=registry, resume=resume, progress=progress, log=log,
-                   callbacks=callbacks)  # fmt: skip
 
     def load(self, path: str | Path, backend: str = "auto", threads: int | None = None) -> BaseClassifier:
         from tunesmith.tasks.text_classification.predictor import load_predictor

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunesmith.data import DataIssue
+from tunesmith.data import DataIssue, read_text
 from tunesmith.errors import DataError, ModelError
 
 ROLES = ("system", "user", "assistant")
@@ -77,12 +77,7 @@ def _conversation(record: dict[str, Any], where: str) -> list[dict[str, str]] | 
 def read_conversations(path: str | Path, issues: list[DataIssue] | None = None) -> list[Conversation]:
     """Conversations of a JSONL (or JSON list) file; rows with an empty answer are left out with a warning."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"Data file {path} does not exist.")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text (byte {exc.start}). Convert it, e.g. with iconv.") from None
+    text = read_text(path)
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:

@@ -24,9 +24,7 @@ from tunesmith.errors import ModelError
 from tunesmith.tasks.base import Log, Summary, Task, TrainResult
 
 if TYPE_CHECKING:
-    from tunesmith.config import RunConfig
     from tunesmith.export import ExportCheck
-    from tunesmith.registry import Registry
     from tunesmith.tasks.text_generation.generator import Generation, Generator
 
 DEFAULT_BASE = "embedded:smollm2-135m-instruct"
@@ -39,27 +37,12 @@ class TextGeneration(Task):
     headline_metrics = ("exact_match", "token_f1", "rouge_l")
     warm_up = "Hello"
     request = "chat"
+    training = "tunesmith.tasks.text_generation.training"
     data_shape = "conversations"
     methods = ("lora", "full", "adalora", "ia3")
     default_method = "lora"
     default_base_model = DEFAULT_BASE  # the encoder default cannot generate
     export_format = "merged"
-
-    def train(
-        self,
-        config: RunConfig,
-        *,
-        registry: Registry | None = None,
-        resume: bool = False,
-        progress: bool = True,
-        log: Log = print,
-        callbacks: Sequence[Any] = (),
-    ) -> TrainResult:
-        from tunesmith.tasks.text_generation import training
-        from tunesmith.training import fit
-
-        return fit(self, config, training.train, registry=registry, resume=resume, progress=progress, log=log,
-                   callbacks=callbacks)  # fmt: skip
 
     def load(self, path: str | Path, backend: str = "auto", threads: int | None = None) -> Generator:
         from tunesmith.tasks.text_generation.generator import Generator

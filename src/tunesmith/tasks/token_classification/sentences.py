@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import RunConfig
-from tunesmith.data import DataIssue, fingerprint, holdout
+from tunesmith.data import DataIssue, fingerprint, holdout, read_text
 from tunesmith.errors import DataError
 
 TAG = re.compile(r"^(?:O|([BIESLU])-(\S+))$")
@@ -39,12 +39,7 @@ class Sentence:
 def read_sentences(path: str | Path) -> list[Sentence]:
     """Sentences with their (not yet normalised) tags from a CoNLL or JSONL file."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"Data file {path} does not exist.")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text (byte {exc.start}). Convert it, e.g. with iconv.") from None
+    text = read_text(path)
     first = next((line for line in text.splitlines() if line.strip()), "")
     sentences = _read_jsonl(text, path) if first.lstrip().startswith("{") else _read_conll(text, path)
     if not sentences:

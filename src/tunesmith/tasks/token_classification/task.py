@@ -23,12 +23,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunesmith.tasks.base import Log, Summary, Task, TrainResult
+from tunesmith.tasks.base import Summary, Task, TrainResult
 
 if TYPE_CHECKING:
-    from tunesmith.config import RunConfig
     from tunesmith.export import ExportCheck
-    from tunesmith.registry import Registry
     from tunesmith.tasks.token_classification.predictor import Entity, EntityTagger
 
 
@@ -39,23 +37,8 @@ class TokenClassification(Task):
     headline_metrics = ("precision", "recall", "f1")
     warm_up = "warm-up"
     request = "texts"
+    training = "tunesmith.tasks.token_classification.training"
     data_shape = "tagged-sentences"
-
-    def train(
-        self,
-        config: RunConfig,
-        *,
-        registry: Registry | None = None,
-        resume: bool = False,
-        progress: bool = True,
-        log: Log = print,
-        callbacks: Sequence[Any] = (),
-    ) -> TrainResult:
-        from tunesmith.tasks.token_classification import training
-        from tunesmith.training import fit
-
-        return fit(self, config, training.train, registry=registry, resume=resume, progress=progress, log=log,
-                   callbacks=callbacks)  # fmt: skip
 
     def load(self, path: str | Path, backend: str = "auto", threads: int | None = None) -> EntityTagger:
         from tunesmith.tasks.token_classification.predictor import EntityTagger
