@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 from conftest import private_copy
@@ -34,6 +35,14 @@ REGISTRY_LOOP = textwrap.dedent("""
         if version.version > 2:
             registry.delete(f"loop@{version.version - 2}")
 """)
+
+
+def timed(command: list[str]) -> float:
+    """Seconds a command takes when left alone: kill moments are drawn as shares of it, so that they land
+    mid-way on a fast machine as on a slow one."""
+    started = time.monotonic()
+    subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return time.monotonic() - started
 
 
 def kill_after(command: list[str], seconds: float) -> int:
@@ -66,8 +75,9 @@ def test_kill_drill(served_home: Path, tiny_model: str, support_csv: Path, tmp_p
              "--no-progress"]  # fmt: skip
     kills = 0
     resumed = False
+    full = timed(train)
     for _ in range(5):
-        code = kill_after(train, rng.uniform(3.0, 9.0))
+        code = kill_after(train, rng.uniform(0.3, 0.85) * full)
         kills += code == -9
         assert_consistent(home, "train")
         run_dir = home / "runs" / "drill"
@@ -80,18 +90,22 @@ def test_kill_drill(served_home: Path, tiny_model: str, support_csv: Path, tmp_p
             resumed = True
             assert_consistent(home, "train --resume")
     export = [*CLI, "--home", str(home), "export", "support@1"]
+    full = timed(export)
     for _ in range(5):
-        kills += kill_after(export, rng.uniform(2.0, 7.0)) == -9
+        kills += kill_after(export, rng.uniform(0.3, 0.85) * full) == -9
         assert_consistent(home, "export")
         assert Registry(home).resolve("support@1").path.joinpath("onnx", "export.json").is_file()  # never lost
     loop = [sys.executable, "-c", REGISTRY_LOOP, str(home)]
     for _ in range(7):
         kills += kill_after(loop, rng.uniform(1.0, 3.0)) == -9
         assert_consistent(home, "register/promote/delete")
-    tune = [*CLI, "--home", str(home), "tune", str(support_csv), "--name", "tuned", "--trials", "2", "--model",
-            tiny_model, "--set", "train.epochs=3"]  # fmt: skip
-    for _ in range(3):
-        kills += kill_after(tune, rng.uniform(3.0, 10.0)) == -9
+    def tune(name: str) -> list[str]:  # a fresh study each time: a finished one would only be looked up
+        return [*CLI, "--home", str(home), "tune", str(support_csv), "--name", name, "--trials", "2", "--model",
+                tiny_model, "--set", "train.epochs=3"]  # fmt: skip
+
+    full = timed(tune("tuned"))
+    for i in range(3):
+        kills += kill_after(tune(f"tuned-{i}"), rng.uniform(0.3, 0.85) * full) == -9
         assert_consistent(home, "tune")
     assert kills >= 15, f"only {kills} of 20 runs were killed mid-way"
     assert Registry(home).resolve("loop").version > 1

@@ -236,15 +236,16 @@ class Generations:
                     cancel.set()
                     with anyio.CancelScope(shield=True):
                         last = await asyncio.wrap_future(self.pool.submit(_finish, pending, pieces))
+                    # Tokens before the cancellation: a scrape that sees the cancellation sees its tokens too.
+                    self._count(name, last.completion_tokens if last is not None else 0,
+                                time.perf_counter() - started, first)  # fmt: skip
                     self.metrics.cancelled.labels(name).inc()
-                    if last is not None:
-                        self._count(name, last.completion_tokens, time.perf_counter() - started, first)
 
     def _count(self, name: str, tokens: int, seconds: float, first: float | None) -> None:
         self.metrics.tokens.labels(name).inc(tokens)
         if seconds > 0 and tokens:
             self.metrics.speed.labels(name).observe(tokens / seconds)
-        if first is None:  # a whole answer: its first token came roughly one token's time after the prompt
+        if first is None and tokens:  # a whole answer: its first token came roughly one token's time after the prompt
             self.metrics.first_token.labels(name).observe(seconds / max(1, tokens))
 
 
