@@ -47,7 +47,7 @@ class Match:
     end: int
 
 
-def _luhn(digits: str) -> bool:
+def luhn_valid(digits: str) -> bool:
     total = 0
     for i, ch in enumerate(reversed(digits)):
         d = int(ch)
@@ -66,7 +66,7 @@ _NUMBER_TOKEN = re.compile(r"^[-+(]?\d[\d.,:/-]*[)%]?$")
 
 
 def _card_ok(raw: str, number: str) -> bool:
-    if number[0] not in _CARD_ISSUERS or not 13 <= len(number) <= 19 or not _luhn(number):
+    if number[0] not in _CARD_ISSUERS or not 13 <= len(number) <= 19 or not luhn_valid(number):
         return False
     if raw.isdigit():
         return True
