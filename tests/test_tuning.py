@@ -37,7 +37,7 @@ def test_search_prunes_registers_the_best_and_saves_plots(
                             learning_rate=5e-3, log=logs.append, **FAST)  # fmt: skip
     states = [row["state"] for row in result.trials]
     assert states == ["COMPLETE", "COMPLETE", "PRUNED"], (states, logs)
-    assert result.trials[2]["epochs_reported"] <= 3  # stopped once it trailed, not after all ten epochs
+    assert result.trials[2]["evaluations_reported"] <= 3  # stopped once it trailed, not after all ten evaluations
     assert result.default_value == result.trials[0]["value"] and result.best["number"] in (0, 1)
     version = result.version
     assert version is not None and version.ref == "s@1"

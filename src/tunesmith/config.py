@@ -67,7 +67,7 @@ class TrainConfig(_Settings):
     epochs: Annotated[float, Field(gt=0)] | None = Field(
         None,
         description="Passes over the training data. None: 8, raised on small data so that training makes at "
-        "least 300 optimisation steps (at most 30 epochs); early stopping usually ends sooner.",
+        "least 300 optimisation steps; early stopping or a time budget may end it sooner.",
     )
     method: Literal["full", "lora", "adalora", "ia3", "frozen", "fewshot", "prefix"] = Field(
         "full",
@@ -113,7 +113,19 @@ class TrainConfig(_Settings):
         "Batches are padded only to their own longest text, so a generous limit costs little.",
     )
     early_stopping_patience: Annotated[int, Field(ge=0)] = Field(
-        2, description="Epochs without improvement of the validation metric before stopping; 0 turns it off."
+        3,
+        description="Evaluations without improvement of the validation metric before stopping; 0 turns it off. "
+        "Off by itself when the validation split has fewer than 50 rows (it would stop on noise).",
+    )
+    evaluations: Annotated[int, Field(ge=1)] = Field(
+        10,
+        description="Evaluations (and checkpoints) per run, spread evenly over the planned steps, whatever "
+        "ends the run: the epochs, max_steps or max_minutes. The best one is kept.",
+    )
+    eval_sample: Annotated[int, Field(ge=10)] = Field(
+        2000,
+        description="Validation rows scored at each evaluation during training (a seeded sample when the split is "
+        "larger); the final model is scored on the whole split.",
     )
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto",
@@ -126,7 +138,9 @@ class TrainConfig(_Settings):
     class_weights: bool = Field(False, description="Weigh the loss by inverse class frequency, for imbalanced data.")
     max_steps: Annotated[int, Field(ge=1)] | None = Field(None, description="Stop after this many steps.")
     max_minutes: Annotated[float, Field(gt=0)] | None = Field(
-        None, description="Stop training after this many minutes; the best checkpoint so far is kept."
+        None,
+        description="Training time budget. The steps that fit are planned from the measured speed, and warmup, "
+        "decay and evaluations are laid over them; the best checkpoint is kept.",
     )
     seed: int = Field(42, description="Seed of weight initialisation, shuffling and dropout.")
     trust_remote_code: bool = Field(

@@ -33,6 +33,9 @@ UNAVAILABLE = {  # methods the settings accept but no task can train yet, and wh
     "encoders do not accept in transformers 5. Use --method lora (or ia3, adalora).",
 }
 # Adapters and heads learn from scratch, so they want a larger step than weights that only need nudging.
+# AdaLoRA's ranks change as it prunes: a checkpoint from before the final rank pattern does not load into the
+# final model, so these methods keep their last weights instead of the best evaluation's.
+LAST_WEIGHTS_ONLY = ("adalora",)
 DEFAULT_LEARNING_RATES = {"full": 1e-4, "lora": 1e-3, "adalora": 1e-3, "ia3": 3e-3, "frozen": 3e-3}
 
 

@@ -24,6 +24,7 @@ from tunesmith import artifact, methods
 from tunesmith.config import RunConfig, TrainConfig, dump_config
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.models import bf16_supported, load_tokenizer
+from tunesmith.planning import Plan, planned_scheduler, planning_callback
 from tunesmith.registry import ModelVersion, Registry
 from tunesmith.runs import default_name
 
@@ -32,6 +33,12 @@ if TYPE_CHECKING:  # tasks reach this module through `Task.train`; at run time i
 
 Log = Callable[[str], None]
 SELECTION_METRIC = "selection_score"
+MIN_STEPS = 300  # optimisation steps a default run makes however small the data (up to MAX_EPOCHS)
+MAX_EPOCHS = 300
+# Below this many validation rows, early stopping stops on noise (3 held-out texts ended a 32-text run after 3
+# epochs): such runs train the planned steps.
+SMALL_VALIDATION = 50
+NEVER = 10**9  # the Trainer's own eval/save interval; the plan triggers both
 
 
 class ListDataset:
@@ -60,12 +67,13 @@ def choose_max_length(lengths: list[int], limit: int, wanted: int | None) -> int
 
 
 def choose_epochs(n_train: int, batch_size: int, wanted: float | None) -> float:
-    """The configured epochs, or 8 raised so a small dataset still gets ~300 steps (a few hundred rows
-    at 8 epochs stop far from convergence); capped at 30. Early stopping usually ends sooner."""
+    """The configured epochs, or 8 raised so a small dataset still gets ~300 steps (a few hundred rows at 8
+    epochs stop far from convergence; 32 texts at the old cap of 30 epochs made 60 steps and scored below
+    TF-IDF). The plan and early stopping usually end sooner."""
     if wanted is not None:
         return wanted
     steps_per_epoch = max(1, math.ceil(n_train / batch_size))
-    return float(min(30, max(8, math.ceil(300 / steps_per_epoch))))
+    return float(min(MAX_EPOCHS, max(8, math.ceil(MIN_STEPS / steps_per_epoch))))
 
 
 def budget_callback(minutes: float, checkpoint: bool = True) -> Any:
@@ -208,33 +216,38 @@ def build_trainer(
     from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    steps_per_epoch = math.ceil(len(train_set) / settings.batch_size)
     epochs = choose_epochs(len(train_set), settings.batch_size, settings.epochs)
-    total_steps = settings.max_steps or math.ceil(steps_per_epoch * epochs)
-    model = methods.prepare(model, settings, task, total_steps)
+    if len(val_set) > settings.eval_sample:  # checkpoints are chosen on a sample; the task scores the full split
+        val_set = _sample(val_set, settings.eval_sample, settings.seed)
+    plan = Plan(examples=len(train_set), batch_size=settings.batch_size, epochs=epochs, max_steps=settings.max_steps,
+                budget_seconds=settings.max_minutes * 60 if settings.max_minutes else None,
+                warmup_ratio=settings.warmup_ratio, evaluations=settings.evaluations,
+                eval_examples=len(val_set))  # fmt: skip
+    model = methods.prepare(model, settings, task, plan.bound_steps)
     counts = methods.parameter_counts(model)
     log(f"Method {settings.method}: {counts['trainable']:,} of {counts['total']:,} parameters train "
         f"({counts['trainable'] / max(1, counts['total']):.2%}).")  # fmt: skip
     args = TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         num_train_epochs=epochs,
-        max_steps=settings.max_steps or -1,
+        max_steps=plan.bound_steps,
         learning_rate=methods.learning_rate(settings),
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.eval_batch_size,
-        warmup_steps=settings.warmup_ratio,  # a float below 1 is a ratio of all steps in transformers 5
         weight_decay=settings.weight_decay,
-        lr_scheduler_type="linear",
-        eval_strategy="epoch",
-        save_strategy="epoch",
+        # Evaluations and checkpoints come when the plan says (planning_callback), spread over the planned steps.
+        eval_strategy="steps",
+        save_strategy="steps",
+        eval_steps=NEVER,
+        save_steps=NEVER,
         save_total_limit=2,
-        load_best_model_at_end=True,
+        load_best_model_at_end=settings.method not in methods.LAST_WEIGHTS_ONLY,
         metric_for_best_model=select_by,
         greater_is_better=select_by != "loss",
         # A language model's logits over the validation set (tokens x vocabulary) would not fit in memory.
         prediction_loss_only=select_by == "loss",
         logging_strategy="steps",
-        logging_steps=max(1, steps_per_epoch // 5),
+        logging_steps=max(1, plan.steps_per_epoch // 5),
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
         bf16=bf16,
         use_cpu=not torch.cuda.is_available(),
@@ -244,12 +257,23 @@ def build_trainer(
         disable_tqdm=True,  # replaced by _progress_callback
         dataloader_num_workers=0,
     )
-    callbacks: list[Any] = [*methods.callbacks(model), *extra_callbacks]
-    if settings.early_stopping_patience:
+    callbacks: list[Any] = [planning_callback(plan, log), *methods.callbacks(model), *extra_callbacks]
+    if settings.early_stopping_patience and len(val_set) >= SMALL_VALIDATION:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
-    if settings.max_minutes:
-        callbacks.append(budget_callback(settings.max_minutes))
-    trainer = Trainer(
+    elif settings.early_stopping_patience:
+        log(f"No early stopping: {len(val_set)} validation rows are too few to stop on (fewer than "
+            f"{SMALL_VALIDATION}); the run makes its planned {plan.bound_steps:,} steps.")  # fmt: skip
+    log(plan.describe())
+
+    class PlannedTrainer(Trainer):
+        plan: Plan  # the schedule the run follows, as it stands: read by `Run` for the artifact
+
+        def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+            if self.lr_scheduler is None:
+                self.lr_scheduler = planned_scheduler(plan, optimizer or self.optimizer)
+            return self.lr_scheduler
+
+    trainer = PlannedTrainer(
         model=model,
         args=args,
         train_dataset=train_set,
@@ -263,7 +287,15 @@ def build_trainer(
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(_progress_callback(log, progress))
+    trainer.plan = plan
     return trainer
+
+
+def _sample(dataset: Sequence[Any], size: int, seed: int) -> ListDataset:
+    import random
+
+    picked = sorted(random.Random(seed).sample(range(len(dataset)), size))
+    return ListDataset([dataset[i] for i in picked])
 
 
 def run_trainer(trainer: Any, checkpoint: str | None) -> tuple[Any, float]:
@@ -293,6 +325,7 @@ class Run:
     callbacks: Sequence[Any] = ()
     # Settings left to "auto" and what they came to (epochs, learning rate): saved in the artifact's config.yaml.
     chosen: dict[str, Any] = field(default_factory=dict)
+    plan: Plan | None = None
 
     @property
     def name(self) -> str:
@@ -330,6 +363,7 @@ class Run:
         trainer = build_trainer(model, tokenizer, self.settings, self.run_dir, train_set, val_set, task=self.task,
                                 log=self.log, progress=self.progress, extra_callbacks=self.callbacks, **options)  # fmt: skip
         self.chosen.update(epochs=trainer.args.num_train_epochs, learning_rate=trainer.args.learning_rate)
+        self.plan = trainer.plan
         return trainer
 
     def fine_tune(self, trainer: Any, checkpoint: str | None) -> tuple[Any, float]:
@@ -355,6 +389,8 @@ class Run:
         unset = {k: v for k, v in chosen.items() if v is not None and getattr(self.settings, k) is None}
         config = self.config.model_copy(update={"train": self.settings.model_copy(update=unset)})
         (staged / "config.yaml").write_text(dump_config(config), encoding="utf-8")
+        if self.plan is not None:  # the schedule as it was at the end: steps, what ended it, measured speed
+            meta = {"plan": self.plan.as_dict(), **meta}
         meta = {"parameters": methods.parameter_counts(model), **meta}
         artifact.write_meta(staged, artifact.describe(self.config, **meta))
 

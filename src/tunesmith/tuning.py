@@ -160,13 +160,13 @@ def _pruning_callback(trial: Any) -> Any:
                 value = -metrics["eval_loss"]  # a language model is selected by its validation loss
             if value is None:
                 return
-            step = max(1, round(state.epoch or 0))
-            if step in self.reported:  # a final evaluate() after training repeats the last epoch's
+            step = state.global_step
+            if step in self.reported:  # a final evaluate() after training repeats the last evaluation's
                 return
             self.reported.add(step)
             trial.report(float(value), step)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"epoch {step}: validation score {value:.4f} trails the other trials")
+                raise optuna.TrialPruned(f"step {step}: validation score {value:.4f} trails the other trials")
 
     return Report()
 
@@ -303,7 +303,7 @@ def _finish(study: Any, config: RunConfig, name: str, registry: Registry, scratc
     rows = []
     for t in study.get_trials(deepcopy=False):
         rows.append({"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-                     "epochs_reported": t.last_step, "minutes": t.user_attrs.get("minutes"),
+                     "evaluations_reported": len(t.intermediate_values), "minutes": t.user_attrs.get("minutes"),
                      "test": t.user_attrs.get("test"), "defaults": bool(t.user_attrs.get("defaults")),
                      "budget_minutes": t.user_attrs.get("budget_minutes")})  # fmt: skip
     completed = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]

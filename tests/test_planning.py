@@ -1,0 +1,119 @@
+"""The run plan: steps from whichever of epochs, step limit and time budget ends first; warmup and decay laid over
+those steps; evaluations spread over them; re-planned when the measured speed drifts."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tunesmith
+from tunesmith.planning import Plan
+
+
+def plan(**overrides: Any) -> Plan:
+    settings = {"examples": 1000, "batch_size": 10, "epochs": 8.0, "max_steps": None, "budget_seconds": None,
+                "warmup_ratio": 0.1, "evaluations": 10, "eval_examples": 100, **overrides}  # fmt: skip
+    return Plan(**settings)
+
+
+def test_the_budget_sets_the_steps_and_the_schedule_follows() -> None:
+    p = plan(budget_seconds=60)
+    assert p.total_steps == 800 and p.limited_by == "epochs"  # nothing timed yet
+    p.seconds_per_step = 0.5
+    assert p.fit_budget(step=9, elapsed=5.0)
+    # 60 s less 3 % margin less 5 s spent, less 10 evaluations of 100 rows at a third of a step's cost per row.
+    assert p.limited_by == "time budget" and p.total_steps == 9 + int((60 * 0.97 - 5 - 10 * 100 * 0.05 / 3) / 0.5)
+    assert p.warmup_steps == pytest.approx(0.1 * p.total_steps, abs=1)
+    assert p.lr_factor(0) == 0 and p.lr_factor(p.warmup_steps) == 1.0
+    assert p.lr_factor(p.total_steps) == 0.0  # decayed to zero at the planned end, not at epoch 8
+    assert p.eval_every == -(-p.total_steps // 10)
+    for step in range(1, p.total_steps + 1):
+        p.evaluations_done += p.evaluates_at(step)
+    assert p.evaluations_done == 10
+    assert "budget ends it" in p.describe() and "Without the budget, 800 steps" in p.describe()
+
+
+def test_step_limits_and_epochs_bound_the_plan() -> None:
+    limited = plan(max_steps=50, budget_seconds=3600)
+    limited.seconds_per_step = 0.1
+    limited.fit_budget(step=9, elapsed=1.0)
+    assert limited.total_steps == 50 and limited.limited_by == "step limit"
+    roomy = plan(epochs=2.0, budget_seconds=3600)
+    roomy.seconds_per_step = 0.1
+    roomy.fit_budget(step=9, elapsed=1.0)
+    assert roomy.total_steps == 200 and roomy.limited_by == "epochs"
+
+
+def test_a_slower_speed_replans_without_a_jump_in_the_learning_rate() -> None:
+    p = plan(budget_seconds=120)
+    p.seconds_per_step = 0.2
+    p.fit_budget(step=9, elapsed=2.0)
+    first = p.total_steps
+    before = p.lr_factor(200)
+    p.seconds_per_step = 0.4  # the steps got twice as slow
+    assert p.fit_budget(step=200, elapsed=50.0)
+    assert p.replans == 1 and p.total_steps < first
+    assert p.lr_factor(200) == pytest.approx(before)  # bends from where it was...
+    assert p.lr_factor(p.total_steps) == 0.0  # ...to zero at the new end
+    assert not p.fit_budget(step=208, elapsed=50.0 + 8 * 0.4)  # on plan: no re-plan for noise
+
+
+def test_a_long_unbounded_run_is_announced() -> None:
+    p = plan(examples=67_000, batch_size=16, epochs=8.0)
+    p.seconds_per_step = 0.3
+    p.fit_budget(step=9, elapsed=3.0)
+    assert "about 2 h" in (p.long_run_warning() or "") and "--max-minutes" in (p.long_run_warning() or "")
+    bounded = plan(budget_seconds=900)
+    bounded.seconds_per_step = 0.3
+    bounded.fit_budget(step=9, elapsed=3.0)
+    assert bounded.long_run_warning() is None
+
+
+def slow_steps(seconds: Any) -> Any:
+    """A Trainer callback that makes every step slower by `seconds(step)`: a fake slow machine."""
+    from transformers import TrainerCallback
+
+    class Slow(TrainerCallback):
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            time.sleep(seconds(state.global_step))
+
+    return Slow()
+
+
+def test_a_budgeted_run_is_planned_replanned_and_ends_on_plan(
+    tiny_model: str, support_csv: Path, tmp_path: Path
+) -> None:  # fmt: skip
+    from tunesmith.tasks import get_task
+
+    config = tunesmith.load_config(None, {"data.train": str(support_csv), "name": "planned", "train.base_model": tiny_model,
+                                          "train.epochs": 100, "train.learning_rate": 5e-3, "train.batch_size": 16,
+                                          "train.max_minutes": 0.25})  # fmt: skip
+    logs: list[str] = []
+    started = time.monotonic()
+    # 0.1 s a step, then 0.25 s from step 40: the plan made on the first speed no longer fits and is re-made.
+    result = get_task("text-classification").train(
+        config, registry=tunesmith.Registry(tmp_path / "home"), progress=False, log=logs.append,
+        callbacks=[slow_steps(lambda step: 0.1 if step < 40 else 0.25)],
+    )  # fmt: skip
+    trained = time.monotonic() - started
+    planned = json.loads((result.version.path / "tunesmith.json").read_text())["plan"]
+    assert planned["limited_by"] == "time budget" and planned["replans"] >= 1, logs
+    assert any(line.startswith("Plan:") and "budget ends it" in line for line in logs), logs
+    assert any(line.startswith("Re-planned at step") for line in logs), logs
+    # 15 s of budget at >= 0.1 s a step: far fewer than the 600 steps of 100 epochs, and it ended on the plan.
+    history = json.loads((result.version.path / "metrics.json").read_text())
+    steps_run = round(history["epochs_run"] * 6)  # 96 training texts: 6 steps an epoch
+    assert 40 < steps_run == planned["total_steps"] < 150
+    assert trained < 15 + 20  # the budget bounds training; loading, the baseline and the report come on top
+    evaluations = [line for line in logs if line.startswith("epoch ") and "validation" in line]
+    assert len(evaluations) == planned["evaluations"]  # on the planned cadence, the last at the planned end
+
+
+def test_without_a_budget_the_evaluations_are_spread_over_the_epochs(train_tiny, support_csv: Path) -> None:
+    result = train_tiny(support_csv, epochs=5, evaluations=4)
+    planned = json.loads((result.version.path / "tunesmith.json").read_text())["plan"]
+    assert planned["total_steps"] == 30 and planned["limited_by"] == "epochs" and planned["eval_every"] == 8
