@@ -34,7 +34,7 @@ def test_the_budget_sets_the_steps_and_the_schedule_follows() -> None:
     for step in range(1, p.total_steps + 1):
         p.evaluations_done += p.evaluates_at(step)
     assert p.evaluations_done == 10
-    assert "budget ends it" in p.describe() and "Without the budget, 800 steps" in p.describe()
+    assert "set by the 1.0 min budget" in p.describe() and "Without the budget: 800 steps" in p.describe()
 
 
 def test_step_limits_and_epochs_bound_the_plan() -> None:
@@ -102,7 +102,8 @@ def test_a_budgeted_run_is_planned_replanned_and_ends_on_plan(
     trained = time.monotonic() - started
     planned = json.loads((result.version.path / "tunesmith.json").read_text())["plan"]
     assert planned["limited_by"] == "time budget" and planned["replans"] >= 1, logs
-    assert any(line.startswith("Plan:") and "budget ends it" in line for line in logs), logs
+    assert any(line.startswith("Plan: up to 600 steps") for line in logs), logs  # before the first step
+    assert any(line.startswith("Plan:") and "set by the 15 s budget" in line for line in logs), logs
     assert any(line.startswith("Re-planned at step") for line in logs), logs
     # 15 s of budget at >= 0.1 s a step: far fewer than the 600 steps of 100 epochs, and it ended on the plan.
     history = json.loads((result.version.path / "metrics.json").read_text())

@@ -21,7 +21,8 @@ from typing import Any
 Log = Callable[[str], None]
 
 CALIBRATION_STEPS = 8  # steps timed (after the first, which pays for warm-up) before the time budget is planned
-REPLAN_DRIFT = 0.05  # re-plan when the steps that fit move by more than this share
+REPLAN_DRIFT = 0.1  # re-plan when the steps that fit move by more than this share (length-grouped batches vary)
+REPLAN_EVERY = 50  # the speed is checked this many times over a plan (and at least every CALIBRATION_STEPS)
 BUDGET_MARGIN = 0.03  # of the budget, kept for the last evaluation's save and the best checkpoint's reload
 LONG_RUN_MINUTES = 30  # an unbounded run longer than this is announced with a hint to bound it
 
@@ -136,24 +137,28 @@ class Plan:
     def describe(self, now: float | None = None) -> str:
         """One paragraph a person reads before a long run."""
         epochs = self.total_steps / self.steps_per_epoch
+        seconds = self.expected_seconds()
         if self.limited_by == "time budget":
             why = f"the {_minutes(self.budget_seconds or 0)} budget"
         elif self.limited_by == "step limit":
             why = f"the limit of {self.max_steps or 0:,} steps"
         else:
             why = f"{self.epochs:g} epochs"
-        text = (f"Plan: {self.total_steps:,} steps of {self.batch_size} ({epochs:.2f} epochs of "
-                f"{self.examples:,} examples; {why} ends it), warmup {self.warmup_steps:,} steps then linear "
-                f"decay to 0; an evaluation every {self.eval_every:,} steps on {self.eval_examples:,} "
-                "validation examples")  # fmt: skip
-        seconds = self.expected_seconds()
+        if seconds is None and self.budget_seconds is not None:
+            return (f"Plan: up to {self.total_steps:,} steps of {self.batch_size} ({why} of {self.examples:,} "
+                    f"examples); the {_minutes(self.budget_seconds)} budget becomes steps once the first steps "
+                    "are timed.")  # fmt: skip
+        text = (f"Plan: {self.total_steps:,} steps of {self.batch_size} ({epochs:.2f} epochs of {self.examples:,} "
+                f"examples), set by {why}; warmup {self.warmup_steps:,} steps, then linear decay to 0; "
+                f"{self.evaluations} evaluations (every {self.eval_every:,} steps) on {self.eval_examples:,} "
+                "validation examples.")  # fmt: skip
         if seconds is None:
-            return text + "; timing the first steps."
+            return text
         end = datetime.fromtimestamp((now or time.time()) + seconds).strftime("%H:%M")
-        text += f"; {self.seconds_per_step:.2f} s a step, about {_minutes(seconds)} in all (ends about {end})."
+        text += f" {self.seconds_per_step:.2f} s a step: about {_minutes(seconds)}, ending about {end}."
         if self.limited_by == "time budget":
             unbounded = self.expected_seconds(self.bound_steps) or 0
-            text += f" Without the budget, {self.bound_steps:,} steps would take {_minutes(unbounded)}."
+            text += f" Without the budget: {self.bound_steps:,} steps, {_minutes(unbounded)}."
         return text
 
     def long_run_warning(self) -> str | None:
@@ -172,6 +177,8 @@ class Plan:
 
 
 def _minutes(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
     minutes = seconds / 60
     if minutes >= 90:
         return f"{int(minutes // 60)} h {int(minutes % 60):02d} min"
@@ -201,7 +208,8 @@ def planning_callback(plan: Plan, log: Log, clock: Callable[[], float] = time.mo
             if self.first_step_end is None:
                 self.first_step_end = now  # the first step pays for allocation and warm-up; time the rest
             stepped = step - self.first_step - 1
-            if stepped >= CALIBRATION_STEPS and (not self.announced or stepped % CALIBRATION_STEPS == 0):
+            every = max(CALIBRATION_STEPS, plan.total_steps // REPLAN_EVERY)
+            if stepped >= CALIBRATION_STEPS and (not self.announced or stepped % every == 0):
                 plan.seconds_per_step = (now - self.first_step_end - self.overhead) / stepped
                 if plan.fit_budget(step, now - self.start) or not self.announced:
                     if not self.announced:
