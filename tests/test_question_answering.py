@@ -104,6 +104,10 @@ def test_train_register_and_answer(qa_result: tuple[Path, object]) -> None:
     assert result.version.task == "question-answering"
     assert set(result.metrics) >= {"exact_match", "f1", "n"}
     assert result.metrics["f1"] > 0.6, result.metrics
+    # The lexical baseline is scored on the same test questions, and shown beside the model.
+    assert set(result.baseline) >= {"exact_match", "f1", "n"} and result.baseline["n"] == result.metrics["n"]
+    assert "lexical baseline" in (result.version.path / "report.md").read_text()
+    assert "baseline" in json.loads((result.version.path / "metrics.json").read_text())
     files = {p.name for p in result.version.path.iterdir()}
     assert {"model", "tunesmith.json", "metrics.json", "report.md", "errors.jsonl", "data"} <= files
     finder = tunesmith.load_model("where@1", registry=tunesmith.Registry(home))

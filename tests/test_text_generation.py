@@ -383,3 +383,13 @@ def test_a_killed_generation_run_resumes(tiny_llm: str, tmp_path: Path) -> None:
     result = get_task("text-generation").train(config, registry=tunesmith.Registry(home), resume=True, progress=False, log=logs.append)
     assert any("Resuming from" in line and "checkpoint-" in line for line in logs), logs
     assert result.version.version == 1 and not (home / "runs" / "gen").exists()
+
+
+def test_a_given_test_file_is_scored_whole(tiny_llm: str, tmp_path: Path) -> None:
+    """The held-out cut is capped (generation is slow) and says so; a test file the user gives is never cut."""
+    train = write_jsonl(tmp_path / "train.jsonl", make_pairs(20, seed=4))
+    test = write_jsonl(tmp_path / "test.jsonl", make_pairs(70, seed=5))
+    result = tunesmith.train(train, task="text-generation", name="whole", registry=tunesmith.Registry(tmp_path / "h"),
+                             progress=False, base_model=tiny_llm, max_steps=1, test=str(test))  # fmt: skip
+    assert result.metrics["n"] == 70 == result.metrics["test_rows"] and result.baseline["n"] == 70
+    assert "Test split: 70 conversations, greedy" in (result.version.path / "report.md").read_text()

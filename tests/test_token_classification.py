@@ -155,6 +155,12 @@ def test_train_predict_and_register_end_to_end(ner_home: tuple[Path, object]) ->
     assert result.version.task == "token-classification"
     assert set(result.metrics["per_type"]) == {"PER", "LOC"}
     assert result.metrics["f1"] > 0.8, result.metrics
+    # The CRF baseline is trained on the same split and shown beside the model, per entity type too.
+    assert result.baseline["f1"] > 0.5 and result.baseline["n"] == result.metrics["n"], result.baseline
+    report = (result.version.path / "report.md").read_text()
+    assert "CRF baseline" in report and "| CRF F1 |" in report
+    summary = get_task("token-classification").summary(result)
+    assert "CRF baseline F1" in summary.columns and all(row[4] != "-" for row in summary.rows)
     files = {p.name for p in result.version.path.iterdir()}
     assert {"model", "tunesmith.json", "metrics.json", "report.md", "errors.jsonl", "config.yaml", "data"} <= files
     tagger = tunesmith.load_model("people@1", registry=tunesmith.Registry(home))

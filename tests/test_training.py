@@ -162,3 +162,17 @@ def test_python_api_evaluate(trained_home: Path, support_csv: Path, tmp_path: Pa
     metrics = tunesmith.evaluate(str(model_path(trained_home)), support_csv, tmp_path / "report")
     assert metrics["test"]["n"] == 120 and metrics["skipped_rows"] == 0
     assert (tmp_path / "report" / "report.md").is_file() and (tmp_path / "report" / "confusion_matrix.png").is_file()
+
+
+def test_a_model_below_its_baseline_says_so(tiny_model: str, support_csv: Path, tmp_path: Path) -> None:
+    from tunesmith.tasks import get_task
+
+    # One step at a vanishing learning rate leaves the head random; TF-IDF separates these intents easily.
+    config = tunesmith.load_config(None, {"data.train": str(support_csv), "name": "weak", "train.base_model": tiny_model,
+                                          "train.max_steps": 1, "train.learning_rate": 1e-9})  # fmt: skip
+    logs: list[str] = []
+    result = get_task("text-classification").train(config, registry=Registry(tmp_path / "home"), progress=False,
+                                                   log=logs.append)  # fmt: skip
+    assert result.metrics["f1_macro"] < result.baseline["f1_macro"] - 0.1
+    warning = [line for line in logs if line.startswith("warning: the fine-tuned model")]
+    assert len(warning) == 1 and "TF-IDF baseline" in warning[0] and "--method" in warning[0], logs

@@ -65,6 +65,9 @@ class Summary:
     notes: list[str] = field(default_factory=list)
 
 
+BELOW_BASELINE = 0.01  # a lead of the baseline's smaller than this is called noise, not a warning
+
+
 class Task(ABC):
     """One task. Subclasses set the class attributes and implement the abstract methods."""
 
@@ -81,6 +84,10 @@ class Task(ABC):
     reads_pooler: ClassVar[bool] = False  # the head reads the encoder's pooler, which adapters must then train
     export_format: ClassVar[Literal["onnx", "merged"]] = "onnx"
     training: ClassVar[str]  # the module whose `train(run: training.Run) -> TrainResult` is the training body
+    # The reference every run is scored beside, by the test metric compared, and what to try when it wins.
+    baseline_name: ClassVar[str] = "baseline"
+    compared_metric: ClassVar[str]
+    below_baseline_hint: ClassVar[str] = ""
 
     # -- training -----------------------------------------------------------------------------------
 
@@ -125,8 +132,20 @@ class Task(ABC):
         from tunesmith.training import fit
 
         body = import_module(self.training).train  # imported only to train: a server never loads it
-        return fit(self, config, body, registry=registry, resume=resume, progress=progress, log=log,
-                   callbacks=callbacks)  # fmt: skip
+        result = fit(self, config, body, registry=registry, resume=resume, progress=progress, log=log,
+                     callbacks=callbacks)  # fmt: skip
+        warning = self.baseline_warning(result)
+        if warning:
+            log(warning)
+        return result
+
+    def baseline_warning(self, result: TrainResult) -> str | None:
+        """One line when the fine-tuned model ends clearly below its own baseline on the test split."""
+        fine, base = result.metrics.get(self.compared_metric), result.baseline.get(self.compared_metric)
+        if not isinstance(fine, float) or not isinstance(base, float) or fine >= base - BELOW_BASELINE:
+            return None
+        return (f"warning: the fine-tuned model's test {self.compared_metric} is {fine:.4f}, below its "
+                f"{self.baseline_name}'s {base:.4f}. {self.below_baseline_hint}").rstrip()
 
     # -- using a model ------------------------------------------------------------------------------
 

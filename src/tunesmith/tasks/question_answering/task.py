@@ -35,6 +35,10 @@ class QuestionAnswering(Task):
     warm_up = ("warm-up?", "warm-up")
     request = "question"
     training = "tunesmith.tasks.question_answering.training"
+    baseline_name = "lexical baseline"
+    compared_metric = "f1"
+    below_baseline_hint = ("Try more steps (--epochs, --max-minutes) or a base model already tuned for "
+        "extractive QA.")
     data_shape = "questions"
 
     def load(self, path: str | Path, backend: str = "auto", threads: int | None = None) -> AnswerFinder:
@@ -73,6 +77,8 @@ class QuestionAnswering(Task):
         return predictor.answer([q for q, _ in items], [c for _, c in items], top_k=MAX_ANSWERS, batch_size=batch_size)
 
     def summary(self, result: TrainResult) -> Summary:
-        m = result.metrics
-        return Summary(f"{result.version.ref} - test split ({m['n']} questions)", ["exact match", "F1"],
-                       [[f"{m['exact_match']:.4f}", f"{m['f1']:.4f}"]])  # fmt: skip
+        m, base = result.metrics, result.baseline
+        rows = [[name, f"{m[key]:.4f}", f"{base[key]:.4f}" if key in base else "-"]
+                for name, key in (("exact match", "exact_match"), ("F1", "f1"))]  # fmt: skip
+        return Summary(f"{result.version.ref} - test split ({m['n']} questions)",
+                       ["metric", "fine-tuned", "lexical baseline"], rows)  # fmt: skip

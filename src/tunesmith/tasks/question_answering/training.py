@@ -10,6 +10,7 @@ from typing import Any
 from tunesmith.inference import torch_runner
 from tunesmith.models import load_with_new_head, model_max_length
 from tunesmith.tasks.base import TrainResult
+from tunesmith.tasks.question_answering.baseline import score_baseline
 from tunesmith.tasks.question_answering.examples import (
     Example,
     load_qa_data,
@@ -62,6 +63,9 @@ def train(run: Run) -> TrainResult:
     log(f"Data: {len(data.train)} train / {len(data.validation)} validation / {len(data.test)} test questions"
         f"{' (some unanswerable)' if data.allow_no_answer else ''}; windows of {max_length} tokens, stride {stride}.")  # fmt: skip
 
+    baseline = score_baseline(data.test)
+    log(f"Lexical baseline: test F1 {baseline.metrics['f1']:.4f} ({baseline.seconds:.1f} s).")
+
     checkpoint = run.checkpoint(data.fingerprint)
     trainer = run.trainer(
         model, tokenizer,
@@ -86,13 +90,16 @@ def train(run: Run) -> TrainResult:
     report = (
         f"# {name}: extractive question answering\n\nOn {metrics['n']} test questions: exact match "
         f"{metrics['exact_match']:.4f}, F1 {metrics['f1']:.4f} (SQuAD normalisation). Validation: exact match "
-        f"{validation_metrics['exact_match']:.4f}, F1 {validation_metrics['f1']:.4f}.\n\n{len(errors)} test "
+        f"{validation_metrics['exact_match']:.4f}, F1 {validation_metrics['f1']:.4f}. The lexical baseline (a "
+        f"sliding window of word matches) on the same test questions: exact match "
+        f"{baseline.metrics['exact_match']:.4f}, F1 {baseline.metrics['f1']:.4f}.\n\n{len(errors)} test "
         "question(s) answered wrongly: see errors.jsonl.\n"
     )
     version = run.register_artifact(
         model, tokenizer,
         files=splits,
-        evaluation={"test": metrics, "validation": validation_metrics, "train_minutes": minutes},
+        evaluation={"test": metrics, "validation": validation_metrics, "baseline": baseline.metrics,
+                    "train_minutes": minutes},
         errors=errors,
         report=report,
         meta={
@@ -103,7 +110,7 @@ def train(run: Run) -> TrainResult:
         },
         metrics={k: metrics[k] for k in ("exact_match", "f1")},
     )  # fmt: skip
-    return TrainResult(version, metrics, {}, data.issues, minutes)
+    return TrainResult(version, metrics, baseline.metrics, data.issues, minutes)
 
 
 def evaluate_file(finder: AnswerFinder, path: str | Path, out_dir: str | Path, **_columns: Any) -> dict[str, Any]:

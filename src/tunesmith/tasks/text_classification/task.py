@@ -29,6 +29,11 @@ class TextClassification(Task):
     warm_up = "warm-up"
     request = "texts"
     training = "tunesmith.tasks.text_classification.training"
+    baseline_name = "TF-IDF baseline"
+    compared_metric = "f1_macro"
+    below_baseline_hint = ("Check that the base model reads the language of the texts (a multilingual "
+        "encoder for non-English data), and try --method lora or --method fewshot on small data, or more steps "
+        "(--epochs, --max-minutes).")
     data_shape = "labeled-texts"
     methods: ClassVar[tuple[str, ...]] = (*METHODS, "fewshot")
     reads_pooler = True

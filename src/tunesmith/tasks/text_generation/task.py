@@ -38,6 +38,10 @@ class TextGeneration(Task):
     warm_up = "Hello"
     request = "chat"
     training = "tunesmith.tasks.text_generation.training"
+    baseline_name = "base model"
+    compared_metric = "token_f1"
+    below_baseline_hint = ("The tuning made answers worse: try fewer steps or a lower learning rate, and "
+        "check the templates of the training conversations.")
     data_shape = "conversations"
     methods = ("lora", "full", "adalora", "ia3")
     default_method = "lora"

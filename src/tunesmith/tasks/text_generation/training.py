@@ -23,7 +23,9 @@ from tunesmith.tasks.text_generation.generator import Generator
 from tunesmith.tasks.text_generation.metrics import score
 from tunesmith.training import ListDataset, Run, choose_max_length
 
-EVAL_LIMIT = 64  # test conversations generated for the metrics (generation is the slow part of evaluation)
+# Held-out test conversations generated for the metrics when the test split is cut from the training file
+# (generation is the slow part of evaluation); a test file the user gives is scored whole.
+EVAL_LIMIT = 64
 
 
 SAMPLES = 8  # generations shown before vs after training in the report
@@ -85,9 +87,13 @@ def train(run: Run) -> TrainResult:
     model.eval()
     before = Generator(model, tokenizer)
     samples = test_c[:SAMPLES]
-    max_new = min(256, max(len(tokenizer(c.reference)["input_ids"]) for c in test_c[:EVAL_LIMIT]) + 16)
-    answers = generate_answers(before, test_c[:EVAL_LIMIT], max_new)
-    before_metrics = score(answers, [c.reference for c in test_c[:EVAL_LIMIT]])
+    scored = test_c if config.data.test else test_c[:EVAL_LIMIT]
+    if len(scored) < len(test_c):
+        log(f"Scoring the first {len(scored)} of {len(test_c)} held-out test conversations (generation is slow); "
+            "give a test file (--test) to have every row of it scored.")  # fmt: skip
+    max_new = min(256, max(len(tokenizer(c.reference)["input_ids"]) for c in scored) + 16)
+    answers = generate_answers(before, scored, max_new)
+    before_metrics = score(answers, [c.reference for c in scored])
     before_samples = answers[: len(samples)]
 
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
@@ -98,8 +104,8 @@ def train(run: Run) -> TrainResult:
     model.eval()
     val_loss = trainer.evaluate()["eval_loss"]
     after = Generator(model, tokenizer)
-    metrics, rows = evaluate_conversations(after, test_c)
-    metrics.update({"validation_loss": val_loss, "perplexity": math.exp(min(50.0, val_loss))})
+    metrics, rows = evaluate_conversations(after, scored, limit=None)
+    metrics.update({"validation_loss": val_loss, "perplexity": math.exp(min(50.0, val_loss)), "test_rows": len(test_c)})
     after_samples = [r["generated"] for r in rows[: len(samples)]]
     comparison = [{"prompt": c.prompt[-1]["content"], "reference": c.reference, "before": b, "after": a}
                   for c, b, a in zip(samples, before_samples, after_samples, strict=True)]  # fmt: skip
@@ -124,7 +130,9 @@ def train(run: Run) -> TrainResult:
 
 
 def report_markdown(name: str, metrics: dict[str, Any], before: dict[str, Any], samples: list[dict[str, str]]) -> str:
-    lines = [f"# {name}: instruction tuning", "", f"Test split: {metrics['n']} conversations, greedy generation.", "",
+    rows = metrics.get("test_rows", metrics["n"])
+    of = f" (the first {metrics['n']} of {rows}: generation is slow; a given test file is scored whole)" if rows > metrics["n"] else ""
+    lines = [f"# {name}: instruction tuning", "", f"Test split: {metrics['n']} conversations{of}, greedy generation.", "",
              "| metric | before training | after training |", "|---|---|---|"]  # fmt: skip
     for key in ("exact_match", "token_f1", "rouge_l"):
         lines.append(f"| {key} | {before[key]:.4f} | {metrics[key]:.4f} |")

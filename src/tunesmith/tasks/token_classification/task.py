@@ -38,6 +38,10 @@ class TokenClassification(Task):
     warm_up = "warm-up"
     request = "texts"
     training = "tunesmith.tasks.token_classification.training"
+    baseline_name = "CRF baseline"
+    compared_metric = "f1"
+    below_baseline_hint = ("Try more steps (--epochs, --max-minutes), a larger learning rate, or a "
+        "base model that knows the language and the domain.")
     data_shape = "tagged-sentences"
 
     def load(self, path: str | Path, backend: str = "auto", threads: int | None = None) -> EntityTagger:
@@ -81,11 +85,13 @@ class TokenClassification(Task):
         return [entity.label for entities in outputs for entity in entities]
 
     def summary(self, result: TrainResult) -> Summary:
-        m = result.metrics
+        m, crf = result.metrics, result.baseline
         rows = [*sorted(m["per_type"].items()), ("all (micro)", {**m, "support": ""})]
+        crf_f1 = {**{k: v["f1"] for k, v in crf.get("per_type", {}).items()}, "all (micro)": crf.get("f1")}
         return Summary(
             title=f"{result.version.ref} - test split ({m['n']} sentences), entity level",
-            columns=["entity type", "precision", "recall", "F1", "support"],
-            rows=[[kind, f"{x['precision']:.4f}", f"{x['recall']:.4f}", f"{x['f1']:.4f}", str(x["support"])]
+            columns=["entity type", "precision", "recall", "F1", "CRF baseline F1", "support"],
+            rows=[[kind, f"{x['precision']:.4f}", f"{x['recall']:.4f}", f"{x['f1']:.4f}",
+                   f"{crf_f1[kind]:.4f}" if crf_f1.get(kind) is not None else "-", str(x["support"])]
                   for kind, x in rows],
-        )
+        )  # fmt: skip

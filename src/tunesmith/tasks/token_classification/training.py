@@ -13,6 +13,7 @@ from tunesmith.data import DataIssue
 from tunesmith.inference import torch_runner
 from tunesmith.models import load_with_new_head, model_max_length
 from tunesmith.tasks.base import TrainResult
+from tunesmith.tasks.token_classification.baseline import train_baseline
 from tunesmith.tasks.token_classification.metrics import repair_tags, seqeval_report
 from tunesmith.tasks.token_classification.predictor import EntityTagger, stride_for
 from tunesmith.tasks.token_classification.sentences import Sentence, load_token_data, normalize_tags, read_sentences
@@ -91,6 +92,9 @@ def train(run: Run) -> TrainResult:
     log(f"Data: {len(data.train)} train / {len(data.validation)} validation / {len(data.test)} test sentences, "
         f"{len(types)} entity types ({', '.join(types)}); tags {data.scheme}; max_length {max_length} tokens.")  # fmt: skip
 
+    baseline = train_baseline(data.train, data.test)
+    log(f"CRF baseline trained in {baseline.seconds:.1f} s (test F1 {baseline.metrics['f1']:.4f}).")
+
     checkpoint = run.checkpoint(data.fingerprint)
     trainer = run.trainer(
         model, tokenizer,
@@ -109,9 +113,10 @@ def train(run: Run) -> TrainResult:
     version = run.register_artifact(
         model, tokenizer,
         files=splits,
-        evaluation={"test": metrics, "validation": validation_metrics, "train_minutes": minutes},
+        evaluation={"test": metrics, "validation": validation_metrics, "baseline": baseline.metrics,
+                    "train_minutes": minutes, "baseline_seconds": baseline.seconds},
         errors=errors,
-        report=report_markdown(name, metrics, len(errors)),
+        report=report_markdown(name, metrics, len(errors), baseline.metrics),
         meta={
             "label_names": data.label_names, "max_length": max_length, "precision": "bf16" if run.bf16 else "fp32",
             "tag_scheme_in_data": data.scheme,
@@ -120,7 +125,7 @@ def train(run: Run) -> TrainResult:
         },
         metrics={k: metrics[k] for k in ("f1", "precision", "recall", "f1_macro", "token_accuracy")},
     )  # fmt: skip
-    return TrainResult(version, metrics, {}, data.issues, minutes)
+    return TrainResult(version, metrics, baseline.metrics, data.issues, minutes)
 
 
 def evaluate_sentences(tagger: EntityTagger, sentences: list[Sentence]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -138,15 +143,20 @@ def evaluate_sentences(tagger: EntityTagger, sentences: list[Sentence]) -> tuple
     return metrics, errors
 
 
-def report_markdown(name: str, metrics: dict[str, Any], n_errors: int) -> str:
+def report_markdown(name: str, metrics: dict[str, Any], n_errors: int, baseline: dict[str, Any] | None = None) -> str:
+    """The report; with `baseline` (the CRF's metrics on the same split) each type's row shows its F1 too."""
     lines = [
         f"# {name}: token classification", "",
         f"Entity-level (seqeval, strict IOB2) on {metrics['n']} test sentences: precision {metrics['precision']:.4f}, "
         f"recall {metrics['recall']:.4f}, **F1 {metrics['f1']:.4f}** (macro over types {metrics['f1_macro']:.4f}).",
-        "", "| type | precision | recall | F1 | support |", "|---|---|---|---|---|",
     ]  # fmt: skip
+    if baseline:
+        lines.append(f"The CRF baseline (word features, same split): F1 {baseline['f1']:.4f}.")
+    lines += ["", "| type | precision | recall | F1 | CRF F1 | support |" if baseline else
+              "| type | precision | recall | F1 | support |", "|---|---|---|---|---|---|" if baseline else "|---|---|---|---|---|"]  # fmt: skip
     for kind, m in sorted(metrics["per_type"].items()):
-        lines.append(f"| {kind} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |")
+        crf = f" {baseline['per_type'].get(kind, {}).get('f1', 0.0):.4f} |" if baseline else ""
+        lines.append(f"| {kind} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} |{crf} {m['support']} |")
     lines += ["", f"{n_errors} test sentence(s) with at least one wrong tag: see errors.jsonl.", ""]
     return "\n".join(lines)
 
