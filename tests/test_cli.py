@@ -207,7 +207,7 @@ def test_flags_with_fixed_values_show_their_choices_and_defaults(
     flat = " ".join(out.split())
     assert "auto|bf16|fp32" in flat and "(default: auto)" in flat  # --precision
     assert "text-classification|token-classification|question-answering|text-generation" in flat.replace(" ", "")
-    assert "full|lora|adalora|ia3|frozen|fewshot|prefix" in flat.replace(" ", "")
+    assert "full|lora|adalora|ia3|frozen|fewshot|baseline|prefix" in flat.replace(" ", "")
     _, out, _ = run(capsys, "serve", "--help")
     assert "auto|on|off" in "".join(out.split()) and "pytorch" in out
     code, _, err = run(capsys, "train", "x.csv", "--precision", "fp16")

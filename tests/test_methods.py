@@ -239,3 +239,45 @@ def test_zeroshot_label_errors(labels: str, message: str) -> None:
 
     with pytest.raises(DataError, match=message):
         parse_labels(labels)
+
+
+def test_the_baseline_is_a_model_that_predicts_serves_and_refuses_export(
+    support_rows: list[tuple[str, str]], tmp_path: Path, start_server
+) -> None:  # fmt: skip
+    import json
+    import subprocess
+    import sys
+
+    import httpx
+
+    data = write_csv(tmp_path / "support.csv", support_rows)
+    home = tmp_path / "home"
+    result = tunesmith.train(data, name="fast", method="baseline", registry=tunesmith.Registry(home), progress=False)
+    assert result.version.ref == "fast@1" and result.metrics["accuracy"] > 0.8
+    assert not (result.version.path / "model").exists()  # no network: vocabularies and a linear layer
+    assert {p.name for p in (result.version.path / "baseline").iterdir()} == {"vectorizers.json", "weights.safetensors"}
+    model = tunesmith.load_model("fast", registry=tunesmith.Registry(home))
+    assert model.backend == "scikit-learn" and model.meta["architecture"] == "tfidf-logistic-regression"
+    texts = [text for text, _ in support_rows[:20]]
+    # Loaded from safetensors + JSON, the model gives the probabilities it was scored with at training time.
+    loaded = model.predict_proba(texts)
+    np.testing.assert_allclose(loaded.sum(axis=1), 1.0, atol=1e-5)
+    assert [p.label for p in model.predict(texts)] == [model.label_names[i] for i in loaded.argmax(axis=1)]
+    rows = [json.loads(line) for line in (result.version.path / "data" / "test.jsonl").read_text().splitlines()]
+    assert np.mean([p.label == r["label"] for p, r in zip(model.predict([r["text"] for r in rows]), rows,
+                                                           strict=True)]) == result.metrics["accuracy"]  # fmt: skip
+
+    server = start_server(home, "fast")
+    answer = httpx.post(f"{server.url}/v1/models/fast/predict", json={"texts": texts[:3]}, timeout=30).json()
+    assert [p["label"] for p in answer["predictions"]] == [p.label for p in model.predict(texts[:3])]
+    exported = subprocess.run([sys.executable, "-m", "tunesmith.cli", "--home", str(home), "export", "fast"],
+                              capture_output=True, text=True)  # fmt: skip
+    assert exported.returncode != 0 and "no network to export" in exported.stderr + exported.stdout
+    assert "Traceback" not in exported.stderr
+
+
+def test_the_baseline_is_for_classification_only(tmp_path: Path) -> None:
+    data = write_conll(tmp_path / "ner.conll", make_sentences(20), columns=2)
+    with pytest.raises(ConfigError, match="--method baseline is not available for token-classification"):
+        tunesmith.train(data, task="token-classification", method="baseline", registry=tunesmith.Registry(tmp_path),
+                        progress=False)  # fmt: skip

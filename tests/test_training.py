@@ -74,17 +74,33 @@ def test_tiny_model_learns_the_task(trained_home: Path, support_rows: list[tuple
     assert accuracy > 0.8  # chance is 1/6; this model reaches 0.95
 
 
+def test_thresholds_are_tuned_per_label_where_validation_has_enough_examples() -> None:
+    from tunesmith.tasks.text_classification.evaluation import MIN_POSITIVES, tune_thresholds
+
+    rng = np.random.default_rng(0)
+    truth = np.zeros((400, 3), dtype=np.int64)
+    truth[:200, 0] = 1  # label 0: positives score ~0.35, negatives ~0.1 -> a low threshold
+    truth[:100, 1] = 1  # label 1: negatives reach 0.6, positives ~0.85 -> a high threshold
+    truth[:MIN_POSITIVES - 1, 2] = 1  # label 2: too rare to tune
+    probs = np.stack([np.where(truth[:, 0], 0.35, 0.1), np.where(truth[:, 1], 0.85, 0.6), np.full(400, 0.2)], axis=1)
+    probs = np.clip(probs + rng.normal(0, 0.02, probs.shape), 0, 1)
+    thresholds, rare = tune_thresholds(truth, probs)
+    assert 0.1 < thresholds[0] <= 0.35 and 0.6 < thresholds[1] <= 0.85 and rare == [2]
+    assert (probs[:, :2] >= thresholds[:2]).astype(int).tolist() == truth[:, :2].tolist()  # both separated exactly
+
+
 def test_multi_label_tunes_a_threshold(train_tiny, tmp_path: Path) -> None:
     rng = random.Random(0)
     words = {"billing": "invoice charge payment", "bug": "crash error broken", "ui": "button screen color"}
     records = []
-    for i in range(90):
+    for i in range(300):
         labels = rng.sample(sorted(words), k=1 + (i % 3 == 0))
         text = " ".join(rng.choice(words[label].split()) for label in labels for _ in range(3)) + f" ticket {i}"
         records.append({"text": text, "labels": labels})
     result = train_tiny(write_jsonl(tmp_path / "tickets.jsonl", records), name="tickets", epochs=3)
     meta = json.loads((result.version.path / "tunesmith.json").read_text())
-    assert meta["multi_label"] and 0.05 <= meta["threshold"] <= 0.95
+    # 30 validation rows give each label 10+ positives: a threshold of its own each.
+    assert meta["multi_label"] and len(meta["threshold"]) == 3 and all(0.05 <= t <= 0.95 for t in meta["threshold"])
     assert {"subset_accuracy", "f1_micro", "f1_macro"} <= set(result.metrics)
     prediction = tunesmith.load_model(str(result.version.path)).predict("crash error broken button")[0]
     assert isinstance(prediction.label, list) and set(prediction.scores) == set(words)

@@ -69,12 +69,13 @@ class TrainConfig(_Settings):
         description="Passes over the training data. None: 8, raised on small data so that training makes at "
         "least 300 optimisation steps; early stopping or a time budget may end it sooner.",
     )
-    method: Literal["full", "lora", "adalora", "ia3", "frozen", "fewshot", "prefix"] = Field(
+    method: Literal["full", "lora", "adalora", "ia3", "frozen", "fewshot", "baseline", "prefix"] = Field(
         "full",
         description="What trains: 'full' (every weight), 'lora' / 'adalora' / 'ia3' (peft adapters + the head; "
         "the artifact stores only the adapter), 'frozen' (only the head), 'fewshot' (SetFit-style contrastive "
-        "tuning + a logistic-regression head, for a few examples per class; text classification only). "
-        "See docs/methods.md.",
+        "tuning + a logistic-regression head, for a few examples per class; text classification only), "
+        "'baseline' (the TF-IDF + logistic regression model alone, registered and served like any other; text "
+        "classification only). See docs/methods.md.",
     )
     learning_rate: Annotated[float, Field(gt=0, lt=1)] | None = Field(
         None,

@@ -47,7 +47,7 @@ class SuggestResult:
     pool_size: int
 
 
-def uncertainty(probs: np.ndarray, multi_label: bool, threshold: float = 0.5) -> np.ndarray:
+def uncertainty(probs: np.ndarray, multi_label: bool, threshold: float | list[float] = 0.5) -> np.ndarray:
     """1 - margin between the two likeliest labels (single-label) or 1 - 2|p - threshold| of the label closest
     to its threshold (multi-label); in [0, 1], higher is less sure."""
     if multi_label:

@@ -27,12 +27,40 @@ def tune_threshold(y_true: np.ndarray, probs: np.ndarray) -> float:
     return float(grid[int(np.argmax(scores))])
 
 
+MIN_POSITIVES = 10  # validation positives a label needs for a threshold of its own; rarer ones share the global one
+
+
+def tune_thresholds(y_true: np.ndarray, probs: np.ndarray) -> tuple[list[float], list[int]]:
+    """A decision threshold per label, each maximising that label's F1 on held-out data; a label with fewer
+    than MIN_POSITIVES positives there keeps the global micro-F1 threshold (a threshold tuned on a handful of
+    examples is noise). Returns the thresholds and the indices of the labels too rare to tune."""
+    from sklearn.metrics import f1_score
+
+    shared = tune_threshold(y_true, probs)
+    grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
+    thresholds, rare = [], []
+    for j in range(y_true.shape[1]):
+        if y_true[:, j].sum() < MIN_POSITIVES:
+            thresholds.append(shared)
+            rare.append(j)
+            continue
+        scores = [f1_score(y_true[:, j], probs[:, j] >= t, zero_division=0) for t in grid]
+        thresholds.append(float(grid[int(np.argmax(scores))]))
+    return thresholds, rare
+
+
+def describe_threshold(threshold: float | list[float]) -> str:
+    if isinstance(threshold, list):
+        return f"per-label thresholds {min(threshold):.2f}-{max(threshold):.2f}"
+    return f"threshold {threshold:.2f}"
+
+
 def classification_metrics(
     labels: Sequence[Any],
     probs: np.ndarray,
     label_names: Sequence[str],
     multi_label: bool,
-    threshold: float = 0.5,
+    threshold: float | list[float] = 0.5,
 ) -> dict[str, Any]:
     """Accuracy, micro/macro/weighted F1 and a per-class report.
 
@@ -143,7 +171,7 @@ def write_errors(
     probs: np.ndarray,
     label_names: Sequence[str],
     multi_label: bool,
-    threshold: float,
+    threshold: float | list[float],
 ) -> int:
     """Write the misclassified test rows, most confident mistakes first; returns how many."""
     rows = []
@@ -175,10 +203,10 @@ def write_report(
     test_labels: Sequence[Any],
     probs: np.ndarray,
     baseline_probs: np.ndarray | None,
-    baseline_threshold: float = 0.5,
+    baseline_threshold: float | list[float] = 0.5,
     label_names: Sequence[str],
     multi_label: bool,
-    threshold: float,
+    threshold: float | list[float],
     log_history: list[dict[str, Any]],
     metric: str,
     extra: dict[str, Any],
@@ -213,7 +241,7 @@ def _report_markdown(name: str, result: dict[str, Any], n_errors: int, multi_lab
     keys = ["accuracy", "f1_macro", "f1_micro", "f1_weighted"]
     lines = [f"# {name}: evaluation report", ""]
     lines.append(f"{result.get('evaluated_on', 'Test split')}: {test['n']} texts" + (" (multi-label; accuracy is subset accuracy, "
-                 f"threshold {test['threshold']:.2f} tuned on validation)" if multi_label else "") + ".")  # fmt: skip
+                 f"{describe_threshold(test['threshold'])} tuned on validation)" if multi_label else "") + ".")  # fmt: skip
     if base:
         lines += ["", "| metric | fine-tuned | TF-IDF baseline |", "|---|---|---|"]
         lines += [f"| {key} | {test[key]:.4f} | {base[key]:.4f} |" for key in keys]

@@ -44,7 +44,7 @@ class BaseClassifier:
         self,
         label_names: Sequence[str],
         multi_label: bool = False,
-        threshold: float = 0.5,
+        threshold: float | list[float] = 0.5,
         max_length: int = 128,
         meta: dict[str, Any] | None = None,
     ) -> None:
@@ -67,7 +67,8 @@ class BaseClassifier:
         for row in probs:
             scores = {name: float(p) for name, p in zip(self.label_names, row, strict=True)}
             if self.multi_label:
-                chosen = [n for n, p in scores.items() if p >= self.threshold]
+                limits = np.broadcast_to(np.asarray(self.threshold, dtype=float), row.shape)  # one, or one per label
+                chosen = [n for (n, p), limit in zip(scores.items(), limits, strict=True) if p >= limit]
                 top = float(max(row))
                 results.append(Prediction(chosen, top if not chosen else min(scores[n] for n in chosen), scores))
             else:
@@ -211,8 +212,36 @@ def _settings(meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class BaselineClassifier(BaseClassifier):
+    """A TF-IDF + logistic regression model (`--method baseline`), run by scikit-learn and numpy."""
+
+    backend = "scikit-learn"
+
+    def __init__(self, model: Any, label_names: Sequence[str], **kwargs: Any) -> None:
+        super().__init__(label_names, **kwargs)
+        self.model = model
+
+    @classmethod
+    def from_artifact(cls, path: str | Path) -> BaselineClassifier:
+        from tunesmith.tasks.text_classification import baseline
+
+        path = Path(path)
+        meta = read_meta(path)
+        return cls(baseline.TfidfModel.load(path / baseline.FOLDER), meta["label_names"], **_settings(meta))
+
+    def predict_logits(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Scores whose softmax (sigmoid for multi-label) gives back the model's probabilities."""
+        probs = np.clip(self.model.probabilities([str(t) for t in texts]), 1e-12, 1 - 1e-12)
+        logits = np.log(probs) - (np.log1p(-probs) if self.multi_label else 0.0)
+        return logits.astype(np.float32)
+
+
 def load_predictor(path: str | Path, backend: str = "auto", threads: int | None = None) -> BaseClassifier:
     """Load a text classifier with the fastest backend that passed its export check (see `choose_variant`)."""
+    from tunesmith.tasks.text_classification.baseline import ARCHITECTURE
+
+    if read_meta(path).get("architecture") == ARCHITECTURE:  # scikit-learn is its only runtime, and fast
+        return BaselineClassifier.from_artifact(path)
     variant = choose_variant(path, backend)
     if variant is None:
         return TextClassifier.from_artifact(path)

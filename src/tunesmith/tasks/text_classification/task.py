@@ -35,7 +35,7 @@ class TextClassification(Task):
         "encoder for non-English data), and try --method lora or --method fewshot on small data, or more steps "
         "(--epochs, --max-minutes).")
     data_shape = "labeled-texts"
-    methods: ClassVar[tuple[str, ...]] = (*METHODS, "fewshot")
+    methods: ClassVar[tuple[str, ...]] = (*METHODS, "fewshot", "baseline")
     reads_pooler = True
     answers_with_label = True
 
@@ -81,7 +81,14 @@ class TextClassification(Task):
         return len(results)
 
     def export_check(self, path: str | Path) -> ExportCheck:
+        from tunesmith.artifact import read_meta
+        from tunesmith.errors import ModelError
+        from tunesmith.tasks.text_classification.baseline import ARCHITECTURE
         from tunesmith.tasks.text_classification.checking import ClassifierCheck
+
+        if read_meta(path).get("architecture") == ARCHITECTURE:
+            raise ModelError(f"{path} is a TF-IDF model (--method baseline): it has no network to export, and "
+                             "scikit-learn already serves it faster than ONNX serves a transformer.")  # fmt: skip
 
         return ClassifierCheck(Path(path))
 

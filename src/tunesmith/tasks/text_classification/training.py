@@ -1,7 +1,7 @@
 """Fine-tuning a text classifier (binary, multi-class, multi-label) inside the shared `training.fit`.
 
 What this adds to the shared skeleton: texts tokenized once, a token limit taken from the data, optional
-class weights, a TF-IDF baseline on the same split, a multi-label threshold tuned on validation, and a
+class weights, a TF-IDF baseline on the same split, multi-label thresholds tuned per label on validation, and a
 test report with plots. The held-out splits are kept in the artifact so exports and later versions are
 checked on the same rows. Few-shot (SetFit-style) training takes the `fewshot` path instead of the Trainer.
 """
@@ -15,14 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tunesmith.config import RunConfig
+from tunesmith.config import RunConfig, dump_config
 from tunesmith.models import load_classifier, model_max_length, resolve_model
 from tunesmith.tasks.base import TrainResult
 from tunesmith.tasks.text_classification.evaluation import (
+    MIN_POSITIVES,
     classification_metrics,
     headline,
     multi_hot,
-    tune_threshold,
+    tune_thresholds,
     write_report,
 )
 from tunesmith.tasks.text_classification.predictor import TextClassifier
@@ -118,6 +119,8 @@ def train(run: Run) -> TrainResult:
     from tunesmith.tasks.text_classification.baseline import train_baseline
 
     data = load_classification_data(config.data, seed=config.seed)
+    if settings.method == "baseline":
+        return _register_baseline(run, data)
     tokenizer = run.tokenizer()
     fewshot = settings.method == "fewshot"
     if fewshot:
@@ -184,7 +187,13 @@ def train(run: Run) -> TrainResult:
         extra = {"epochs_run": trainer.state.epoch, "best_checkpoint_metric": trainer.state.best_metric}
     classifier = TextClassifier(model, tokenizer, data.label_names, multi_label=data.multi_label, max_length=max_length)
     val_probs = classifier.predict_proba(data.validation.texts, settings.eval_batch_size)
-    threshold = tune_threshold(multi_hot(data.validation.labels, n_classes), val_probs) if data.multi_label else 0.5
+    threshold: float | list[float] = 0.5
+    if data.multi_label:
+        threshold, rare = tune_thresholds(multi_hot(data.validation.labels, n_classes), val_probs)
+        if rare:
+            log(f"Thresholds: {len(rare)} of {n_classes} labels have fewer than {MIN_POSITIVES} validation examples, "
+                f"too few to tune a threshold on ({', '.join(data.label_names[j] for j in rare[:8])}"
+                f"{', ...' if len(rare) > 8 else ''}); they share the global one.")  # fmt: skip
     test_probs = classifier.predict_proba(data.test.texts, settings.eval_batch_size)
     validation_metrics = classification_metrics(
         data.validation.labels, val_probs, data.label_names, data.multi_label, threshold
@@ -199,9 +208,9 @@ def train(run: Run) -> TrainResult:
             probs=test_probs,
             baseline_probs=baseline.probabilities,
             # Thresholds are tuned on validation for both models, never on the test split they are scored on.
-            baseline_threshold=tune_threshold(
+            baseline_threshold=tune_thresholds(
                 multi_hot(data.validation.labels, n_classes), baseline.validation_probabilities
-            )
+            )[0]
             if data.multi_label
             else 0.5,
             label_names=data.label_names,
@@ -229,6 +238,46 @@ def train(run: Run) -> TrainResult:
     return TrainResult(version, report["test"], report["baseline"], data.issues, minutes)
 
 
+def _register_baseline(run: Run, data: ClassificationData) -> TrainResult:
+    """`--method baseline`: the TF-IDF model alone, registered as a version that predicts and serves."""
+    from tunesmith import artifact
+    from tunesmith.tasks.text_classification import baseline as tfidf
+
+    for issue in data.issues:
+        run.log(str(issue))
+    if run.config.data.inspect:
+        from tunesmith.quality import summary_lines
+
+        summary_lines(run.config, run.task.data_shape, run.log)
+    run.log(f"Data: {len(data.train)} train / {len(data.validation)} validation / {len(data.test)} test texts, "
+            f"{len(data.label_names)} classes; training the TF-IDF model alone (--method baseline).")  # fmt: skip
+    result = tfidf.train_baseline(data, seed=run.settings.seed)
+    n_classes = len(data.label_names)
+    threshold: float | list[float] = 0.5
+    if data.multi_label:
+        threshold = tune_thresholds(multi_hot(data.validation.labels, n_classes), result.validation_probabilities)[0]
+    validation = classification_metrics(data.validation.labels, result.validation_probabilities, data.label_names,
+                                        data.multi_label, threshold)  # fmt: skip
+    with run.staging() as staged:
+        report = write_report(
+            staged, name=run.name, test_texts=data.test.texts, test_labels=data.test.labels,
+            probs=result.probabilities, baseline_probs=result.probabilities, baseline_threshold=threshold,
+            label_names=data.label_names, multi_label=data.multi_label, threshold=threshold, log_history=[],
+            metric="f1_micro" if data.multi_label else "f1_macro",
+            extra={"validation": headline(validation), "train_minutes": result.seconds / 60,
+                   "baseline_seconds": result.seconds},
+        )  # fmt: skip
+        _write_splits(staged / "data", data)
+        result.model.save(staged / tfidf.FOLDER)
+        meta = _artifact_meta(run.config, data, report, threshold=threshold, max_length=0, bf16=False)
+        meta.update(architecture=tfidf.ARCHITECTURE, precision="fp64", base_model=None)
+        (staged / "config.yaml").write_text(dump_config(run.config), encoding="utf-8")
+        artifact.write_meta(staged, artifact.describe(run.config, **meta))
+        version = run.register(staged, headline(report["test"]))
+    run.log(f"TF-IDF model trained in {result.seconds:.1f} s and registered as {version.ref}.")
+    return TrainResult(version, report["test"], report["baseline"], data.issues, result.seconds / 60)
+
+
 def _examples_per_class(data: ClassificationData) -> int:
     counts: dict[int, int] = {i: 0 for i in range(len(data.label_names))}
     for label in data.train.labels:
@@ -238,7 +287,7 @@ def _examples_per_class(data: ClassificationData) -> int:
 
 
 def _artifact_meta(
-    config: RunConfig, data: ClassificationData, report: dict[str, Any], *, threshold: float, max_length: int,
+    config: RunConfig, data: ClassificationData, report: dict[str, Any], *, threshold: float | list[float], max_length: int,
     bf16: bool,
 ) -> dict[str, Any]:  # fmt: skip
     """What `tunesmith.json` records beyond the common fields: enough to load, use and explain the model."""

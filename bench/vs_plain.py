@@ -1,0 +1,140 @@
+"""tunesmith's defaults against a plain `transformers.Trainer` script, with and without a time budget.
+
+    python bench/vs_plain.py                          # trec and banking77, a 5-minute budget
+    python bench/vs_plain.py --only banking77 --budget 15
+
+Per dataset, on its official test split, with the embedded all-MiniLM-L6-v2:
+- plain: the script a practitioner writes (3 epochs, batch 32, lr 5e-5, linear decay, bf16 autocast, dynamic
+  padding), no budget;
+- wave-1 schedule + budget: a Trainer with wave 1's defaults (batch 16, lr 1e-4, 10 % warmup planned for 8
+  epochs) stopped when the budget runs out: what `--max-minutes` did before runs were planned;
+- tunesmith: `tunesmith.train` with its defaults, unbounded, and with `max_minutes` = the budget.
+Accuracy and macro-F1 on the test split, minutes of training, and training examples per second. Run it
+alone on the machine: two runs side by side change the speeds by 3-10x. Writes bench/results/vs_plain.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import tunesmith
+from _common import RESULTS, require_shared_data, save
+from accuracy import prepare
+from tunesmith.config import DEFAULT_MODEL
+from tunesmith.data import load_classification_data
+from tunesmith.models import resolve_model
+
+
+def read_split(kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """The same training rows tunesmith trains on (duplicates dropped, the same validation cut) and the test rows."""
+    config = tunesmith.load_config(None, {"data.train": str(kwargs["data"]), "data.test": kwargs["test"]})
+    data = load_classification_data(config.data, seed=config.seed)
+    return data, data.test
+
+
+def trainer_run(data: Any, *, epochs: float, batch: int, lr: float, warmup: float, budget: float | None) -> dict:
+    import torch
+    from sklearn.metrics import accuracy_score, f1_score
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,  # fmt: skip
+        TrainingArguments,
+    )
+
+    path = resolve_model(DEFAULT_MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(data.label_names))
+    encoded = tokenizer(data.train.texts, truncation=True, max_length=128)
+    rows = [{"input_ids": ids, "attention_mask": mask, "labels": int(label)}
+            for ids, mask, label in zip(encoded["input_ids"], encoded["attention_mask"], data.train.labels, strict=True)]  # fmt: skip
+
+    class Budget(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.start = time.monotonic()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if budget is not None and time.monotonic() - self.start > budget * 60:
+                control.should_training_stop = True
+
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=batch,
+                                 learning_rate=lr, warmup_steps=warmup, lr_scheduler_type="linear", bf16=True,
+                                 use_cpu=True, save_strategy="no", eval_strategy="no", report_to=[],
+                                 disable_tqdm=True, logging_strategy="no", seed=42)  # fmt: skip
+        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=DataCollatorWithPadding(tokenizer),
+                          callbacks=[Budget()])  # fmt: skip
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+        steps = trainer.state.global_step
+    model.eval()
+    predicted = []
+    with torch.inference_mode():
+        for i in range(0, len(data.test.texts), 64):
+            batch_in = tokenizer(data.test.texts[i : i + 64], truncation=True, max_length=128, padding=True,
+                                 return_tensors="pt")  # fmt: skip
+            predicted += model(**batch_in).logits.argmax(-1).tolist()
+    truth = np.asarray(data.test.labels)
+    return {"accuracy": accuracy_score(truth, predicted), "f1_macro": f1_score(truth, predicted, average="macro"),
+            "minutes": seconds / 60, "examples_per_second": steps * batch / seconds, "epochs": steps * batch / len(rows)}  # fmt: skip
+
+
+def tunesmith_run(kwargs: dict[str, Any], budget: float | None, work: Path, tag: str) -> dict:
+    options = {k: v for k, v in kwargs.items() if k not in {"data", "max_minutes"}}
+    if budget is not None:
+        options["max_minutes"] = budget
+    result = tunesmith.train(kwargs["data"], registry=tunesmith.Registry(work / f"home-{tag}"), name="bench",
+                             progress=False, log=lambda _m: None, **options)  # fmt: skip
+    plan = json.loads((result.version.path / "tunesmith.json").read_text())["plan"]
+    history = json.loads((result.version.path / "metrics.json").read_text())
+    seconds = result.train_minutes * 60
+    steps = round(history["epochs_run"] * plan["examples"] / plan["batch_size"])
+    return {"accuracy": result.metrics["accuracy"], "f1_macro": result.metrics["f1_macro"],
+            "minutes": result.train_minutes, "examples_per_second": steps * plan["batch_size"] / seconds,
+            "epochs": history["epochs_run"], "planned_steps": plan["total_steps"], "limited_by": plan["limited_by"],
+            "baseline_f1_macro": result.baseline["f1_macro"]}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", default=["trec", "banking77"])
+    parser.add_argument("--budget", type=float, default=5.0, help="minutes")
+    args = parser.parse_args()
+    shared = require_shared_data()
+    previous = json.loads((RESULTS / "vs_plain.json").read_text()) if (RESULTS / "vs_plain.json").is_file() else {}
+    results: dict[str, Any] = previous.get("datasets", {})
+    for name in args.only:
+        with tempfile.TemporaryDirectory() as folder:
+            work = Path(folder)
+            kwargs = prepare(name, shared, work)
+            kwargs["data"] = str(kwargs["data"])
+            data, _ = read_split(kwargs)
+            runs = {
+                "plain": trainer_run(data, epochs=3, batch=32, lr=5e-5, warmup=0.0, budget=None),
+                "wave-1 schedule + budget": trainer_run(data, epochs=8, batch=16, lr=1e-4, warmup=0.1, budget=args.budget),
+                "tunesmith": tunesmith_run(kwargs, None, work, "free"),
+                "tunesmith + budget": tunesmith_run(kwargs, args.budget, work, "budget"),
+            }
+        results[name] = {"budget_minutes": args.budget, "train_rows": len(data.train), "test_rows": len(data.test),
+                         "runs": runs}  # fmt: skip
+        print(f"\n{name}: {len(data.train)} training texts, test {len(data.test)}, budget {args.budget:g} min")
+        print("| run | accuracy | macro-F1 | minutes | examples/s | epochs |\n|---|---|---|---|---|---|")
+        for run, r in runs.items():
+            print(f"| {run} | {r['accuracy']:.4f} | {r['f1_macro']:.4f} | {r['minutes']:.1f} | "
+                  f"{r['examples_per_second']:.0f} | {r['epochs']:.2f} |")  # fmt: skip
+        path = save("vs_plain", {"datasets": results})
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
