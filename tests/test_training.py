@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 import tunesmith
 from conftest import write_csv, write_jsonl
@@ -192,3 +193,18 @@ def test_a_model_below_its_baseline_says_so(tiny_model: str, support_csv: Path, 
     assert result.metrics["f1_macro"] < result.baseline["f1_macro"] - 0.1
     warning = [line for line in logs if line.startswith("warning: the fine-tuned model")]
     assert len(warning) == 1 and "TF-IDF baseline" in warning[0] and "--method" in warning[0], logs
+
+
+def test_many_examples_a_class_get_fewer_larger_epochs(tiny_model: str, tmp_path: Path) -> None:
+    rows = [(f"{word} number {i}", word) for i in range(660) for word in ("refund", "delivery")]  # 528 a class
+    data = write_csv(tmp_path / "many.csv", rows)
+    logs: list[str] = []
+    registry = Registry(tmp_path / "home")
+    result = tunesmith.train(data, name="many", registry=registry, progress=False, log=logs.append,
+                             base_model=tiny_model, data__inspect=False)  # fmt: skip
+    assert any("training examples a class: 3 epochs of 32" in line for line in logs), logs
+    saved = yaml.safe_load((result.version.path / "config.yaml").read_text())["train"]
+    assert saved["epochs"] == 3 and saved["batch_size"] == 32
+    mine = tunesmith.train(data, name="mine", registry=registry, progress=False, log=lambda _m: None,
+                           base_model=tiny_model, epochs=1, data__inspect=False)  # fmt: skip
+    assert yaml.safe_load((mine.version.path / "config.yaml").read_text())["train"]["batch_size"] == 16
