@@ -257,7 +257,13 @@ def build_trainer(
         disable_tqdm=True,  # replaced by _progress_callback
         dataloader_num_workers=0,
     )
-    callbacks: list[Any] = [planning_callback(plan, log), *methods.callbacks(model), *extra_callbacks]
+    shown = _progress_callback(log, progress)
+
+    def say(line: str) -> None:  # above the step bar when there is one, not through it
+        bar = shown.training_bar
+        bar.write(line) if bar is not None else log(line)
+
+    callbacks: list[Any] = [planning_callback(plan, say), *methods.callbacks(model), *extra_callbacks]
     if settings.early_stopping_patience and len(val_set) >= SMALL_VALIDATION:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
     elif settings.early_stopping_patience:
@@ -286,7 +292,7 @@ def build_trainer(
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(_progress_callback(log, progress))
+    trainer.add_callback(shown)
     trainer.plan = plan
     return trainer
 
