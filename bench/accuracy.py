@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import tunesmith
-from _common import RESULTS, require_shared_data, save, write_csv
+from _common import RESULTS, machine, require_shared_data, save, write_csv
 
 # Reference figures for context (same or larger models), with their source.
 REFERENCES = {
@@ -92,6 +92,7 @@ def run(name: str, data: Path) -> dict[str, object]:
         "total_minutes": round(total, 2),
         "settings": "defaults" + (f", max_minutes={kwargs['max_minutes']}" if "max_minutes" in kwargs else ""),
         "reference": REFERENCES[name],
+        "machine": machine(),  # per row: the file keeps rows of earlier runs, from other machines and days
     }
 
 
