@@ -192,7 +192,7 @@ def test_a_model_below_its_baseline_says_so(tiny_model: str, support_csv: Path, 
                                                    log=logs.append)  # fmt: skip
     assert result.metrics["f1_macro"] < result.baseline["f1_macro"] - 0.1
     warning = [line for line in logs if line.startswith("warning: the fine-tuned model")]
-    assert len(warning) == 1 and "TF-IDF baseline" in warning[0] and "--method" in warning[0], logs
+    assert len(warning) == 1 and "TF-IDF baseline" in warning[0] and "--method baseline" in warning[0], logs
 
 
 def test_many_examples_a_class_get_fewer_larger_epochs(tiny_model: str, tmp_path: Path) -> None:

@@ -31,9 +31,10 @@ class TextClassification(Task):
     training = "tunesmith.tasks.text_classification.training"
     baseline_name = "TF-IDF baseline"
     compared_metric = "f1_macro"
-    below_baseline_hint = ("Check that the base model reads the language of the texts (a multilingual "
-        "encoder for non-English data), and try --method lora or --method fewshot on small data, or more steps "
-        "(--epochs, --max-minutes).")
+    below_baseline_hint = ("To serve the better model, register the TF-IDF one: the same command with "
+        "--method baseline. To make fine-tuning pay, check that the base model reads the language of the texts "
+        "(a multilingual encoder for non-English data), and try --method lora or --method fewshot on small "
+        "data, or more steps (--epochs, --max-minutes).")
     data_shape = "labeled-texts"
     methods: ClassVar[tuple[str, ...]] = (*METHODS, "fewshot", "baseline")
     reads_pooler = True
