@@ -29,7 +29,7 @@ LONG_RUN_MINUTES = 30  # an unbounded run longer than this is announced with a h
 
 @dataclass
 class Plan:
-    """The run's schedule; `fit_budget` and `replan` change `total_steps` as speed is measured."""
+    """The run's schedule; `fit_budget` changes `total_steps` as speed is measured."""
 
     examples: int
     batch_size: int

@@ -391,13 +391,17 @@ class Run:
         it repeats the run."""
         save(model, staged)
         tokenizer.save_pretrained(staged / "model")
-        chosen = {**self.chosen, "max_length": meta.get("max_length")}
+        self.describe(staged, {"parameters": methods.parameter_counts(model), **meta})
+
+    def describe(self, staged: Path, meta: dict[str, Any]) -> None:
+        """config.yaml (fully resolved) and tunesmith.json into `staged`: all an artifact needs beside its model
+        files, for a model that has no network to save (`--method baseline`) as for one that has."""
+        chosen = {**self.chosen, "max_length": meta.get("max_length") or None}  # 0: no token limit (TF-IDF)
         unset = {k: v for k, v in chosen.items() if v is not None and getattr(self.settings, k) is None}
         config = self.config.model_copy(update={"train": self.settings.model_copy(update=unset)})
         (staged / "config.yaml").write_text(dump_config(config), encoding="utf-8")
         if self.plan is not None:  # the schedule as it was at the end: steps, what ended it, measured speed
             meta = {"plan": self.plan.as_dict(), **meta}
-        meta = {"parameters": methods.parameter_counts(model), **meta}
         artifact.write_meta(staged, artifact.describe(self.config, **meta))
 
     def register(self, staged: Path, metrics: dict[str, Any]) -> ModelVersion:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tunesmith.config import RunConfig, dump_config
+from tunesmith.config import RunConfig
 from tunesmith.models import load_classifier, model_max_length, resolve_model
 from tunesmith.tasks.base import TrainResult
 from tunesmith.tasks.text_classification.evaluation import (
@@ -142,12 +142,7 @@ def train(run: Run) -> TrainResult:
     ):
         if issue is not None:
             data.issues.append(issue)
-    for issue in data.issues:
-        log(str(issue))
-    if config.data.inspect:
-        from tunesmith.quality import summary_lines
-
-        summary_lines(config, run.task.data_shape, log)
+    _announce_checks(run, data)
     kind = "multi-label" if data.multi_label else "single-label"
     log(
         f"Data: {len(data.train)} train / {len(data.validation)} validation / {len(data.test)} test texts, "
@@ -240,17 +235,21 @@ def train(run: Run) -> TrainResult:
     return TrainResult(version, report["test"], report["baseline"], data.issues, minutes)
 
 
-def _register_baseline(run: Run, data: ClassificationData) -> TrainResult:
-    """`--method baseline`: the TF-IDF model alone, registered as a version that predicts and serves."""
-    from tunesmith import artifact
-    from tunesmith.tasks.text_classification import baseline as tfidf
-
+def _announce_checks(run: Run, data: ClassificationData) -> None:
+    """What loading found, then `inspect`'s quick checks (when on)."""
     for issue in data.issues:
         run.log(str(issue))
     if run.config.data.inspect:
         from tunesmith.quality import summary_lines
 
         summary_lines(run.config, run.task.data_shape, run.log)
+
+
+def _register_baseline(run: Run, data: ClassificationData) -> TrainResult:
+    """`--method baseline`: the TF-IDF model alone, registered as a version that predicts and serves."""
+    from tunesmith.tasks.text_classification import baseline as tfidf
+
+    _announce_checks(run, data)
     run.log(f"Data: {len(data.train)} train / {len(data.validation)} validation / {len(data.test)} test texts, "
             f"{len(data.label_names)} classes; training the TF-IDF model alone (--method baseline).")  # fmt: skip
     result = tfidf.train_baseline(data, seed=run.settings.seed)
@@ -272,9 +271,7 @@ def _register_baseline(run: Run, data: ClassificationData) -> TrainResult:
         _write_splits(staged / "data", data)
         result.model.save(staged / tfidf.FOLDER)
         meta = _artifact_meta(run.config, data, report, threshold=threshold, max_length=0, bf16=False)
-        meta.update(architecture=tfidf.ARCHITECTURE, precision="fp64", base_model=None)
-        (staged / "config.yaml").write_text(dump_config(run.config), encoding="utf-8")
-        artifact.write_meta(staged, artifact.describe(run.config, **meta))
+        run.describe(staged, {**meta, "architecture": tfidf.ARCHITECTURE, "precision": "fp64", "base_model": None})
         version = run.register(staged, headline(report["test"]))
     run.log(f"TF-IDF model trained in {result.seconds:.1f} s and registered as {version.ref}.")
     return TrainResult(version, report["test"], report["baseline"], data.issues, result.seconds / 60)
