@@ -203,9 +203,10 @@ def trained_home(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, supp
     folder = tmp_path_factory.mktemp("trained")
     data = write_csv(folder / "support.csv", support_rows)
     home = folder / "home"
+    # The tiny model's word embeddings are random, not pretrained: they must train (freeze_embeddings False).
     tunesmith.train(
         data, registry=Registry(home), name="support", progress=False, base_model=tiny_model, epochs=25, early_stopping_patience=0,
-        learning_rate=5e-3, batch_size=16,
+        learning_rate=5e-3, batch_size=16, freeze_embeddings=False,
     )  # fmt: skip
     return home
 

@@ -67,7 +67,10 @@ def test_train_with_defaults_on_the_embedded_model(capsys, tmp_path: Path, suppo
         csv.writer(handle).writerows([("text", "label"), *support_rows[:60]])
     code, out, err = run(capsys, "--home", str(tmp_path / "h"), "train", str(data), "--max-steps", "4", "--no-progress")
     assert code == 0, err
-    assert "tickets@1" in out and "TF-IDF baseline" in out and "Data: 48 train" in err
+    assert "tickets@1" in out and "TF-IDF baseline" in out
+    # 54 rows (6 validation rows folded in), 9 a class: few-shot by default, and the step limit holds for it too.
+    assert "Data: 54 train (the validation rows among them)" in err and "few-shot training" in err
+    assert "(4 steps)" in err
     assert "inspect: " in err  # the quick data checks ran first
 
 

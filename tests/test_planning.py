@@ -91,7 +91,8 @@ def test_a_budgeted_run_is_planned_replanned_and_ends_on_plan(
 
     config = tunesmith.load_config(None, {"data.train": str(support_csv), "name": "planned", "train.base_model": tiny_model,
                                           "train.epochs": 100, "train.learning_rate": 5e-3, "train.batch_size": 16,
-                                          "train.max_minutes": 0.25})  # fmt: skip
+                                          "train.max_minutes": 0.25, "data.train_on_small_validation": False,
+                                          "train.method": "full"})  # fmt: skip
     logs: list[str] = []
     started = time.monotonic()
     # 0.1 s a step, then 0.25 s from step 40: the plan made on the first speed no longer fits and is re-made.
@@ -115,6 +116,59 @@ def test_a_budgeted_run_is_planned_replanned_and_ends_on_plan(
 
 
 def test_without_a_budget_the_evaluations_are_spread_over_the_epochs(train_tiny, support_csv: Path) -> None:
-    result = train_tiny(support_csv, epochs=5, evaluations=4)
+    result = train_tiny(support_csv, epochs=5, evaluations=4, train_on_small_validation=False, method="full")
     planned = json.loads((result.version.path / "tunesmith.json").read_text())["plan"]
     assert planned["total_steps"] == 30 and planned["limited_by"] == "epochs" and planned["eval_every"] == 8
+
+
+def _train_watching(config: Any, tmp_path: Path) -> tuple[Any, list[str], dict[str, Any]]:
+    """Train with a callback that records how the Trainer was set up."""
+    from transformers import TrainerCallback
+
+    from tunesmith.tasks import get_task
+
+    seen: dict[str, Any] = {}
+
+    class Watch(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            seen.update(best_at_end=args.load_best_model_at_end, train_rows=len(kwargs["train_dataloader"].dataset))
+
+    logs: list[str] = []
+    result = get_task("text-classification").train(config, registry=tunesmith.Registry(tmp_path / "home"),
+                                                    progress=False, log=logs.append, callbacks=[Watch()])  # fmt: skip
+    return result, logs, seen
+
+
+def test_small_data_trains_on_every_row_for_the_planned_steps_and_keeps_the_last_weights(
+    tiny_model: str, support_csv: Path, tmp_path: Path
+) -> None:  # fmt: skip
+    # 120 texts: 12 validation rows, too few to stop on or to pick a checkpoint by, so they train the model too.
+    config = tunesmith.load_config(None, {"data.train": str(support_csv), "name": "small", "train.base_model": tiny_model,
+                                          "train.learning_rate": 5e-3, "train.batch_size": 16})  # fmt: skip
+    result, logs, seen = _train_watching(config, tmp_path)
+    meta = json.loads((result.version.path / "tunesmith.json").read_text())
+    sizes = meta["data"]["sizes"]
+    assert sizes["train"] == seen["train_rows"] == 120 - sizes["test"], sizes  # validation rows folded in
+    assert seen["best_at_end"] is False
+    assert any("too few to choose a checkpoint by" in line and "train the model too" in line for line in logs), logs
+    assert any(line.startswith("No early stopping") and "keeps the last weights" in line for line in logs), logs
+    assert json.loads((result.version.path / "metrics.json").read_text())["validation_trained_on"] is True
+    planned = meta["plan"]
+    assert planned["total_steps"] >= 300 and planned["limited_by"] == "epochs"  # the promised ~300 steps
+
+
+def test_a_validation_file_given_is_never_trained_on(
+    tiny_model: str, support_rows: list[tuple[str, str]], tmp_path: Path
+) -> None:  # fmt: skip
+    from conftest import write_csv
+
+    train = write_csv(tmp_path / "train.csv", support_rows[:100])
+    validation = write_csv(tmp_path / "validation.csv", support_rows[100:])
+    config = tunesmith.load_config(None, {"data.train": str(train), "data.validation": str(validation), "name": "v",
+                                          "train.base_model": tiny_model, "train.epochs": 2, "train.method": "full",
+                                          "train.learning_rate": 5e-3, "train.batch_size": 16})  # fmt: skip
+    result, logs, seen = _train_watching(config, tmp_path)
+    sizes = json.loads((result.version.path / "tunesmith.json").read_text())["data"]["sizes"]
+    assert sizes["validation"] == 20 and seen["train_rows"] == sizes["train"] == 100 - sizes["test"]
+    assert not any("train the model too" in line for line in logs)
+    assert json.loads((result.version.path / "metrics.json").read_text())["validation_trained_on"] is False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -43,6 +44,8 @@ def test_search_prunes_registers_the_best_and_saves_plots(
     assert version is not None and version.ref == "s@1"
     meta = tunesmith.load_model("s", registry=registry).meta
     assert meta["tuning"]["best_trial"] == result.best["number"] and meta["name"] == "s"
+    # 12 validation rows would train a plain run of this data; trials are ranked on them, so they stay held out.
+    assert json.loads((version.path / "metrics.json").read_text())["validation_trained_on"] is False
     assert (version.path / "tuning" / "optimization_history.png").stat().st_size > 1000
     assert (version.path / "tuning" / "param_importances.png").is_file()
     # Only the best trial's artifact is kept in the scratch registry.

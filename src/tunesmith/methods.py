@@ -48,6 +48,7 @@ def prepare(model: Any, settings: Any, task: Task, total_steps: int) -> Any:
     """`model` made ready for `settings.method`: wrapped with a peft adapter, partly frozen, or as it is."""
     method = settings.method
     if method == "full":
+        freeze_embeddings(model, settings.freeze_embeddings)
         return model
     if method in UNAVAILABLE:
         raise ConfigError(UNAVAILABLE[method])
@@ -81,6 +82,17 @@ def prepare(model: Any, settings: Any, task: Task, total_steps: int) -> Any:
             f"peft cannot apply {method} to {type(model).__name__}: {exc} Name the layers to adapt with "
             '--set train.target_modules=\'["query","value"]\' (the names of its attention projections).'
         ) from None
+
+
+def freeze_embeddings(model: Any, wanted: bool | None) -> bool:
+    """Fix the input word embeddings in place when `wanted` (a task's default fills in None). A language model
+    whose output layer shares that matrix would stop learning its head too, so there it is never done
+    implicitly. True when frozen."""
+    embeddings = model.get_input_embeddings()
+    if not wanted or embeddings is None:
+        return False
+    embeddings.weight.requires_grad_(False)
+    return True
 
 
 def callbacks(model: Any) -> list[Any]:

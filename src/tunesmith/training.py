@@ -35,8 +35,8 @@ Log = Callable[[str], None]
 SELECTION_METRIC = "selection_score"
 MIN_STEPS = 300  # optimisation steps a default run makes however small the data (up to MAX_EPOCHS)
 MAX_EPOCHS = 300
-# Below this many validation rows, early stopping stops on noise (3 held-out texts ended a 32-text run after 3
-# epochs): such runs train the planned steps.
+# Below this many validation rows, early stopping and the best-checkpoint choice follow noise (3 held-out texts
+# ended a 32-text run after 3 epochs): such runs train the planned steps and keep the last weights.
 SMALL_VALIDATION = 50
 NEVER = 10**9  # the Trainer's own eval/save interval; the plan triggers both
 
@@ -241,7 +241,7 @@ def build_trainer(
         eval_steps=NEVER,
         save_steps=NEVER,
         save_total_limit=2,
-        load_best_model_at_end=settings.method not in methods.LAST_WEIGHTS_ONLY,
+        load_best_model_at_end=settings.method not in methods.LAST_WEIGHTS_ONLY and len(val_set) >= SMALL_VALIDATION,
         metric_for_best_model=select_by,
         greater_is_better=select_by != "loss",
         # A language model's logits over the validation set (tokens x vocabulary) would not fit in memory.
@@ -267,8 +267,9 @@ def build_trainer(
     if settings.early_stopping_patience and len(val_set) >= SMALL_VALIDATION:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
     elif settings.early_stopping_patience:
-        log(f"No early stopping: {len(val_set)} validation rows are too few to stop on (fewer than "
-            f"{SMALL_VALIDATION}); the run makes its planned {plan.bound_steps:,} steps.")  # fmt: skip
+        log(f"No early stopping: {len(val_set)} validation rows are too few to stop on or to choose a checkpoint "
+            f"by (fewer than {SMALL_VALIDATION}); the run makes its planned {plan.bound_steps:,} steps and keeps "
+            "the last weights.")  # fmt: skip
     log(plan.describe())
 
     class PlannedTrainer(Trainer):

@@ -236,7 +236,8 @@ def tune(
                 update["max_minutes"] = left
                 trial.set_user_attr("budget_minutes", round(left, 2))
         settings = config.train.model_copy(update=update)
-        quiet = config.data.model_copy(update={"inspect": False})  # the data is the same in every trial
+        # The data is the same in every trial (checked once), and validation, which ranks the trials, is held out.
+        quiet = config.data.model_copy(update={"inspect": False, "train_on_small_validation": False})
         run = config.model_copy(update={"train": settings, "data": quiet, "name": f"trial-{trial.number}"})
         trial_registry = Registry(scratch / "home", database_url=f"sqlite:///{scratch / 'trials.db'}")
         started = time.perf_counter()

@@ -81,6 +81,9 @@ class Task(ABC):
     methods: ClassVar[tuple[str, ...]] = METHODS
     default_method: ClassVar[str] = "full"
     default_base_model: ClassVar[str | None] = None  # None: the embedded encoder (config.DEFAULT_MODEL)
+    # Full fine-tuning keeps the word embeddings fixed unless told otherwise (train.freeze_embeddings): set where
+    # it was measured to pay (text classification: 1.15x steps on short texts, equal or better accuracy).
+    freezes_embeddings: ClassVar[bool] = False
     reads_pooler: ClassVar[bool] = False  # the head reads the encoder's pooler, which adapters must then train
     export_format: ClassVar[Literal["onnx", "merged"]] = "onnx"
     training: ClassVar[str]  # the module whose `train(run: training.Run) -> TrainResult` is the training body
@@ -92,7 +95,7 @@ class Task(ABC):
     # -- training -----------------------------------------------------------------------------------
 
     def resolve(self, config: RunConfig) -> RunConfig:
-        """`config` with this task's defaults for what the user left unset (base model and method)."""
+        """`config` with this task's defaults for what the user left unset (base model, method, embeddings)."""
         from tunesmith.config import DEFAULT_MODEL
 
         chosen = config.train.model_fields_set
@@ -101,6 +104,8 @@ class Task(ABC):
             updates["base_model"] = self.default_base_model
         if "method" not in chosen and config.train.method != self.default_method:
             updates["method"] = self.default_method
+        if config.train.freeze_embeddings is None:
+            updates["freeze_embeddings"] = self.freezes_embeddings
         if not updates:
             return config
         return config.model_copy(update={"train": config.train.model_copy(update=updates)})

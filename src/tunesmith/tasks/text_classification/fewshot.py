@@ -74,6 +74,9 @@ def fit(
     iterations = settings.fewshot_iterations
     pairs = min(2 * iterations * len(body), settings.fewshot_max_pairs)
     steps = max(1, math.ceil(pairs / settings.batch_size))
+    if settings.max_steps:  # the user's step limit bounds the contrastive steps as it bounds any other method's
+        steps = min(steps, settings.max_steps)
+        pairs = min(pairs, steps * settings.batch_size)
     log(f"Few-shot: contrastive tuning on {len(body)} texts, {pairs} pairs ({steps} steps); then a "
         f"logistic-regression head on all {len(texts)} training texts.")  # fmt: skip
     model = setfit.SetFitModel.from_pretrained(

@@ -38,6 +38,7 @@ class TextClassification(Task):
     data_shape = "labeled-texts"
     methods: ClassVar[tuple[str, ...]] = (*METHODS, "fewshot", "baseline")
     reads_pooler = True
+    freezes_embeddings = True
     answers_with_label = True
 
     def load(self, path: str | Path, backend: str = "auto", threads: int | None = None) -> BaseClassifier:
