@@ -46,8 +46,8 @@ class DataConfig(_Settings):
     )
     train_on_small_validation: bool = Field(
         True,
-        description="text-classification: when the validation split is cut from the training file and has fewer "
-        "than 50 rows (too few to stop on or to choose a checkpoint by), train on those rows too; the test split "
+        description="single-label text-classification: when the validation split is cut from the training file and "
+        "has fewer than 50 rows (too few to stop on or to choose a checkpoint by), train on those rows too; the test split "
         "still measures the model. `tune` turns it off: its trials are compared on validation.",
     )
     drop_duplicates: bool = Field(
