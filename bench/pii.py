@@ -20,7 +20,7 @@ import random
 from pathlib import Path
 
 from _common import require_shared_data, save
-from tunesmith.quality import pii
+from tunesmith import pii
 
 AREA_CODES = ["212", "213", "312", "415", "617", "202", "305", "404", "713", "206", "646", "718"]
 TEAMS = ["Seattle", "Boston", "New York", "Toronto", "Detroit", "Chicago", "Baltimore", "Oakland", "Texas", "Kansas City"]

@@ -14,7 +14,7 @@ import pytest
 import tunesmith
 from conftest import make_sentences, write_conll, write_csv
 from test_cli import run
-from tunesmith.quality import pii
+from tunesmith import pii
 
 _VOCABULARIES = {
     "sports": "goal match team coach player league score referee stadium season trophy striker keeper pitch fans "
@@ -301,7 +301,7 @@ def test_label_errors_with_the_large_data_set_up(
 
 @pytest.mark.parametrize("hostile", ["a." * 20_000, "a-" * 20_000, "a@" + "a." * 20_000])
 def test_email_detection_is_linear(hostile: str) -> None:
-    from tunesmith.quality.pii import find
+    from tunesmith.pii import find
 
     started = time.perf_counter()
     find(hostile)

@@ -33,6 +33,9 @@ class Case:
     base: str = "tiny_model"  # the fixture holding the base model
     route: str = "/models/m"  # where the served model answers, in the API its users' clients speak
     exports: bool = True  # exported to ONNX (int8 checked); else exported its own way and served on PyTorch
+    feedback: Any = None  # a right answer to the served request, in the task's shape
+    bad_feedback: Any = None  # one the task must refuse with a 4xx
+    reads: Callable[[Path], int] | None = None  # the task's training loader over an exported feedback file: rows
 
 
 CASES = {
@@ -42,6 +45,8 @@ CASES = {
         lambda model: [p.label for p in model.predict(["where is my parcel", "refund please", "the app crashes"])],
         "where is my parcel",
         lambda body: isinstance(body, list) and {"label", "score"} <= set(body[0][0]),
+        feedback="order_status", bad_feedback=42,
+        reads=lambda path: len(__import__("tunesmith.data", fromlist=["read_table"]).read_table(path)),
     ),
     "token-classification": Case(
         lambda folder, _rows: write_conll(folder / "train.conll", make_sentences(80)),
@@ -51,6 +56,10 @@ CASES = {
         ],
         "yesterday dave moved to oslo",
         lambda body: isinstance(body, list) and all({"entity_group", "word", "start", "end"} <= set(e) for e in body),
+        feedback=[{"start": 10, "end": 14, "label": "PER"}, {"start": 24, "end": 28, "label": "LOC"}],
+        bad_feedback=[{"start": 10, "end": 99, "label": "PER"}],  # past the end of the text
+        reads=lambda path: len(__import__("tunesmith.tasks.token_classification.sentences",
+                                          fromlist=["read_sentences"]).read_sentences(path)),
     ),
     "question-answering": Case(
         lambda folder, _rows: squad(folder / "train.json", make_paragraphs(60, unanswerable=True), "v2.0"),
@@ -58,6 +67,9 @@ CASES = {
         lambda model: [(a[0].start, a[0].end) for a in model.answer(["who moved ?", "where to ?"], [CONTEXT] * 2)],
         {"question": "where to ?", "context": CONTEXT},
         lambda body: isinstance(body, dict) and {"answer", "score", "start", "end"} <= set(body),
+        feedback={"text": "rome", "answer_start": CONTEXT.index("rome")}, bad_feedback={"text": "paris"},
+        reads=lambda path: len(__import__("tunesmith.tasks.question_answering.examples",
+                                          fromlist=["read_examples"]).read_examples(path)[0]),
     ),
     "text-generation": Case(
         lambda folder, _rows: write_jsonl(folder / "train.jsonl", make_pairs(40, seed=2)),
@@ -65,7 +77,9 @@ CASES = {
         lambda model: [model.chat([{"role": "user", "content": p}], max_tokens=6).text for p in ("order 12", "hi")],
         {"model": "m", "prompt": "order=", "max_tokens": 4},
         lambda body: body["object"] == "text_completion" and isinstance(body["choices"][0]["text"], str),
-        base="tiny_llm", route="/v1/completions", exports=False,
+        base="tiny_llm", route="/v1/completions", exports=False, feedback="order 12 is on its way", bad_feedback="",
+        reads=lambda path: len(__import__("tunesmith.tasks.text_generation.conversations",
+                                          fromlist=["read_conversations"]).read_conversations(path)),
     ),
 }
 
@@ -130,6 +144,7 @@ def test_train_evaluate_register_export_serve_predict(
         assert info["task"] == task and info["backend"] == "pytorch"
         response = httpx.post(f"{server.url}{case.route}", json=case.hf_inputs)
         assert response.status_code == 200 and case.check_hf(response.json()), response.text
+        _logged_with_feedback(task, case, server, registry, response, tmp_path)
         return
     record = tunesmith.export_model("m", registry=registry)
     print(
@@ -155,3 +170,30 @@ def test_train_evaluate_register_export_serve_predict(
     assert info["task"] == task and info["backend"].startswith("onnx")
     response = httpx.post(f"{server.url}{case.route}", json={"inputs": case.hf_inputs})
     assert response.status_code == 200 and case.check_hf(response.json()), response.text
+    _logged_with_feedback(task, case, server, registry, response, tmp_path)
+
+
+def _logged_with_feedback(task: str, case: Case, server: Any, registry: Any, response: Any, tmp_path: Path) -> None:
+    """The served answer is in the prediction log under its request id; feedback on it is checked in the task's
+    shape (a wrong shape is a 422), stored, and exported as a file the task's own training loader reads."""
+    import time
+
+    import httpx
+
+    from tunesmith.monitoring.feedback import export_feedback
+    from tunesmith.monitoring.predictions import find_prediction
+
+    request_id = response.headers["x-request-id"]
+    deadline = time.time() + 10
+    while not (rows := find_prediction(registry.home, "m", request_id)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert len(rows) == 1, rows
+    row = rows[0]
+    assert row["task"] == task and row["version"] == 1 and row["latency_ms"] > 0 and row["input"], row
+    bad = httpx.post(f"{server.url}/v1/models/m/feedback", json={"request_id": request_id, "answer": case.bad_feedback})
+    assert bad.status_code == 422 and bad.json()["error"], bad.text
+    good = httpx.post(f"{server.url}/v1/models/m/feedback", json={"request_id": request_id, "answer": case.feedback})
+    assert good.status_code == 201 and good.json()["version"] == 1, good.text
+    exported = tmp_path / "feedback.jsonl"
+    assert export_feedback(registry.home, "m", get_task(task), exported) == 1
+    assert case.reads is not None and case.reads(exported) == 1

@@ -127,7 +127,7 @@ class _ApiKeyRow(_Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
-SCOPES = ("read", "admin")
+SCOPES = ("read", "feedback", "admin")  # lowest first: each scope may do what those before it may
 KEY_PREFIX = "tsk_"
 
 

@@ -3,6 +3,6 @@ the task renders. Commands live in modules by what they act on; importing them r
 the order `tunesmith --help` lists them."""
 
 from tunesmith.cli.app import app, main  # noqa: I001
-from tunesmith.cli import training, data, using, registry
+from tunesmith.cli import training, data, using, registry, monitoring
 
-__all__ = ["app", "data", "main", "registry", "training", "using"]
+__all__ = ["app", "data", "main", "monitoring", "registry", "training", "using"]

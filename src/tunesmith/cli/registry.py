@@ -19,7 +19,7 @@ from tunesmith.tasks.catalog import TASKS
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Argument(help="A name for the key (who or what uses it).")],
-    scope: Annotated[list[str] | None, typer.Option(help="read (predictions) and/or admin (reload, aliases).")] = None,
+    scope: Annotated[list[str] | None, typer.Option(help="read (predictions), feedback (read + sending feedback) or admin (everything: reload, aliases).")] = None,
 ) -> None:
     """Create an API key. It is printed once; only its hash is stored."""
     key = open_registry().create_key(name, scope or ["read"])

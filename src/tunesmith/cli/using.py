@@ -167,6 +167,10 @@ def serve(
     ] = None,
     protect_ops: Annotated[bool | None, typer.Option("--protect-ops", help=described(ServeSettings, "protect_ops"))] = None,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="JSON access log on stderr.")] = True,
+    log_predictions: Annotated[
+        bool | None, typer.Option("--log-predictions/--no-log-predictions", help=described(ServeSettings, "log_predictions"))
+    ] = None,
+    log_inputs: Annotated[str | None, typer.Option(help=described(ServeSettings, "log_inputs"))] = None,
 ) -> None:
     """Serve registered models over HTTP: /v1/models/NAME/predict, /predict, /models/NAME, /metrics, /docs."""
     from tunesmith.serving import load_settings
@@ -179,5 +183,6 @@ def serve(
         "max_body_bytes": max_body_bytes, "request_timeout_s": request_timeout, "threads": threads,
         "watch_interval_s": watch_interval, "rate_limit_per_s": rate_limit,
         "max_concurrent_requests": max_concurrent_requests, "protect_ops": protect_ops,
+        "log_predictions": log_predictions, "log_inputs": log_inputs,
     })  # fmt: skip
     run_server(settings, open_registry(), access_log_enabled=access_log)

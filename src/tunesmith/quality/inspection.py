@@ -23,10 +23,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tunesmith import pii
 from tunesmith.artifact import library_versions
 from tunesmith.config import RunConfig
 from tunesmith.errors import ConfigError, DataError
-from tunesmith.quality import checks, label_errors, pii, report
+from tunesmith.quality import checks, label_errors, report
 from tunesmith.quality.checks import Rows
 from tunesmith.tasks.base import DataShape
 from tunesmith.tasks.token_classification.sentences import normalize_tags, read_sentences

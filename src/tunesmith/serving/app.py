@@ -18,7 +18,7 @@ from tunesmith.registry import Registry
 from tunesmith.serving import generation
 from tunesmith.serving.middleware import RequestMiddleware, configure_logging, error_body
 from tunesmith.serving.routes import admin as admin_routes
-from tunesmith.serving.routes import models, operations, predict
+from tunesmith.serving.routes import feedback, models, operations, predict
 from tunesmith.serving.schemas import (
     ApiError,
 )
@@ -84,6 +84,7 @@ def create_app(settings: ServeSettings, registry: Registry | None = None) -> Fas
     # always need an admin key: on loopback too, since any web page the user opens can post to localhost.
     read = [Depends(RequireScope("read"))] if server.auth else []
     admin = [Depends(RequireScope("admin"))]
+    sending_feedback = [Depends(RequireScope("feedback"))] if server.auth else []
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -122,6 +123,7 @@ def create_app(settings: ServeSettings, registry: Registry | None = None) -> Fas
     app.include_router(operations.routes(server, read))
     app.include_router(models.routes(server, read))
     app.include_router(predict.routes(server, read))
+    app.include_router(feedback.routes(server, sending_feedback))
     app.include_router(admin_routes.routes(server, admin))
     generating = [name for name, task in server.tasks.items() if TASKS[task].request == "chat"]
     if generating:  # OpenAI-compatible routes only where they can answer

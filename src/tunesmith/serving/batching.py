@@ -38,6 +38,10 @@ class Metrics:
         self.version = Gauge("tunesmith_model_version", "Version being served.", ["model", "backend"], registry=r)
         self.swaps = Counter("tunesmith_model_swaps", "Hot swaps to another version.", ["model"], registry=r)
         self.queue = Gauge("tunesmith_queue_texts", "Texts waiting for the model.", ["model"], registry=r)
+        self.log_queue = Gauge("tunesmith_prediction_log_queue", "Predictions waiting to be written to the log.",
+                               registry=r)  # fmt: skip
+        self.log_dropped = Counter("tunesmith_prediction_log_dropped", "Predictions not logged: the log's queue was "
+                                   "full.", registry=r)  # fmt: skip
 
 
 @dataclass

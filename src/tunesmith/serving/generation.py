@@ -272,6 +272,7 @@ async def hf_text_generation(generations: Generations, name: str, body: Any, req
                    "temperature": (get("temperature") or 1.0) if sample else 0.0, "top_p": get("top_p") or 1.0,
                    "stop": get("stop"), "seed": get("seed")}  # fmt: skip
         result = await generations.run(name, generator, ids, options, request)
+        generations.server.log_answers(name, loaded, [[{"role": "user", "content": prompt}]], [result])
         out: dict[str, Any] = {"generated_text": (prompt if get("return_full_text") else "") + result.text}
         if get("details"):
             out["details"] = {"finish_reason": "eos_token" if result.finish_reason == "stop" else "length",
@@ -343,6 +344,7 @@ def routes(server: Any, dependencies: list[Any]) -> APIRouter:
         head = {"id": ident, "created": created, "model": body.model}
         if not body.stream:
             result = await generations.run(body.model, generator, ids, options, request)
+            server.log_answers(body.model, loaded, [messages], [result])
             return JSONResponse({**head, "object": "chat.completion", "choices": [{
                 "index": 0, "message": {"role": "assistant", "content": result.text},
                 "finish_reason": result.finish_reason, "logprobs": None}], "usage": _usage(result)})  # fmt: skip
@@ -355,6 +357,7 @@ def routes(server: Any, dependencies: list[Any]) -> APIRouter:
                 if isinstance(piece, str):
                     yield _sse({**chunk, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
                 else:
+                    server.log_answers(body.model, loaded, [messages], [piece])
                     yield _sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": piece.finish_reason}],
                                 "usage": _usage(piece)})  # fmt: skip
             yield "data: [DONE]\n\n"
@@ -373,6 +376,7 @@ def routes(server: Any, dependencies: list[Any]) -> APIRouter:
                 "object": "text_completion"}  # fmt: skip
         if not body.stream:
             result = await generations.run(body.model, generator, ids, options, request)
+            server.log_answers(body.model, loaded, [[{"role": "user", "content": prompt}]], [result])
             return JSONResponse({**head, "choices": [{"index": 0, "text": result.text, "logprobs": None,
                                                       "finish_reason": result.finish_reason}], "usage": _usage(result)})  # fmt: skip
 
@@ -381,6 +385,7 @@ def routes(server: Any, dependencies: list[Any]) -> APIRouter:
                 if isinstance(piece, str):
                     yield _sse({**head, "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}]})
                 else:
+                    server.log_answers(body.model, loaded, [[{"role": "user", "content": prompt}]], [piece])
                     yield _sse({**head, "choices": [{"index": 0, "text": "", "logprobs": None,
                                                      "finish_reason": piece.finish_reason}], "usage": _usage(piece)})  # fmt: skip
             yield "data: [DONE]\n\n"

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials
 
 from tunesmith.serving.schemas import ApiError
-from tunesmith.serving.server import Server
+from tunesmith.serving.server import RequestInfo, Server, current_request
 
 access_log = logging.getLogger("tunesmith.access")
 
@@ -71,8 +71,11 @@ class RequestMiddleware:
                 return path, None
             if path in OPS_PATHS:
                 return path, "read" if self.server.settings.protect_ops else None
-            if "admin" in (getattr(route, "tags", None) or []):
+            tags = getattr(route, "tags", None) or []
+            if "admin" in tags:
                 return path, "admin"
+            if "feedback" in tags:
+                return path, "feedback" if self.server.auth else None
             return path, "read" if self.server.auth else None
         return "unmatched", None
 
@@ -104,7 +107,11 @@ class RequestMiddleware:
                 response = JSONResponse(body_json, status_code=http, headers=extra)
                 await response(scope, receive, send_with_id)
             else:
-                await self.app(scope, _replay(body, receive), send_with_id)
+                token = current_request.set(RequestInfo(request_id, started, scope.get("tunesmith_caller", "")))
+                try:
+                    await self.app(scope, _replay(body, receive), send_with_id)
+                finally:
+                    current_request.reset(token)
         finally:
             self.in_flight -= 1
             self._account(scope, route, status[0], time.perf_counter() - started, request_id)
@@ -127,6 +134,7 @@ class RequestMiddleware:
             credentials = HTTPAuthorizationCredentials(scheme=scheme, credentials=token.strip()) if token else None
             try:
                 identity = await server.check_key(credentials, needs)
+                scope["tunesmith_caller"] = identity
             except ApiError as exc:
                 return exc.status, exc.code, exc.message, exc.headers
         if declared > settings.max_body_bytes:

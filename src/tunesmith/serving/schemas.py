@@ -183,6 +183,36 @@ class AliasRequest(BaseModel):
 AliasName = Annotated[str, PathParam(pattern=r"^[A-Za-z][A-Za-z0-9._-]{0,63}$", description="e.g. production")]
 
 
+class ChatMessage(BaseModel):
+    role: str
+    content: str
+
+
+class FeedbackRequest(BaseModel):
+    """The right answer to a served prediction, named by its request id or by its input."""
+
+    model_config = ConfigDict(extra="forbid")
+    request_id: str | None = Field(None, max_length=64, description="The X-Request-ID of the prediction's response.")
+    index: int = Field(0, ge=0, description="Which input of that request (a request may hold several texts).")
+    input: str | QuestionContext | Annotated[list[ChatMessage], Field(min_length=1)] | None = Field(
+        None, description="The input, when no request id is given (or the log keeps only hashes): a text, "
+        "{question, context}, or chat messages."
+    )
+    answer: Any = Field(
+        description='The right answer in the task\'s shape: a label ("refund"; a list for multi-label), entity '
+        'spans [{"start", "end", "label"}], an answer span {"text", "answer_start"}, or a preferred completion.'
+    )
+
+
+class FeedbackResponse(BaseModel):
+    id: int
+    model: str
+    request_id: str | None
+    version: int | None = Field(description="The version that made the prediction (None: not found in the log).")
+    correct: bool | None = Field(description="Whether the logged prediction was right (None: unknown).")
+    answer: Any
+
+
 class ErrorBody(BaseModel):
     error: str = Field(description="What was wrong and how to fix it.")
     code: str

@@ -6,21 +6,28 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi.security import HTTPAuthorizationCredentials
 
 from tunesmith.artifact import read_export
 from tunesmith.errors import ConfigError, TunesmithError
-from tunesmith.registry import ModelVersion, Registry, key_digest
+from tunesmith.monitoring.live import LiveMonitor
+from tunesmith.monitoring.predictions import Prediction, PredictionLog
+from tunesmith.monitoring.statistics import outputs_profile
+from tunesmith.registry import SCOPES, ModelVersion, Registry, key_digest
 from tunesmith.serving.batching import Loaded, Metrics, MicroBatcher, Slot
 from tunesmith.serving.schemas import ApiError, ModelInfo
 from tunesmith.serving.settings import ServeSettings, auth_enabled
 from tunesmith.tasks.catalog import TASKS
 
 log = logging.getLogger("tunesmith.server")
+REFERENCE_ROWS = 500  # validation rows a loaded model answers for its live reference (in the background)
 KEYS_EVERY_S = 5.0  # API keys are re-read at least this often, whatever the watch interval: revocation works
 MAX_BACKOFF_S = 60.0
 
@@ -59,6 +66,18 @@ def release_memory() -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+@dataclass
+class RequestInfo:
+    """Who is asking and since when: set by the middleware, read where a prediction is logged."""
+
+    request_id: str
+    started: float  # time.perf_counter() when the request arrived
+    caller: str = ""  # the API key's name ("" with auth off)
+
+
+current_request: ContextVar[RequestInfo | None] = ContextVar("tunesmith_request", default=None)
 
 
 class RateLimiter:
@@ -123,10 +142,21 @@ class Server:
                 f"Auth is on (binding {settings.host}) but no API keys exist. Create one with "
                 "`tunesmith keys create NAME --scope read`, or pass --auth off for a trusted network."
             )
+        self.live = LiveMonitor(self.metrics.registry)
+        self.predictions: PredictionLog | None = None
+        if settings.log_predictions:
+            self.predictions = PredictionLog(registry.home, inputs=settings.log_inputs, max_queue=settings.log_queue,
+                                             retention_days=settings.log_retention_days,
+                                             max_bytes=int(settings.log_max_mb * 1024 * 1024))  # fmt: skip
+            self.predictions.on_drop = self.metrics.log_dropped.inc
+            self.metrics.log_queue.set_function(self.predictions.queue.qsize)
+        for name in self.slots:
+            self.live.watch(name)
         self.inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.loader = ThreadPoolExecutor(1, thread_name_prefix="loader")
         self.batchers = {name: MicroBatcher(slot, self.inference, self.metrics) for name, slot in self.slots.items()}
         self._tasks: list[asyncio.Task[Any]] = []
+        self._profiling: set[asyncio.Task[Any]] = set()
         self._swap_lock = asyncio.Lock()
 
     # Loading and swapping run in the loader thread: serving goes on while a model loads.
@@ -166,6 +196,9 @@ class Server:
                     del previous  # the old model goes once its last batch has finished with it
                     await loop.run_in_executor(self.loader, release_memory)
                 self.metrics.version.labels(slot.name, loaded.predictor.backend).set(version.version)
+                profiling = asyncio.create_task(self._profile(slot.name, loaded))
+                self._profiling.add(profiling)  # a reference to the task until it ends (asyncio keeps weak ones)
+                profiling.add_done_callback(self._profiling.discard)
                 log.info(json.dumps({
                     "event": "model_loaded", "model": slot.name, "version": version.version,
                     "backend": loaded.predictor.backend, "previous": before,
@@ -197,11 +230,50 @@ class Server:
             self.watcher.update(status="ok", error=None, last_ok=time.time())
             delay = every
 
+    async def _profile(self, name: str, loaded: Loaded) -> None:
+        """The live gauges' reference: the model's own answers on (a sample of) its validation split, computed
+        on the inference thread between requests, after the model already serves."""
+        task = TASKS[loaded.task]
+        try:
+            items, answers = await asyncio.get_running_loop().run_in_executor(
+                self.loader, task.reference, loaded.version.path, "validation")  # fmt: skip
+            items, answers = items[:REFERENCE_ROWS], answers[:REFERENCE_ROWS] if answers is not None else None
+            outputs: list[dict[str, Any]] = []
+            for start in range(0, len(items), 32):
+                chunk = items[start : start + 32]
+                raw = await asyncio.get_running_loop().run_in_executor(self.inference, loaded.compute, chunk, 32)
+                outputs += task.log_outputs(loaded.predictor, raw)
+            correct = [task.is_correct(o, a) for o, a in zip(outputs, answers, strict=True)] if answers else None
+            if self.slots[name].current is loaded:  # not replaced meanwhile
+                self.live.set_profile(name, outputs_profile(outputs, correct) if outputs else None)
+        except Exception:  # the gauges go without a reference; serving is untouched
+            log.exception(json.dumps({"event": "reference_failed", "model": name}))
+
+    def log_answers(self, name: str, loaded: Loaded, items: list[Any], outputs: Any) -> None:
+        """Put a batch's answers on the prediction log's queue and into the live window (never blocks)."""
+        try:
+            logged = TASKS[loaded.task].log_outputs(loaded.predictor, outputs)
+        except Exception:  # monitoring must never fail a request it could not describe
+            log.exception(json.dumps({"event": "log_outputs_failed", "model": name}))
+            return
+        self.live.observe(name, logged)
+        if self.predictions is None:
+            return
+        info = current_request.get()
+        request_id = info.request_id if info else uuid.uuid4().hex
+        latency = (time.perf_counter() - info.started) * 1000 if info else 0.0
+        variant = self.slots[name].ref.partition("@")[2] or "latest"
+        for item, output in zip(items, logged, strict=True):
+            self.predictions.record(Prediction(request_id, name, loaded.version.version, variant, loaded.task, latency,
+                                               item, output, info.caller if info else ""))  # fmt: skip
+
     async def _reload_keys(self) -> None:
         self.keys_checked = time.monotonic()
         self.keys = await asyncio.get_running_loop().run_in_executor(self.loader, self.registry.key_table)
 
     async def start(self) -> None:
+        if self.predictions is not None:
+            self.predictions.start()
         for batcher in self.batchers.values():
             batcher.slot.worker = asyncio.create_task(batcher.run())
         self._tasks.append(asyncio.create_task(self.refresh()))
@@ -209,12 +281,14 @@ class Server:
 
     async def stop(self) -> None:
         # uvicorn has already waited for open requests; nothing is queued any more.
-        for task in self._tasks + [s.worker for s in self.slots.values() if s.worker]:
+        for task in self._tasks + list(self._profiling) + [s.worker for s in self.slots.values() if s.worker]:
             task.cancel()
         self.inference.shutdown(wait=True)
         if self.generations is not None:
             self.generations.pool.shutdown(wait=True)
         self.loader.shutdown(wait=False, cancel_futures=True)
+        if self.predictions is not None:
+            self.predictions.close()
 
     def ready(self) -> bool:
         return all(s.current is not None for s in self.slots.values())
@@ -249,7 +323,7 @@ class Server:
         if entry is None:
             raise ApiError(401, "invalid_key", "Unknown API key. Create one with `tunesmith keys create`.",
                            {"WWW-Authenticate": "Bearer"})  # fmt: skip
-        if scope not in entry[1] and "admin" not in entry[1]:
+        if max((SCOPES.index(s) for s in entry[1] if s in SCOPES), default=-1) < SCOPES.index(scope):  # each holds those below
             raise ApiError(403, "forbidden", f"The key {entry[0]!r} lacks the {scope!r} scope this route needs.")
         return entry[0]
 
@@ -293,6 +367,7 @@ class Server:
         self._require_request(slot, "question", f"send texts to /v1/models/{name}/predict instead.")
         question, context = self.check_texts([question, context])
         loaded, answers = await self.batchers[slot.name].submit([(question, context)], self.settings.request_timeout_s)
+        self.log_answers(slot.name, loaded, [{"question": question, "context": context}], answers)
         return loaded, answers[0]
 
     async def infer(self, name: str, texts: list[str]) -> tuple[Loaded, Any]:
@@ -303,6 +378,7 @@ class Server:
         loaded, outputs = await self.batchers[slot.name].submit(texts, self.settings.request_timeout_s)
         for label in TASKS[loaded.task].counted_labels(loaded.predictor, outputs):
             self.metrics.predictions.labels(slot.name, label).inc()
+        self.log_answers(slot.name, loaded, texts, outputs)
         return loaded, outputs
 
     def describe(self, slot: Slot) -> ModelInfo:

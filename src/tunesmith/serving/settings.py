@@ -86,6 +86,22 @@ class ServeSettings(BaseModel):
         50_000, ge=1, description="text-generation: most characters in a prompt (all messages), checked before "
         "the template is rendered or anything tokenized."
     )
+    log_predictions: bool = Field(
+        True, description="Record every prediction in the prediction log (<home>/logs/NAME/, SQLite segments an hour "
+        "each), off the request path: `tunesmith logs` exports it, `tunesmith monitor` reads it."
+    )
+    log_inputs: Literal["masked", "text", "hash"] = Field(
+        "masked", description="How the log keeps inputs: with personal data masked ([EMAIL], [PHONE], ...), as "
+        "sent, or as a SHA-256 hash only (then drift on the texts cannot be measured, only on the answers)."
+    )
+    log_queue: int = Field(
+        10_000, ge=1, description="Predictions waiting to be written beyond which new ones are dropped (and "
+        "counted in tunesmith_prediction_log_dropped): logging never slows or fails a request."
+    )
+    log_retention_days: float = Field(30.0, gt=0, description="Log segments older than this are deleted.")
+    log_max_mb: float = Field(
+        1024.0, gt=0, description="A model's log beyond this size loses its oldest segments (the current one stays)."
+    )
     max_stop_chars: int = Field(200, ge=1, description="text-generation: longest stop string accepted.")
     generation_timeout_s: float = Field(
         300.0, gt=0, description="text-generation: a whole (non-streamed) answer not ready by then is stopped: 504."

@@ -213,6 +213,32 @@ class Task(ABC):
 
     answers_with_label: ClassVar[bool] = False  # the original `/predict` route ({label, score}) applies
 
+    # -- after release: the prediction log, monitoring and feedback --------------------------------------
+
+    @abstractmethod
+    def log_outputs(self, predictor: Any, outputs: Any) -> list[dict[str, Any]]:
+        """What the prediction log keeps of each output of a server batch. Keys monitoring reads: `label` (a
+        name or a list of names) or `labels` (names counted per item, e.g. entity types), `confidence` (0-1,
+        left out when the task has none), and `figures` ({name: number}: what else is compared over time)."""
+
+    def reference(self, path: Path, split: str) -> tuple[list[Any], list[Any] | None]:
+        """(inputs as `serve_compute` takes them, the right answers or None) of a split stored in the artifact
+        (`validation`, `test`): the traffic a model's live traffic is compared with."""
+        return [], None
+
+    @abstractmethod
+    def is_correct(self, output: dict[str, Any], answer: Any) -> bool:
+        """Whether a logged output (a `log_outputs` item) is the right answer (a checked feedback answer)."""
+
+    @abstractmethod
+    def check_feedback(self, meta: dict[str, Any], item: Any, answer: Any) -> Any:
+        """`answer` to input `item` checked as training data is and put in the task's shape; a DataError says
+        what is wrong and how to write it. `meta` is the served model's tunesmith.json."""
+
+    @abstractmethod
+    def feedback_rows(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Feedback records (`input`, `answer`) as rows of a JSONL training file this task's loader reads."""
+
     # -- the command line -------------------------------------------------------------------------------
 
     @abstractmethod

@@ -76,6 +76,54 @@ class QuestionAnswering(Task):
 
         return predictor.answer([q for q, _ in items], [c for _, c in items], top_k=MAX_ANSWERS, batch_size=batch_size)
 
+    def log_outputs(self, predictor: Any, outputs: Any) -> list[dict[str, Any]]:
+        return [{"answer": a[0].text, "start": a[0].start, "end": a[0].end, "confidence": round(a[0].score, 5),
+                 "figures": {"answer_chars": len(a[0].text), "no_answer": float(not a[0].text)}}
+                for a in outputs]  # fmt: skip
+
+    def reference(self, path: Path, split: str) -> tuple[list[Any], list[Any] | None]:
+        from tunesmith.tasks.question_answering.examples import read_examples
+
+        file = Path(path) / "data" / f"{split}.jsonl"
+        if not file.is_file() or not file.stat().st_size:
+            return [], None
+        examples = read_examples(file)[0]
+        return [(e.question, e.context) for e in examples], [[text for text, _ in e.answers] for e in examples]
+
+    def is_correct(self, output: dict[str, Any], answer: Any) -> bool:
+        from tunesmith.tasks.question_answering.examples import normalize_answer
+
+        truths = [a if isinstance(a, str) else a["text"] for a in (answer if isinstance(answer, list) else [answer])]
+        given = normalize_answer(output.get("answer", ""))
+        return any(given == normalize_answer(t) for t in truths) if truths else not given
+
+    def check_feedback(self, meta: dict[str, Any], item: Any, answer: Any) -> Any:
+        context = item["context"] if isinstance(item, dict) else item[1]
+        if isinstance(answer, str):
+            answer = {"text": answer}
+        if not isinstance(answer, dict) or not isinstance(answer.get("text", answer.get("answer")), str):
+            raise DataError('Send the correct answer as {"text": span of the context, "answer_start": offset} '
+                            '({"text": ""} when the context holds no answer).')  # fmt: skip
+        text = answer.get("text", answer.get("answer"))
+        if not text:
+            return {"text": "", "answer_start": -1}
+        start = answer.get("answer_start", answer.get("start"))
+        if start is None:
+            start = context.find(text)
+        if not isinstance(start, int) or context[start : start + len(text)] != text:
+            raise DataError(f"The answer {text[:80]!r} is not a span of the context at offset {start}: send the exact "
+                            "characters of the context and where they start (answer_start).")  # fmt: skip
+        return {"text": text, "answer_start": start}
+
+    def feedback_rows(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        rows = []
+        for r in records:
+            item, answer = r["input"], r["answer"]
+            found = {"text": [answer["text"]], "answer_start": [answer["answer_start"]]} if answer["text"] else \
+                {"text": [], "answer_start": []}
+            rows.append({"question": item["question"], "context": item["context"], "answers": found})
+        return rows
+
     def summary(self, result: TrainResult) -> Summary:
         m, base = result.metrics, result.baseline
         rows = [[name, f"{m[key]:.4f}", f"{base[key]:.4f}" if key in base else "-"]

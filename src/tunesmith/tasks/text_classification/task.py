@@ -120,6 +120,47 @@ class TextClassification(Task):
             return []
         return [predictor.label_names[int(i)] for i in outputs.argmax(axis=1)]
 
+    def log_outputs(self, predictor: Any, outputs: Any) -> list[dict[str, Any]]:
+        probs = predictor.activate(outputs)
+        return [{"label": p.label, "confidence": round(p.score, 5), "scores": [round(float(x), 5) for x in row]}
+                for p, row in zip(predictor.decide(probs), probs, strict=True)]  # fmt: skip
+
+    def reference(self, path: Path, split: str) -> tuple[list[Any], list[Any] | None]:
+        import json
+
+        file = Path(path) / "data" / f"{split}.jsonl"
+        if not file.is_file():
+            return [], None
+        rows = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [r["text"] for r in rows], [r["label"] for r in rows]
+
+    def is_correct(self, output: dict[str, Any], answer: Any) -> bool:
+        label = output.get("label")
+        if isinstance(answer, list) or isinstance(label, list):
+            return sorted(label if isinstance(label, list) else [label]) == sorted(answer if isinstance(answer, list)
+                                                                                   else [answer])  # fmt: skip
+        return bool(label == answer)
+
+    def check_feedback(self, meta: dict[str, Any], item: Any, answer: Any) -> Any:
+        from tunesmith.errors import DataError
+
+        multi = bool(meta.get("multi_label"))
+        if multi and isinstance(answer, str):
+            answer = [answer]
+        if multi:
+            if not isinstance(answer, list) or not all(isinstance(a, str) and a.strip() for a in answer):
+                raise DataError('This model is multi-label: send the correct labels as a list of names, e.g. '
+                                '{"answer": ["billing", "bug"]} ([] for none).')  # fmt: skip
+            return sorted({a.strip() for a in answer})
+        if not isinstance(answer, str) or not answer.strip():
+            raise DataError('Send the correct label as a non-empty string, e.g. {"answer": "refund"}; this model '
+                            f"knows {', '.join(meta.get('label_names', [])[:10])}.")  # fmt: skip
+        # A label the model does not know is kept: it is how a new class enters the next training run.
+        return answer.strip()
+
+    def feedback_rows(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{"text": r["input"], "label": r["answer"]} for r in records]
+
     def summary(self, result: TrainResult) -> Summary:
         keys = ("accuracy", "f1_macro", "f1_micro", "f1_weighted")
         return Summary(

@@ -92,6 +92,31 @@ class TextGeneration(Task):
         """Short greedy chat answers, one per prompt (the server's warm-up and plain predictions)."""
         return [predictor.chat([{"role": "user", "content": p}], max_tokens=16) for p in items]
 
+    def log_outputs(self, predictor: Any, outputs: Any) -> list[dict[str, Any]]:
+        # The completion's length, not its text: a log of generated text would be a second copy of the traffic.
+        return [{"finish_reason": g.finish_reason,
+                 "figures": {"completion_chars": len(g.text), "completion_tokens": g.completion_tokens,
+                             "prompt_tokens": g.prompt_tokens, "stopped_by_length": float(g.finish_reason == "length")}}
+                for g in outputs]  # fmt: skip
+
+    def is_correct(self, output: dict[str, Any], answer: Any) -> bool:
+        return False  # a free text has no one right answer: feedback is a preferred completion, not a grade
+
+    def check_feedback(self, meta: dict[str, Any], item: Any, answer: Any) -> Any:
+        from tunesmith.errors import DataError
+
+        if isinstance(answer, dict):
+            answer = answer.get("content")
+        if not isinstance(answer, str) or not answer.strip():
+            raise DataError('Send the preferred completion as a non-empty string: {"answer": "the better reply"}.')
+        if not isinstance(item, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in item):
+            raise DataError('Name the conversation the completion answers: "input" as the request\'s messages '
+                            '[{"role": "user", "content": ...}], or the request_id of a logged generation.')  # fmt: skip
+        return answer
+
+    def feedback_rows(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{"messages": [*r["input"], {"role": "assistant", "content": r["answer"]}]} for r in records]
+
     def summary(self, result: TrainResult) -> Summary:
         m, before = result.metrics, result.baseline
         rows = [[k, f"{before[k]:.4f}", f"{m[k]:.4f}"] for k in self.headline_metrics]

@@ -84,6 +84,56 @@ class TokenClassification(Task):
     def counted_labels(self, predictor: Any, outputs: Any) -> Iterable[str]:
         return [entity.label for entities in outputs for entity in entities]
 
+    def log_outputs(self, predictor: Any, outputs: Any) -> list[dict[str, Any]]:
+        # An answer's confidence is that of its least sure entity; a text with no entity has none to give.
+        return [{"labels": [e.label for e in entities],
+                 "entities": [{"label": e.label, "start": e.start, "end": e.end, "score": round(e.score, 5)}
+                              for e in entities],
+                 **({"confidence": round(min(e.score for e in entities), 5)} if entities else {}),
+                 "figures": {"entities": len(entities)}} for entities in outputs]  # fmt: skip
+
+    def reference(self, path: Path, split: str) -> tuple[list[Any], list[Any] | None]:
+        import json
+
+        file = Path(path) / "data" / f"{split}.jsonl"
+        if not file.is_file():
+            return [], None
+        rows = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts, answers = [], []
+        for row in rows:  # words and IOB2 tags, back to a text with character spans
+            text, spans, at = "", [], 0
+            for i, (word, tag) in enumerate(zip(row["tokens"], row["tags"], strict=True)):
+                at = len(text) + (1 if i else 0)
+                text += (" " if i else "") + word
+                if tag.startswith("B-"):
+                    spans.append({"start": at, "end": at + len(word), "label": tag[2:]})
+                elif tag.startswith("I-") and spans:
+                    spans[-1]["end"] = at + len(word)
+            texts.append(text)
+            answers.append(spans)
+        return texts, answers
+
+    def is_correct(self, output: dict[str, Any], answer: Any) -> bool:
+        found = {(e["start"], e["end"], e["label"]) for e in output.get("entities", [])}
+        return found == {(e["start"], e["end"], e["label"]) for e in answer}
+
+    def check_feedback(self, meta: dict[str, Any], item: Any, answer: Any) -> Any:
+        from tunesmith.errors import DataError
+        from tunesmith.tasks.token_classification.sentences import spans_to_sentence
+
+        if not isinstance(answer, list) or not all(isinstance(e, dict) for e in answer):
+            raise DataError('Send the correct entities as a list of {"start", "end", "label"} character spans '
+                            '(end exclusive: text[start:end] is the entity), [] for none.')  # fmt: skip
+        spans_to_sentence(item, answer, "feedback")  # the training loader's own checks: bounds, overlaps, words
+        try:
+            return sorted(({"start": int(e["start"]), "end": int(e["end"]), "label": str(e["label"])} for e in answer),
+                          key=lambda e: e["start"])  # fmt: skip
+        except (KeyError, TypeError, ValueError):
+            raise DataError('Each entity needs "start", "end" (integers) and "label".') from None
+
+    def feedback_rows(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{"text": r["input"], "entities": r["answer"]} for r in records]
+
     def summary(self, result: TrainResult) -> Summary:
         m, crf = result.metrics, result.baseline
         rows = [*sorted(m["per_type"].items()), ("all (micro)", {**m, "support": ""})]
