@@ -38,7 +38,13 @@ demo: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/tunesmith --home $(DEMO_HOME) serve support@production
 
-test: $(STAMP)
+# promtool (Debian's prometheus package) checks the alerting rules in deploy/prometheus; as root (CI), or sudo.
+PROMTOOL := /usr/bin/promtool
+$(PROMTOOL):
+	$(if $(filter 0,$(shell id -u)),,sudo) sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends prometheus >/dev/null'
+
+test: $(STAMP) $(PROMTOOL)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy

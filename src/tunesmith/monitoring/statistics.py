@@ -57,9 +57,12 @@ def calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = B
     return float(total)
 
 
-def calibrate(confidence: Sequence[float], correct: Sequence[bool], bins: int = BINS, prior: float = 10.0) -> Calibration:
-    """Fit the binning on reference answers whose correctness is known (the validation split)."""
+def calibrate(confidence: Sequence[float], correct: Sequence[bool], bins: int | None = None,
+              prior: float = 5.0) -> Calibration:  # fmt: skip
+    """Fit the binning on reference answers whose correctness is known (the validation split). Bins hold ~100
+    answers each (5 to 20 bins): coarse bins bias the estimate when traffic moves within a bin."""
     conf = np.asarray(confidence, dtype=np.float64)
+    bins = bins or int(np.clip(len(conf) // 100, 5, 20))
     right = np.asarray(correct, dtype=np.float64)
     # Equal-mass bins: a confident model puts most answers above 0.9, where equal-width bins would lump them.
     inner = np.unique(np.quantile(conf, np.linspace(0, 1, bins + 1))[1:-1]) if len(conf) else np.array([])
