@@ -33,6 +33,7 @@ log = logging.getLogger("tunesmith.server")
 InputPolicy = Literal["masked", "text", "hash"]
 SEGMENT = "predictions-%Y%m%d%H.sqlite"
 BATCH = 512  # rows a writer transaction takes at most
+GATHER_S = 0.2  # the writer collects rows this long before a transaction: few commits, little time on the GIL
 RETENTION_EVERY_S = 60.0
 
 COLUMNS = ("request_id", "ts", "model", "version", "variant", "task", "latency_ms", "input", "input_hash",
@@ -169,9 +170,13 @@ class PredictionLog:
         while True:
             first = self.queue.get()
             batch = [first]
-            while first is not None and len(batch) < BATCH:
+            deadline = time.monotonic() + GATHER_S
+            while batch[-1] is not None and len(batch) < BATCH:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    break
                 try:
-                    batch.append(self.queue.get_nowait())
+                    batch.append(self.queue.get(timeout=wait))
                 except queue.Empty:
                     break
             rows = [p for p in batch if p is not None]
