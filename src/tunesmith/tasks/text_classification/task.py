@@ -122,8 +122,8 @@ class TextClassification(Task):
 
     def log_outputs(self, predictor: Any, outputs: Any) -> list[dict[str, Any]]:
         probs = predictor.activate(outputs)
-        return [{"label": p.label, "confidence": round(p.score, 5), "scores": [round(float(x), 5) for x in row]}
-                for p, row in zip(predictor.decide(probs), probs, strict=True)]  # fmt: skip
+        return [{"label": p.label, "confidence": round(p.score, 5), "scores": row}
+                for p, row in zip(predictor.decide(probs), np.round(probs, 5).tolist(), strict=True)]  # fmt: skip
 
     def reference(self, path: Path, split: str) -> tuple[list[Any], list[Any] | None]:
         import json
