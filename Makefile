@@ -25,14 +25,17 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/python examples/make_support_data.py
 	$(BIN)/tunesmith --home $(DEMO_HOME) train examples/support_tickets.csv --name support
-	$(BIN)/tunesmith --home $(DEMO_HOME) models promote support@latest --alias production
+	$(BIN)/tunesmith --home $(DEMO_HOME) export support@latest
+	# The first run's version becomes production at once; a later run's must pass the regression gate first.
+	$(BIN)/tunesmith --home $(DEMO_HOME) models promote support@latest --alias production 2>/dev/null || \
+		{ $(BIN)/tunesmith --home $(DEMO_HOME) gate support@latest && \
+		  $(BIN)/tunesmith --home $(DEMO_HOME) models promote support@latest --alias production; }
 	$(BIN)/tunesmith --home $(DEMO_HOME) models list support
 	$(BIN)/tunesmith --home $(DEMO_HOME) predict support@production \
 		"Where is my parcel? It was due on Monday." \
 		"I was charged twice, please give me my money back" \
 		"I can't sign in since I changed my password" \
 		"The lamp arrived with a cracked base"
-	$(BIN)/tunesmith --home $(DEMO_HOME) export support@production
 	$(BIN)/python examples/serve_demo.py --home $(DEMO_HOME)
 
 serve: $(STAMP)

@@ -144,7 +144,10 @@ def test_hot_swap_under_load_fails_no_request(home: Path, start_server) -> None:
     back = httpx.post(f"{server.url}/v1/models/support/aliases/production/rollback", headers=admin).json()
     assert back["version"] == 1
     assert httpx.post(f"{server.url}{PREDICT}", json={"text": "hi"}).json()["version"] == 1
-    moved = httpx.put(f"{server.url}/v1/models/support/aliases/production", json={"version": new}, headers=admin)
+    ungated = httpx.put(f"{server.url}/v1/models/support/aliases/production", json={"version": new}, headers=admin)
+    assert ungated.status_code == 409 and "regression gate" in ungated.json()["error"]
+    moved = httpx.put(f"{server.url}/v1/models/support/aliases/production", json={"version": new, "force": True},
+                      headers=admin)  # fmt: skip
     assert moved.status_code == 200 and moved.json()["version"] == new
     assert httpx.put(f"{server.url}/v1/models/support/aliases/production", json={"version": 99},
                      headers=admin).status_code == 404  # fmt: skip

@@ -12,6 +12,7 @@ the commit leaves at most an unreferenced folder, never a version that points at
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -31,6 +32,7 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    Text,
     UniqueConstraint,
     create_engine,
     event,
@@ -114,6 +116,19 @@ class _AliasEventRow(_Base):
     version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     rolled_back: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class _GateRow(_Base):
+    """Every regression gate run (`tunesmith gate`): a promotion to production looks for a passing one."""
+
+    __tablename__ = "gates"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    against: Mapped[int] = mapped_column(Integer)
+    passed: Mapped[bool] = mapped_column(Boolean)
+    report: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
 class _ApiKeyRow(_Base):
@@ -386,6 +401,20 @@ class Registry:
                 row.version, row.updated_at = target.version, _now()
             session.add(_AliasEventRow(model_name=target.name, alias=alias, version=target.version))
         return self.get(target.name, str(target.version))
+
+    def record_gate(self, name: str, version: int, against: int, passed: bool, report: dict[str, Any]) -> None:
+        """Keep a gate's verdict (and its report) for `promote` to find."""
+        with self._session.begin() as session:
+            session.add(_GateRow(model_name=name, version=version, against=against, passed=passed,
+                                 report=json.dumps(report, default=str)))  # fmt: skip
+
+    def gate_passed(self, name: str, version: int, against: int) -> bool:
+        """Whether `version` passed a gate against version `against` (the latest verdict counts)."""
+        with self._session() as session:
+            row = session.scalars(select(_GateRow).where(_GateRow.model_name == name, _GateRow.version == version,
+                                                         _GateRow.against == against)
+                                  .order_by(_GateRow.id.desc())).first()  # fmt: skip
+        return bool(row and row.passed)
 
     def rollback(self, name: str, alias: str = DEFAULT_ALIAS) -> ModelVersion:
         """Move `alias` back to the version it pointed at before its latest move."""

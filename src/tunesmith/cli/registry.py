@@ -193,12 +193,46 @@ def models_show(
 def models_promote(
     ref: Annotated[str, typer.Argument(help="NAME@VERSION to promote (NAME alone: the latest version).")],
     alias: Annotated[str, typer.Option(help="Alias to move.")] = "production",
+    force: Annotated[bool, typer.Option("--force", help="Promote to production without a passing gate.")] = False,
 ) -> None:
-    """Point an alias (default 'production') at a version."""
+    """Point an alias (default 'production') at a version. A new production version must first pass
+    `tunesmith gate` against the current one (--force to skip)."""
+    from tunesmith.gating import check_promotion
+
     if "@" not in ref:
         ref = f"{ref}@latest"
-    version = open_registry().promote(ref, alias)
+    registry = open_registry()
+    target = registry.resolve(ref)
+    check_promotion(registry, target.ref, alias, force)
+    version = registry.promote(target.ref, alias)
     console.print(f"{version.name}@{alias} -> version {version.version}")
+
+
+@app.command()
+def gate(
+    candidate: Annotated[str, typer.Argument(help="NAME@VERSION to judge.")],
+    against: Annotated[str, typer.Option(help="The alias (or version) it must not fall behind.")] = "production",
+    confidence: Annotated[float, typer.Option(help="Confidence of the paired test on the test split.")] = 0.95,
+    max_latency_ratio: Annotated[float, typer.Option(help="Slowest the candidate may be, as a ratio.")] = 1.5,
+    as_json: Json = False,
+) -> None:
+    """The regression gate: score CANDIDATE and production on production's frozen test split (paired McNemar
+    test: not worse beyond noise), on the feedback received (must be better), for latency and for its export's
+    agreement. A pass moves the `candidate` alias and lets `models promote` move production. Exit code 1 on a fail."""
+    from tunesmith.gating import gate as run_gate
+
+    result = run_gate(open_registry(), candidate, against, confidence=confidence,
+                      max_latency_ratio=max_latency_ratio, log=say)  # fmt: skip
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        table = Table("criterion", "verdict", "detail", title=f"gate: {result.candidate} against {result.against}")
+        for c in result.criteria:
+            table.add_row(c.name, {True: "pass", False: "FAIL", None: "-"}[c.passed], c.detail)
+        console.print(table)
+        console.print(f"{result.candidate} {'passed: the candidate alias points at it' if result.passed else 'failed'}.")
+    if not result.passed:
+        raise typer.Exit(1)
 
 
 @models_app.command("register")

@@ -19,8 +19,8 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -57,6 +57,21 @@ class Prediction:
     output: dict[str, Any]  # the task's `log_outputs` item: label, confidence, and what else the task keeps
     caller: str = ""  # the API key's name ("" with auth off)
     ts: float = field(default_factory=time.time)
+
+
+@dataclass
+class Answers:
+    """One request's answers as the route left them: the task describes them (`log_outputs`) in the writer
+    thread, so a request pays for one queue entry and nothing else."""
+
+    request: Prediction  # what the request's rows share (input and output are filled in per row)
+    inputs: list[Any]
+    describe: Callable[[], list[dict[str, Any]]]  # -> one `log_outputs` item per input
+
+    def rows(self) -> list[Prediction]:
+        outputs = self.describe()
+        return [replace(self.request, input=item, output=output) for item, output in zip(self.inputs, outputs,
+                                                                                       strict=True)]  # fmt: skip
 
 
 def log_folder(home: Path, model: str) -> Path:
@@ -125,10 +140,11 @@ class PredictionLog:
     def __init__(self, home: Path, *, inputs: InputPolicy = "masked", max_queue: int = 10_000,
                  retention_days: float = 30.0, max_bytes: int = 1 << 30) -> None:  # fmt: skip
         self.home, self.inputs, self.retention_days, self.max_bytes = home, inputs, retention_days, max_bytes
-        self.queue: queue.Queue[Prediction | None] = queue.Queue(max_queue)
+        self.queue: queue.Queue[Prediction | Answers | None] = queue.Queue(max_queue)
         self.dropped = 0  # rows refused by a full queue
         self.written = 0
-        self.on_drop: Any = None  # called with no argument per dropped row (the server's counter)
+        self.on_drop: Callable[[float], None] | None = None  # called with the rows dropped (the server's counter)
+        self.on_rows: Callable[[str, list[dict[str, Any]]], None] | None = None  # (model, outputs) as described
         self._open: dict[str, tuple[Path, sqlite3.Connection]] = {}
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._idle = threading.Event()
@@ -138,14 +154,15 @@ class PredictionLog:
     def start(self) -> None:
         self._thread.start()
 
-    def record(self, prediction: Prediction) -> bool:
-        """Queue one row; never blocks. False (and counted) when the queue is full."""
+    def record(self, prediction: Prediction | Answers) -> bool:
+        """Queue one row, or one request's answers; never blocks. False (and counted) when the queue is full."""
         try:
             self.queue.put_nowait(prediction)
         except queue.Full:
-            self.dropped += 1
+            lost = len(prediction.inputs) if isinstance(prediction, Answers) else 1
+            self.dropped += lost
             if self.on_drop is not None:
-                self.on_drop()
+                self.on_drop(lost)
             return False
         self._idle.clear()
         return True
@@ -179,8 +196,8 @@ class PredictionLog:
                     batch.append(self.queue.get(timeout=wait))
                 except queue.Empty:
                     break
-            rows = [p for p in batch if p is not None]
             try:
+                rows = self._expand([p for p in batch if p is not None])
                 if rows:
                     self._write(rows)
                 if time.monotonic() - self._last_retention > RETENTION_EVERY_S:
@@ -191,6 +208,19 @@ class PredictionLog:
                 self._idle.set()
             if any(p is None for p in batch):
                 return
+
+    def _expand(self, entries: list[Prediction | Answers]) -> list[Prediction]:
+        rows: list[Prediction] = []
+        for entry in entries:
+            if isinstance(entry, Answers):
+                described = entry.rows()
+                if self.on_rows is not None:
+                    self.on_rows(entry.request.model, [p.output for p in described])
+                rows += described
+                time.sleep(0)  # see `_write`
+            else:
+                rows.append(entry)
+        return rows
 
     def _write(self, rows: list[Prediction]) -> None:
         by_model: dict[str, list[Prediction]] = {}

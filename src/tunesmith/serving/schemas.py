@@ -178,6 +178,8 @@ class ModelList(BaseModel):
 
 class AliasRequest(BaseModel):
     version: int = Field(ge=1, description="Version the alias should point at.")
+    force: bool = Field(False, strict=True, description="Move production to a version without a passing regression "
+                        "gate (`tunesmith gate`).")
 
 
 AliasName = Annotated[str, PathParam(pattern=r"^[A-Za-z][A-Za-z0-9._-]{0,63}$", description="e.g. production")]

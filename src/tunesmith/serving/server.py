@@ -11,6 +11,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from fastapi.security import HTTPAuthorizationCredentials
@@ -18,7 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from tunesmith.artifact import read_export
 from tunesmith.errors import ConfigError, TunesmithError
 from tunesmith.monitoring.live import LiveMonitor
-from tunesmith.monitoring.predictions import Prediction, PredictionLog
+from tunesmith.monitoring.predictions import Answers, Prediction, PredictionLog
 from tunesmith.monitoring.statistics import outputs_profile
 from tunesmith.registry import SCOPES, ModelVersion, Registry, key_digest
 from tunesmith.serving.batching import Loaded, Metrics, MicroBatcher, Slot
@@ -149,6 +150,7 @@ class Server:
                                              retention_days=settings.log_retention_days,
                                              max_bytes=int(settings.log_max_mb * 1024 * 1024))  # fmt: skip
             self.predictions.on_drop = self.metrics.log_dropped.inc
+            self.predictions.on_rows = self.live.observe
             self.metrics.log_queue.set_function(self.predictions.queue.qsize)
         for name in self.slots:
             self.live.watch(name)
@@ -250,22 +252,21 @@ class Server:
             log.exception(json.dumps({"event": "reference_failed", "model": name}))
 
     def log_answers(self, name: str, loaded: Loaded, items: list[Any], outputs: Any) -> None:
-        """Put a batch's answers on the prediction log's queue and into the live window (never blocks)."""
-        try:
-            logged = TASKS[loaded.task].log_outputs(loaded.predictor, outputs)
-        except Exception:  # monitoring must never fail a request it could not describe
-            log.exception(json.dumps({"event": "log_outputs_failed", "model": name}))
-            return
-        self.live.observe(name, logged)
+        """Put a request's answers on the prediction log's queue (never blocks): the log's writer thread describes
+        them and feeds the live window; with the log off, the window is fed here."""
+        task = TASKS[loaded.task]
         if self.predictions is None:
+            try:
+                self.live.observe(name, task.log_outputs(loaded.predictor, outputs))
+            except Exception:  # monitoring must never fail a request it could not describe
+                log.exception(json.dumps({"event": "log_outputs_failed", "model": name}))
             return
         info = current_request.get()
-        request_id = info.request_id if info else uuid.uuid4().hex
-        latency = (time.perf_counter() - info.started) * 1000 if info else 0.0
-        variant = self.slots[name].ref.partition("@")[2] or "latest"
-        for item, output in zip(items, logged, strict=True):
-            self.predictions.record(Prediction(request_id, name, loaded.version.version, variant, loaded.task, latency,
-                                               item, output, info.caller if info else ""))  # fmt: skip
+        request = Prediction(info.request_id if info else uuid.uuid4().hex, name, loaded.version.version,
+                             self.slots[name].ref.partition("@")[2] or "latest", loaded.task,
+                             (time.perf_counter() - info.started) * 1000 if info else 0.0, None, {},
+                             info.caller if info else "")  # fmt: skip
+        self.predictions.record(Answers(request, list(items), partial(task.log_outputs, loaded.predictor, outputs)))
 
     async def _reload_keys(self) -> None:
         self.keys_checked = time.monotonic()

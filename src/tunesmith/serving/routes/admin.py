@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
 
+from tunesmith.gating import check_promotion
 from tunesmith.serving.schemas import (
     ERRORS,
     AliasName,
@@ -34,8 +35,12 @@ def routes(server: Server, admin: list[Any]) -> APIRouter:
     async def set_alias(name: str, alias: AliasName, body: Annotated[AliasRequest, Body()]) -> ModelInfo:
         """Point an alias at a version (as `tunesmith models promote`); a server serving it swaps at once."""
         slot = server.slot(name)
-        await asyncio.get_running_loop().run_in_executor(server.loader, server.registry.promote,
-                                                         f"{name}@{body.version}", alias)  # fmt: skip
+
+        def promote() -> None:
+            check_promotion(server.registry, f"{name}@{body.version}", alias, body.force)
+            server.registry.promote(f"{name}@{body.version}", alias)
+
+        await asyncio.get_running_loop().run_in_executor(server.loader, promote)
         await server.refresh(slot.name)
         return server.describe(slot)
 
