@@ -110,7 +110,9 @@ def test_models_list_show_promote_rollback_delete(capsys, home: Path, tiny_model
                        "--no-progress")  # fmt: skip
     assert code == 0 and "support@2" in out
     assert run(capsys, *h, "models", "promote", "support@1")[1].strip() == "support@production -> version 1"
-    assert run(capsys, *h, "models", "promote", "support@2")[1].strip() == "support@production -> version 2"
+    code, _, err = run(capsys, *h, "models", "promote", "support@2")  # not gated against production (version 1)
+    assert code == 1 and "tunesmith gate support@2" in err and "--force" in err
+    assert run(capsys, *h, "models", "promote", "support@2", "--force")[1].strip() == "support@production -> version 2"
     code, out, _ = run(capsys, *h, "models", "list")
     assert code == 0 and "production" in out and out.count("support") >= 2
     code, out, _ = run(capsys, *h, "models", "show", "support@production")

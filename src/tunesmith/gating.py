@@ -51,7 +51,7 @@ class GateResult:
         return [f"{c.name}: {c.detail}" for c in self.criteria if c.passed is False]
 
 
-def check_promotion(registry: Any, ref: str, alias: str, force: bool = False) -> None:
+def check_promotion(registry: Any, ref: str, alias: str, force: bool = False, how: str = "pass --force") -> None:
     """Refuse to move `production` to a version that has not passed the gate against the current production
     (the first production version, and any other alias, move freely; `force` skips the check)."""
     if alias != GATED_ALIAS or force:
@@ -63,7 +63,7 @@ def check_promotion(registry: Any, ref: str, alias: str, force: bool = False) ->
         return  # the first production version: nothing to be judged against
     if current.version != target.version and not registry.gate_passed(target.name, target.version, current.version):
         raise ConflictError(f"{target.ref} has not passed the regression gate against production ({current.ref}): "
-                            f"run `tunesmith gate {target.ref}` first, or force the promotion.")
+                            f"run `tunesmith gate {target.ref}` first, or {how}.")
 
 
 def mcnemar_worse(candidate_right: list[bool], production_right: list[bool]) -> tuple[float, int, int]:

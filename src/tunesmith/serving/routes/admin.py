@@ -37,7 +37,7 @@ def routes(server: Server, admin: list[Any]) -> APIRouter:
         slot = server.slot(name)
 
         def promote() -> None:
-            check_promotion(server.registry, f"{name}@{body.version}", alias, body.force)
+            check_promotion(server.registry, f"{name}@{body.version}", alias, body.force, 'send "force": true')
             server.registry.promote(f"{name}@{body.version}", alias)
 
         await asyncio.get_running_loop().run_in_executor(server.loader, promote)
