@@ -16,9 +16,10 @@ import urllib.error
 import urllib.request
 
 
-def call(url: str, body: dict | None = None) -> object:
+def call(url: str, body: dict | None = None, request_id: str | None = None) -> object:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"X-Request-ID": request_id} if request_id else {})}
+    request = urllib.request.Request(url, data=data, headers=headers)
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
@@ -48,10 +49,17 @@ def main() -> None:
             ("/predict", {"text": "I cannot sign in since I changed my password"}),
             (f"/models/{name}", {"inputs": "The lamp arrived with a cracked base", "parameters": {"top_k": 2}}),
         ]
-        for path, body in examples:
-            print(f"\n$ curl -s {url}{path} -H 'Content-Type: application/json' -d '{json.dumps(body)}'")
-            print(json.dumps(call(f"{url}{path}", body)))
+        for i, (path, body) in enumerate(examples):
+            header = f" -H 'X-Request-ID: demo-{i}'" if i == 0 else ""
+            print(f"\n$ curl -s {url}{path}{header} -H 'Content-Type: application/json' -d '{json.dumps(body)}'")
+            print(json.dumps(call(f"{url}{path}", body, f"demo-{i}" if i == 0 else None)))
+        # Every answer above is in the prediction log; say what the right one was (auth is off on loopback).
+        feedback = {"request_id": "demo-0", "index": 1, "answer": "refund_request"}
+        print(f"\n$ curl -s {url}/v1/models/{name}/feedback -H 'Content-Type: application/json' -d '{json.dumps(feedback)}'")
+        print(json.dumps(call(f"{url}/v1/models/{name}/feedback", feedback)))
         print(f"\nServed {args.model} at {url} (OpenAPI docs at /docs). Keep a server running with `make serve`.")
+        print(f"The answers and the feedback are logged: `tunesmith --home {args.home} logs {name}`, "
+              f"`tunesmith --home {args.home} monitor {name}`, `tunesmith --home {args.home} feedback {name}`.")
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)

@@ -67,17 +67,24 @@ def test_every_prediction_is_logged_with_personal_data_masked_and_exported(
     assert first["confidence"] == pytest.approx(predicted[0]["score"], abs=1e-4)
     assert first["version"] == 1 and first["variant"] == "latest" and first["latency_ms"] > 0
     assert len(first["output"]["scores"]) == 6 and first["input_chars"] == len(texts[0])
+    # A request id sent again (a retry) names the latest request: feedback grades the answer the client saw last.
+    httpx.post(f"{server.url}/v1/models/support/predict", json={"texts": ["cancel my plan"]},
+               headers={"X-Request-ID": "req-1"})  # fmt: skip
+    deadline = time.time() + 10
+    while len(find_prediction(home, "support", "req-1")) != 1 and time.time() < deadline:
+        time.sleep(0.1)
+    assert [r["input"] for r in find_prediction(home, "support", "req-1")] == ["cancel my plan"]
     # Every route that answers is logged: the Hugging Face shape and the original /predict too.
     httpx.post(f"{server.url}/models/support", json={"inputs": "cancel my plan"}, headers={"X-Request-ID": "req-2"})
     httpx.post(f"{server.url}/predict", json={"text": "my lamp is broken"}, headers={"X-Request-ID": "req-3"})
     assert len(_rows(home, "support", "req-2", 1)) == 1 and len(_rows(home, "support", "req-3", 1)) == 1
 
     exported = _cli(home, "logs", "support", "--since", "1h", "--output", str(tmp_path / "log.csv"))
-    assert exported.returncode == 0 and "Wrote 4 logged predictions" in exported.stderr, exported.stderr
+    assert exported.returncode == 0 and "Wrote 5 logged predictions" in exported.stderr, exported.stderr
     import pandas as pd
 
     frame = pd.read_csv(tmp_path / "log.csv")
-    assert len(frame) == 4 and set(frame["request_id"]) == {"req-1", "req-2", "req-3"}
+    assert len(frame) == 5 and set(frame["request_id"]) == {"req-1", "req-2", "req-3"}
     bad = _cli(home, "logs", "support", "--since", "yesterday", "--output", str(tmp_path / "x.csv"))
     assert bad.returncode == 1 and "is not a duration" in bad.stderr
 

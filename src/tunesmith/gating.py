@@ -126,7 +126,7 @@ def gate(registry: Any, candidate: str, against: str = "production", *, confiden
 
     feedback = [f for f in read_feedback(registry.home, new.name) if f["input"] is not None]
     if not feedback or task.request == "chat":
-        criteria.append(Criterion("feedback", None, "no graded feedback to judge on"))
+        criteria.append(Criterion("feedback", None, "no feedback to judge on"))
     else:
         inputs = [tuple(f["input"].values()) if isinstance(f["input"], dict) else f["input"] for f in feedback]
         old_fb, _ = _answers(task, production, inputs)

@@ -312,17 +312,21 @@ def read_predictions(home: Path, model: str, since: str | None = None) -> Iterat
 
 
 def find_prediction(home: Path, model: str, request_id: str) -> list[dict[str, Any]]:
-    """Every logged row of one request (a request may hold several texts), newest segments first."""
+    """The logged rows of one request (a request may hold several texts), in the request's order. A request id
+    sent again (a client's retry) names its latest request."""
     for path in reversed(segments(log_folder(home, model))):
         connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         connection.row_factory = sqlite3.Row
         try:
-            rows = [dict(r) for r in connection.execute("SELECT * FROM predictions WHERE request_id = ?", (request_id,))]
+            rows = [dict(r) for r in connection.execute("SELECT * FROM predictions WHERE request_id = ? ORDER BY rowid",
+                                                        (request_id,))]  # fmt: skip
         except sqlite3.DatabaseError:
             rows = []
         finally:
             connection.close()
         if rows:
+            latest = max(row["ts"] for row in rows)  # the rows of one request share its time
+            rows = [row for row in rows if row["ts"] == latest]
             for row in rows:
                 row["output"] = json.loads(row["output"]) if row["output"] else {}
             return rows
