@@ -203,10 +203,28 @@ def test_feedback_needs_its_scope_and_names_who_sent_it(keyed_server: tuple[Any,
     records = json.loads(shown.stdout)
     assert [r["caller"] for r in records] == ["feedback-key", "admin-key", "feedback-key"]
     assert [r["correct"] for r in records] == [True, False, None]
-    exported = _cli(home, "feedback", "support", "--export", str(home.parent / "fb.jsonl"))
+    exported = _cli(home, "feedback", "support", "--export", str(home.parent / "fb.jsonl"), "--all")
     assert exported.returncode == 0, exported.stderr
     lines = [json.loads(line) for line in (home.parent / "fb.jsonl").read_text().splitlines()]
-    assert lines[-1] == {"text": "my lamp came broken", "label": "damaged_item"}
+    assert len(lines) == 3 and lines[-1] == {"text": "my lamp came broken", "label": "damaged_item"}
+
+
+def test_a_fifth_of_the_feedback_inputs_is_held_out_of_training_files(tmp_path: Path) -> None:
+    from tunesmith.monitoring.feedback import export_feedback, read_feedback, store_feedback
+    from tunesmith.tasks.catalog import TASKS
+
+    texts = [f"where is parcel {i}" for i in range(200)]
+    for text in texts + texts[:50]:  # the same input twice: one side of the split, never both
+        store_feedback(tmp_path, "m", request_id=None, caller="", input=text, answer="order_status", predicted=None,
+                       version=1, correct=None)  # fmt: skip
+    held = {r["input"] for r in read_feedback(tmp_path, "m") if r["held_out"]}
+    assert 25 <= len(held) <= 55  # about one in five of 200 inputs
+    task = TASKS["text-classification"]
+    n = export_feedback(tmp_path, "m", task, tmp_path / "train.jsonl")
+    exported = {json.loads(line)["text"] for line in (tmp_path / "train.jsonl").read_text().splitlines()}
+    assert exported.isdisjoint(held) and exported | held == set(texts)
+    assert n == 250 - sum(1 for t in texts + texts[:50] if t in held)
+    assert export_feedback(tmp_path, "m", task, tmp_path / "all.jsonl", include_held_out=True) == 250
 
 
 def test_live_gauges_on_metrics(keyed_server: tuple[Any, dict[str, str]]) -> None:

@@ -195,5 +195,5 @@ def _logged_with_feedback(task: str, case: Case, server: Any, registry: Any, res
     good = httpx.post(f"{server.url}/v1/models/m/feedback", json={"request_id": request_id, "answer": case.feedback})
     assert good.status_code == 201 and good.json()["version"] == 1, good.text
     exported = tmp_path / "feedback.jsonl"
-    assert export_feedback(registry.home, "m", get_task(task), exported) == 1
+    assert export_feedback(registry.home, "m", get_task(task), exported, include_held_out=True) == 1
     assert case.reads is not None and case.reads(exported) == 1

@@ -5,8 +5,9 @@
 1. **No regression on the frozen test split** stored in the production artifact (the rows it was judged on):
    the candidate may not be worse beyond noise. Paired, exact McNemar test on the rows exactly one of the two
    got right (one-sided: is the candidate worse?), at the stated confidence (95 %).
-2. **Better on the held-out feedback**: where users sent right answers, the candidate must get more of them
-   right than production (skipped, and said so, when there is no feedback to judge on).
+2. **Better on the held-out feedback**: one input in five that users sent right answers for never goes into a
+   training file (`tunesmith feedback --export` leaves it out); on those the candidate must get more right than
+   production (skipped, and said so, when there are none).
 3. **Latency**: the candidate's time per example within `max_latency_ratio` (1.5x) of production's, on the
    same backend choice the server makes.
 4. **Export agreement**: a task exported to ONNX is served from its export, so the candidate needs one that
@@ -124,9 +125,11 @@ def gate(registry: Any, candidate: str, against: str = "production", *, confiden
         {**accuracy, "p_value": p, "lost": lost, "won": won, "n": len(items)},
     )]  # fmt: skip
 
-    feedback = [f for f in read_feedback(registry.home, new.name) if f["input"] is not None]
+    given = [f for f in read_feedback(registry.home, new.name) if f["input"] is not None]
+    feedback = [f for f in given if f["held_out"]]  # never in an exported training file (`feedback --export`)
     if not feedback or task.request == "chat":
-        criteria.append(Criterion("feedback", None, "no feedback to judge on"))
+        why = f"{len(given)} feedback rows, none held out yet (one input in five is)" if given else "no feedback"
+        criteria.append(Criterion("feedback", None, f"{why}: nothing to judge on"))
     else:
         inputs = [tuple(f["input"].values()) if isinstance(f["input"], dict) else f["input"] for f in feedback]
         old_fb, _ = _answers(task, production, inputs)
@@ -135,7 +138,7 @@ def gate(registry: Any, candidate: str, against: str = "production", *, confiden
         new_ok = sum(task.is_correct(o, f["answer"]) for o, f in zip(new_fb, feedback, strict=True))
         # Better, or as good where production already answers every one right: nothing left to win.
         passed = new_ok > old_ok or new_ok == old_ok == len(feedback)
-        criteria.append(Criterion("feedback", passed, f"{new_ok} of {len(feedback)} feedback answers right vs "
+        criteria.append(Criterion("feedback", passed, f"{new_ok} of {len(feedback)} held-out feedback answers right vs "
                                   f"{old_ok} ({'better' if passed else 'not better'})",
                                   {"candidate": new_ok, "production": old_ok, "n": len(feedback)}))  # fmt: skip
 

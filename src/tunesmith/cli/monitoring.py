@@ -40,6 +40,8 @@ def logs(
 def feedback(
     name: Annotated[str, typer.Argument(help="The served model's name.")],
     export: Annotated[Path | None, typer.Option(help="Write the feedback as a training file (.jsonl).")] = None,
+    include_held_out: Annotated[bool, typer.Option("--all", help="Export the held-out fifth too (the gate then "
+                                                   "judges on feedback the candidate trained on).")] = False,
     since: Since = None,
     as_json: Json = False,
 ) -> None:
@@ -53,12 +55,12 @@ def feedback(
     model = check_name(name.partition("@")[0])
     if export is not None:
         task = TASKS[registry.resolve(model).task]
-        n = export_feedback(registry.home, model, task, export, since)
+        n = export_feedback(registry.home, model, task, export, since, include_held_out)
         if as_json:
             print_json({"model": model, "rows": n, "output": str(export)})
         else:
-            say(f"Wrote {n} feedback rows of {model!r} to {export} (train on it with the original data: "
-                f"tunesmith train {export} ...).")  # fmt: skip
+            kept = "" if include_held_out else " (one input in five is held out for `tunesmith gate`; --all exports it too)"
+            say(f"Wrote {n} feedback rows of {model!r} to {export}{kept}. Train on them with the original data.")
         return
     records = list(read_feedback(registry.home, model, since))
     if as_json:

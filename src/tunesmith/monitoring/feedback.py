@@ -8,6 +8,7 @@ answered, so realised accuracy needs no join.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
@@ -17,9 +18,18 @@ from typing import Any
 
 from tunesmith.monitoring.predictions import log_folder, parse_since
 
+HELD_OUT_ONE_IN = 5  # a fifth of the feedback inputs never goes into a training file: the gate judges on it
+
 SCHEMA = """CREATE TABLE IF NOT EXISTS feedback (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL, model TEXT, version INTEGER, request_id TEXT, caller TEXT,
     input TEXT, answer TEXT, predicted TEXT, correct INTEGER)"""
+
+
+def held_out(item: Any) -> bool:
+    """Whether feedback on this input is held out of training files, for the regression gate. By the input's
+    hash, so the same input sent twice lands on the same side and never on both."""
+    digest = hashlib.sha256(json.dumps(item, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
+    return int(digest[:8], 16) % HELD_OUT_ONE_IN == 0
 
 
 def _path(home: Path, model: str) -> Path:
@@ -67,20 +77,22 @@ def read_feedback(home: Path, model: str, since: str | None = None) -> Iterator[
             for key in ("input", "answer", "predicted"):
                 record[key] = json.loads(record[key]) if record[key] else None
             record["correct"] = None if record["correct"] is None else bool(record["correct"])
+            record["held_out"] = held_out(record["input"])
             yield record
     finally:
         connection.close()
 
 
-def export_feedback(home: Path, model: str, task: Any, output: Path, since: str | None = None) -> int:
+def export_feedback(home: Path, model: str, task: Any, output: Path, since: str | None = None,
+                    include_held_out: bool = False) -> int:  # fmt: skip
     """`tunesmith feedback NAME --export FILE`: a JSONL training file in the task's own format (the loaders of
-    `tunesmith train` read it); return the row count."""
+    `tunesmith train` read it), without the held-out fifth unless asked; return the row count."""
     from tunesmith.errors import DataError
 
     if output.suffix.lower() not in (".jsonl", ".ndjson"):
         raise DataError(f"--export {output.name}: feedback is exported as JSONL (name the file .jsonl), the one "
                         "format every task's loader reads.")  # fmt: skip
-    records = list(read_feedback(home, model, since))
+    records = [r for r in read_feedback(home, model, since) if include_held_out or not r["held_out"]]
     rows = task.feedback_rows(records)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
