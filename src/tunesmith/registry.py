@@ -29,6 +29,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -129,6 +130,18 @@ class _GateRow(_Base):
     passed: Mapped[bool] = mapped_column(Boolean)
     report: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class _CanaryRow(_Base):
+    """A model's traffic split: `share` of its requests (sticky per caller) go to `alias`, or a copy of all of
+    them in shadow mode. Servers re-read it as they re-read aliases."""
+
+    __tablename__ = "canaries"
+    model_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64))
+    share: Mapped[float] = mapped_column(Float)
+    mode: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
 class _ApiKeyRow(_Base):
@@ -401,6 +414,33 @@ class Registry:
                 row.version, row.updated_at = target.version, _now()
             session.add(_AliasEventRow(model_name=target.name, alias=alias, version=target.version))
         return self.get(target.name, str(target.version))
+
+    def start_canary(self, name: str, alias: str = "candidate", share: float = 0.1, mode: str = "canary") -> dict[str, Any]:
+        """Send `share` of `name`'s traffic to `alias` (`mode` canary), or a copy of all of it (`mode` shadow)."""
+        check_alias(alias)
+        target = self.resolve(f"{name}@{alias}")  # the alias must exist now
+        if not 0 < share <= 1:
+            raise RegistryError(f"share {share} must be above 0 and at most 1 (0.1 sends a tenth of the traffic).")
+        if mode not in ("canary", "shadow"):
+            raise RegistryError(f"mode {mode!r}: use canary or shadow.")
+        with self._session.begin() as session:
+            session.merge(_CanaryRow(model_name=target.name, alias=alias, share=share, mode=mode, started_at=_now()))
+        return {"alias": alias, "share": share, "mode": mode, "version": target.version}
+
+    def stop_canary(self, name: str) -> bool:
+        """End `name`'s traffic split; False when there was none."""
+        with self._session.begin() as session:
+            row = session.get(_CanaryRow, name)
+            if row is None:
+                return False
+            session.delete(row)
+        return True
+
+    def canary_table(self) -> dict[str, dict[str, Any]]:
+        """model name -> {alias, share, mode, started_at} for every split in force."""
+        with self._session() as session:
+            return {r.model_name: {"alias": r.alias, "share": r.share, "mode": r.mode, "started_at": r.started_at}
+                    for r in session.scalars(select(_CanaryRow))}  # fmt: skip
 
     def record_gate(self, name: str, version: int, against: int, passed: bool, report: dict[str, Any]) -> None:
         """Keep a gate's verdict (and its report) for `promote` to find."""

@@ -42,6 +42,13 @@ keys_app = typer.Typer(context_settings=HELP, help="API keys for `tunesmith serv
 app.add_typer(keys_app, name="keys")
 
 
+canary_app = typer.Typer(context_settings=HELP, help="Traffic splits: send a share of a model's requests to another "
+                         "version (sticky per user), or a shadow copy of all of them.", no_args_is_help=True)
+
+
+app.add_typer(canary_app, name="canary")
+
+
 runs_app = typer.Typer(context_settings=HELP, help="Compare training runs (registered versions).", no_args_is_help=True)
 
 

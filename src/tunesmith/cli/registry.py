@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from tunesmith.artifact import read_export, read_meta
-from tunesmith.cli.app import app, console, keys_app, models_app, open_registry, print_json, runs_app, say
+from tunesmith.cli.app import app, canary_app, console, keys_app, models_app, open_registry, print_json, runs_app, say
 from tunesmith.cli.flags import Json
 from tunesmith.errors import DataError
 from tunesmith.tasks.catalog import TASKS
@@ -272,3 +272,58 @@ def models_delete(
         raise typer.Exit(1)
     deleted = registry.delete(ref, force=force)
     console.print(f"Deleted {', '.join(v.ref for v in deleted)}.")
+
+
+@canary_app.command("start")
+def canary_start(
+    name: Annotated[str, typer.Argument(help="The served model's name.")],
+    alias: Annotated[str, typer.Option(help="The alias whose version gets the share.")] = "candidate",
+    share: Annotated[float, typer.Option(help="Share of users (by X-Tunesmith-User, key, or address) it answers.")] = 0.1,
+    shadow: Annotated[bool, typer.Option("--shadow", help="Copy every request to it instead; its answers are logged "
+                                         "and compared, never returned.")] = False,
+) -> None:
+    """Start a canary (or shadow) of NAME@ALIAS; running servers pick it up at their next look (watch interval)."""
+    split = open_registry().start_canary(name, alias, share, "shadow" if shadow else "canary")
+    what = "a shadow copy of all requests" if shadow else f"{split['share']:.0%} of users"
+    console.print(f"{name}@{alias} (version {split['version']}) now gets {what}.")
+
+
+@canary_app.command("status")
+def canary_status(name: Annotated[str, typer.Argument(help="The served model's name.")], as_json: Json = False) -> None:
+    """The split in force for NAME, if any."""
+    split = open_registry().canary_table().get(name)
+    if as_json:
+        print_json(split)
+        return
+    if split is None:
+        console.print(f"No canary for {name}: production answers everything.")
+    else:
+        console.print(f"{name}: {split['mode']} of @{split['alias']}, share {split['share']:.0%}, since "
+                      f"{split['started_at']:%Y-%m-%d %H:%M}.")  # fmt: skip
+
+
+@canary_app.command("abort")
+def canary_abort(name: Annotated[str, typer.Argument(help="The served model's name.")]) -> None:
+    """End the split: production answers everything again."""
+    stopped = open_registry().stop_canary(name)
+    console.print(f"Canary of {name} ended." if stopped else f"No canary for {name} was running.")
+
+
+@canary_app.command("promote")
+def canary_promote(
+    name: Annotated[str, typer.Argument(help="The served model's name.")],
+    force: Annotated[bool, typer.Option("--force", help="Promote without a passing gate.")] = False,
+) -> None:
+    """Move production to the canary's version (the gate's verdict is required) and end the split."""
+    from tunesmith.errors import ConflictError
+    from tunesmith.gating import check_promotion
+
+    registry = open_registry()
+    split = registry.canary_table().get(name)
+    if split is None:
+        raise ConflictError(f"No canary for {name} is running: start one with `tunesmith canary start {name}`.")
+    target = registry.resolve(f"{name}@{split['alias']}")
+    check_promotion(registry, target.ref, "production", force)
+    registry.promote(target.ref, "production")
+    registry.stop_canary(name)
+    console.print(f"{name}@production -> version {target.version}; the canary has ended.")

@@ -38,6 +38,12 @@ class Metrics:
         self.version = Gauge("tunesmith_model_version", "Version being served.", ["model", "backend"], registry=r)
         self.swaps = Counter("tunesmith_model_swaps", "Hot swaps to another version.", ["model"], registry=r)
         self.queue = Gauge("tunesmith_queue_texts", "Texts waiting for the model.", ["model"], registry=r)
+        self.variant_requests = Counter("tunesmith_variant_requests", "Requests answered, by model and variant.",
+                                        ["model", "variant"], registry=r)  # fmt: skip
+        self.variant_errors = Counter("tunesmith_variant_errors", "Requests a variant failed.", ["model", "variant"],
+                                      registry=r)  # fmt: skip
+        self.shadow_agreement = Counter("tunesmith_shadow_agreement", "Shadow answers that agree with the returned "
+                                        "ones (or not).", ["model", "outcome"], registry=r)  # fmt: skip
         self.log_queue = Gauge("tunesmith_prediction_log_queue", "Predictions waiting to be written to the log.",
                                registry=r)  # fmt: skip
         self.log_dropped = Counter("tunesmith_prediction_log_dropped", "Predictions not logged: the log's queue was "

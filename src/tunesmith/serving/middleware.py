@@ -88,11 +88,14 @@ class RequestMiddleware:
         request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
         scope["request_id"] = request_id
         status = [500]
+        info: list[RequestInfo] = []
 
         async def send_with_id(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode("latin-1")))
+                if info and info[0].variant:  # which version answered, when a traffic split is in force
+                    message["headers"].append((b"x-tunesmith-variant", info[0].variant.encode("latin-1")))
             await send(message)
 
         route, needs = self._route(scope)
@@ -107,7 +110,13 @@ class RequestMiddleware:
                 response = JSONResponse(body_json, status_code=http, headers=extra)
                 await response(scope, receive, send_with_id)
             else:
-                token = current_request.set(RequestInfo(request_id, started, scope.get("tunesmith_caller", "")))
+                caller = scope.get("tunesmith_caller", "")
+                client = scope.get("client")
+                # A split keeps one user on one variant: the user the client names, else its key, else its address.
+                sticky = headers.get(b"x-tunesmith-user", b"").decode("latin-1")[:128] or caller or \
+                    (f"addr:{client[0]}" if client else "")
+                info.append(RequestInfo(request_id, started, caller, sticky))
+                token = current_request.set(info[0])
                 try:
                     await self.app(scope, _replay(body, receive), send_with_id)
                 finally:

@@ -76,6 +76,28 @@ class RequestInfo:
     request_id: str
     started: float  # time.perf_counter() when the request arrived
     caller: str = ""  # the API key's name ("" with auth off)
+    sticky: str = ""  # who the traffic split keeps on one variant: X-Tunesmith-User, else the key, else the address
+    variant: str | None = None  # which variant answered (the response's X-Tunesmith-Variant)
+
+
+@dataclass
+class Variant:
+    """A second version a served name answers with: a canary share of its traffic, or a shadow copy."""
+
+    config: dict[str, Any]  # the registry's canary row: alias, share, mode
+    slot: Slot
+    batcher: MicroBatcher
+
+    @property
+    def label(self) -> str:
+        return str(self.config["alias"])
+
+
+def bucket(name: str, sticky: str) -> float:
+    """A caller's fixed place in [0, 1) for one model: the same caller always lands on the same variant."""
+    import hashlib
+
+    return int(hashlib.sha256(f"{name}\0{sticky}".encode()).hexdigest()[:8], 16) / 2**32
 
 
 current_request: ContextVar[RequestInfo | None] = ContextVar("tunesmith_request", default=None)
@@ -159,6 +181,9 @@ class Server:
         self.batchers = {name: MicroBatcher(slot, self.inference, self.metrics) for name, slot in self.slots.items()}
         self._tasks: list[asyncio.Task[Any]] = []
         self._profiling: set[asyncio.Task[Any]] = set()
+        self.variants: dict[str, Variant] = {}  # served name -> its canary or shadow, while a split is in force
+        self._retired: list[Variant] = []
+        self._shadows: set[asyncio.Task[Any]] = set()
         self._swap_lock = asyncio.Lock()
 
     # Loading and swapping run in the loader thread: serving goes on while a model loads.
@@ -217,6 +242,7 @@ class Server:
             try:
                 if interval > 0:
                     await self.refresh()
+                    await self.refresh_variants()
                 await self._reload_keys()
                 failed = [s.name for s in self.slots.values() if s.status == "failed"]
                 if failed:
@@ -251,11 +277,13 @@ class Server:
         except Exception:  # the gauges go without a reference; serving is untouched
             log.exception(json.dumps({"event": "reference_failed", "model": name}))
 
-    def log_answers(self, name: str, loaded: Loaded, items: list[Any], outputs: Any) -> None:
+    def log_answers(self, name: str, loaded: Loaded, items: list[Any], outputs: Any, variant: str | None = None) -> None:
         """Put a request's answers on the prediction log's queue (never blocks): the log's writer thread describes
         them and feeds the live window; with the log off, the window is fed here."""
         task = TASKS[loaded.task]
-        if self.predictions is None:
+        if variant is not None and variant.startswith("shadow:"):
+            pass  # a shadow's answers go to the log, not into the live window of what users were told
+        elif self.predictions is None:
             try:
                 self.live.observe(name, task.log_outputs(loaded.predictor, outputs))
             except Exception:  # monitoring must never fail a request it could not describe
@@ -263,7 +291,7 @@ class Server:
             return
         info = current_request.get()
         request = Prediction(info.request_id if info else uuid.uuid4().hex, name, loaded.version.version,
-                             self.slots[name].ref.partition("@")[2] or "latest", loaded.task,
+                             variant or self.slots[name].ref.partition("@")[2] or "latest", loaded.task,
                              (time.perf_counter() - info.started) * 1000 if info else 0.0, None, {},
                              info.caller if info else "")  # fmt: skip
         self.predictions.record(Answers(request, list(items), partial(task.log_outputs, loaded.predictor, outputs)))
@@ -272,17 +300,117 @@ class Server:
         self.keys_checked = time.monotonic()
         self.keys = await asyncio.get_running_loop().run_in_executor(self.loader, self.registry.key_table)
 
+    async def _first_load(self) -> None:
+        await self.refresh()
+        await self.refresh_variants()
+
+    async def refresh_variants(self) -> None:
+        """Start, change or end each served name's traffic split as the registry says, loading the variant's
+        version beside the primary one; an ended variant finishes what it was asked, then lets its model go."""
+        loop = asyncio.get_running_loop()
+        table = await loop.run_in_executor(self.loader, self.registry.canary_table)
+        for name, primary in self.slots.items():
+            wanted = table.get(name)
+            current = self.variants.get(name)
+            if wanted is None:
+                if current is not None:
+                    self._retire(self.variants.pop(name))
+                continue
+            wanted = {k: wanted[k] for k in ("alias", "share", "mode")}
+            variant = current if current is not None and current.config == wanted else None
+            if variant is None:
+                slot = Slot(name, f"{name}@{wanted['alias']}", primary.batching)
+                variant = Variant(wanted, slot, MicroBatcher(slot, self.inference, self.metrics))
+            try:
+                version = await loop.run_in_executor(self.loader, self.registry.resolve, variant.slot.ref)
+                revision = await loop.run_in_executor(self.loader, revision_of, version)
+                if variant.slot.current is None or variant.slot.current.revision != revision:
+                    variant.slot.current = await loop.run_in_executor(self.loader, self._load, version)
+                    variant.slot.status = "ready"
+            except Exception as exc:  # the split waits for a loadable variant; the primary serves everything
+                log.error(json.dumps({"event": "variant_load_failed", "model": name, "ref": variant.slot.ref,
+                                      "error": str(exc)}))  # fmt: skip
+                continue
+            if variant is not current:
+                variant.slot.worker = asyncio.create_task(variant.batcher.run())
+                self.variants[name] = variant
+                if current is not None:
+                    self._retire(current)
+                log.info(json.dumps({"event": "variant_started", "model": name, **wanted,
+                                     "version": variant.slot.current.version.version}))  # fmt: skip
+
+    def _retire(self, variant: Variant) -> None:
+        """No new request reaches it; queued ones are answered; then its model is released."""
+        self._retired.append(variant)
+
+        async def drain() -> None:
+            while not variant.slot.queue.empty() or variant.slot.queued_texts:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)  # a batch taken off the queue keeps its own reference to the model
+            variant.slot.current = None
+            release_memory()
+
+        task = asyncio.create_task(drain())
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+        log.info(json.dumps({"event": "variant_ended", "model": variant.slot.name, "alias": variant.label}))
+
+    def route(self, name: str) -> tuple[Slot, MicroBatcher, str, Variant | None]:
+        """(the slot that answers, its batcher, the variant's name, a shadow to copy the request to)."""
+        slot = self.slot(name)
+        primary = (slot, self.batchers[slot.name], slot.ref.partition("@")[2] or "latest", None)
+        variant = self.variants.get(slot.name)
+        if variant is None or variant.slot.current is None:
+            return primary
+        if variant.config["mode"] == "shadow":
+            return primary[0], primary[1], primary[2], variant
+        info = current_request.get()
+        if bucket(slot.name, info.sticky if info else "") < float(variant.config["share"]):
+            return variant.slot, variant.batcher, variant.label, None
+        return primary
+
+    def _shadow(self, name: str, shadow: Variant, items: list[Any], answered: Loaded, outputs: Any) -> None:
+        """Copy a request to the shadow variant in the background: its answers are logged and compared with the
+        ones returned, never returned themselves."""
+        info = current_request.get()
+
+        async def run() -> None:
+            try:
+                loaded, shadowed = await shadow.batcher.submit(items, self.settings.request_timeout_s)
+            except Exception:  # a shadow's trouble is its own: the request was already answered
+                self.metrics.variant_errors.labels(name, "shadow").inc()
+                return
+            task = TASKS[loaded.task]
+            mine, theirs = task.log_outputs(answered.predictor, outputs), task.log_outputs(loaded.predictor, shadowed)
+            same = sum(_decision(a) == _decision(b) for a, b in zip(mine, theirs, strict=True))
+            self.metrics.shadow_agreement.labels(name, "agree").inc(same)
+            self.metrics.shadow_agreement.labels(name, "disagree").inc(len(mine) - same)
+            self.log_answers(name, loaded, items, shadowed, f"shadow:{shadow.label}")
+
+        if info is not None:
+            info = RequestInfo(info.request_id, info.started, info.caller, info.sticky)
+
+        async def with_context() -> None:
+            current_request.set(info)
+            await run()
+
+        task = asyncio.create_task(with_context())
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
     async def start(self) -> None:
         if self.predictions is not None:
             self.predictions.start()
         for batcher in self.batchers.values():
             batcher.slot.worker = asyncio.create_task(batcher.run())
-        self._tasks.append(asyncio.create_task(self.refresh()))
+        self._tasks.append(asyncio.create_task(self._first_load()))
         self._tasks.append(asyncio.create_task(self._watch()))  # always: keys are re-read even without hot swaps
 
     async def stop(self) -> None:
         # uvicorn has already waited for open requests; nothing is queued any more.
-        for task in self._tasks + list(self._profiling) + [s.worker for s in self.slots.values() if s.worker]:
+        variants = [v.slot.worker for v in [*self.variants.values(), *self._retired] if v.slot.worker]
+        for task in self._tasks + list(self._profiling) + list(self._shadows) + variants + \
+                [s.worker for s in self.slots.values() if s.worker]:
             task.cancel()
         self.inference.shutdown(wait=True)
         if self.generations is not None:
@@ -364,23 +492,35 @@ class Server:
 
     async def answer(self, name: str, question: str, context: str) -> tuple[Loaded, Any]:
         """(the version that answered, its best answers to `question` in `context`)"""
-        slot = self.slot(name)
+        slot, batcher, variant, shadow = self.route(name)
         self._require_request(slot, "question", f"send texts to /v1/models/{name}/predict instead.")
         question, context = self.check_texts([question, context])
-        loaded, answers = await self.batchers[slot.name].submit([(question, context)], self.settings.request_timeout_s)
-        self.log_answers(slot.name, loaded, [{"question": question, "context": context}], answers)
+        loaded, answers = await batcher.submit([(question, context)], self.settings.request_timeout_s)
+        self._answered(slot.name, variant)
+        self.log_answers(slot.name, loaded, [{"question": question, "context": context}], answers, variant)
+        if shadow is not None:
+            self._shadow(slot.name, shadow, [(question, context)], loaded, answers)
         return loaded, answers[0]
 
     async def infer(self, name: str, texts: list[str]) -> tuple[Loaded, Any]:
         """(the version that answered, its output for `texts`: logits, or entity lists for token classification)"""
-        slot = self.slot(name)
+        slot, batcher, variant, shadow = self.route(name)
         self._require_request(slot, "texts", f'ask it with {{"question", "context"}} at /v1/models/{name}/answer.')  # fmt: skip
         texts = self.check_texts(texts)
-        loaded, outputs = await self.batchers[slot.name].submit(texts, self.settings.request_timeout_s)
+        loaded, outputs = await batcher.submit(texts, self.settings.request_timeout_s)
+        self._answered(slot.name, variant)
         for label in TASKS[loaded.task].counted_labels(loaded.predictor, outputs):
             self.metrics.predictions.labels(slot.name, label).inc()
-        self.log_answers(slot.name, loaded, texts, outputs)
+        self.log_answers(slot.name, loaded, texts, outputs, variant)
+        if shadow is not None:
+            self._shadow(slot.name, shadow, texts, loaded, outputs)
         return loaded, outputs
+
+    def _answered(self, name: str, variant: str) -> None:
+        self.metrics.variant_requests.labels(name, variant).inc()
+        info = current_request.get()
+        if info is not None:
+            info.variant = variant
 
     def describe(self, slot: Slot) -> ModelInfo:
         loaded = slot.current
@@ -397,6 +537,15 @@ class Server:
             aliases=loaded.version.aliases if loaded else [],
             default=slot.name == self.default,
         )
+
+
+def _decision(output: dict[str, Any]) -> Any:
+    """What two answers must share to agree: the label, the answer span, or the entities."""
+    if "label" in output:
+        return output["label"]
+    if "answer" in output:
+        return output["answer"]
+    return [(e["start"], e["end"], e["label"]) for e in output.get("entities", [])]
 
 
 def valid_unicode(text: str) -> str:

@@ -1,0 +1,106 @@
+"""Traffic splits in a running server: a sticky canary share, a shadow that is never returned, and starting
+and ending splits under load without a failed request."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import private_copy
+from tunesmith.monitoring.predictions import read_predictions
+from tunesmith.registry import Registry
+
+PREDICT = "/v1/models/support/predict"
+
+
+@pytest.fixture(scope="module")
+def split_server(served_home: Path, start_server, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Registry]:
+    home = private_copy(served_home, tmp_path_factory.mktemp("canary") / "home")
+    registry = Registry(home)
+    registry.promote("support@1", "production")
+    second = registry.register_folder(registry.resolve("support@1").path)  # the same model as version 2
+    registry.promote(second.ref, "candidate")
+    return start_server(home, "support@production", "--watch-interval", "0.3"), registry
+
+
+def _ask(url: str, user: str) -> tuple[int, str, int]:
+    response = httpx.post(f"{url}{PREDICT}", json={"text": "where is my parcel"}, headers={"X-Tunesmith-User": user},
+                          timeout=30)  # fmt: skip
+    return response.status_code, response.headers.get("x-tunesmith-variant", ""), response.json().get("version", 0)
+
+
+def _until(check: Any, seconds: float = 20) -> None:
+    deadline = time.time() + seconds
+    while not check():
+        assert time.time() < deadline, "the server did not pick the split up in time"
+        time.sleep(0.2)
+
+
+def test_a_canary_share_is_sticky_per_user(split_server: tuple[Any, Registry]) -> None:
+    server, registry = split_server
+    registry.start_canary("support", "candidate", 0.3)
+    _until(lambda: any(_ask(server.url, f"probe-{i}")[1] == "candidate" for i in range(40)))
+    users = [f"user-{i}" for i in range(100)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: (users[i % 100], _ask(server.url, users[i % 100])), range(1000)))
+    assert all(status == 200 for _, (status, _, _) in answers)
+    seen: dict[str, set[str]] = {}
+    for user, (_, variant, version) in answers:
+        seen.setdefault(user, set()).add(variant)
+        assert (variant, version) in {("production", 1), ("candidate", 2)}
+    assert all(len(variants) == 1 for variants in seen.values())  # 10 requests each, always the same variant
+    on_canary = sum("candidate" in variants for variants in seen.values())
+    assert 15 <= on_canary <= 45, on_canary  # a 30 % share of users
+    _until(lambda: sum(r["variant"] == "candidate" for r in read_predictions(registry.home, "support"))
+           >= on_canary * 10)  # fmt: skip
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'tunesmith_variant_requests_total{model="support",variant="candidate"}' in metrics
+    registry.stop_canary("support")
+    _until(lambda: all(_ask(server.url, f"user-{i}")[1] == "production" for i in range(100)))
+
+
+def test_a_shadow_sees_every_request_and_is_never_returned(split_server: tuple[Any, Registry]) -> None:
+    server, registry = split_server
+    registry.start_canary("support", "candidate", 1.0, mode="shadow")
+
+    def shadowed() -> bool:
+        _ask(server.url, "shadow-probe")  # the shadow is compared only on traffic
+        return "tunesmith_shadow_agreement_total{" in httpx.get(f"{server.url}/metrics").text
+
+    _until(shadowed)
+    answers = [_ask(server.url, f"s-{i}") for i in range(60)]
+    assert all(a == (200, "production", 1) for a in answers)  # the shadow's answers never come back
+    _until(lambda: sum(r["variant"] == "shadow:candidate" for r in read_predictions(registry.home, "support")) >= 60)
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'tunesmith_shadow_agreement_total{model="support",outcome="agree"}' in metrics  # the same model: agrees
+    registry.stop_canary("support")
+
+
+def test_starting_and_ending_splits_under_load_fails_no_request(split_server: tuple[Any, Registry]) -> None:
+    server, registry = split_server
+    stop = threading.Event()
+    statuses: Counter[int] = Counter()
+
+    def load(worker: int) -> None:
+        i = 0
+        while not stop.is_set():
+            statuses[_ask(server.url, f"load-{worker}-{i % 50}")[0]] += 1
+            i += 1
+
+    with ThreadPoolExecutor(8) as pool:
+        for worker in range(8):
+            pool.submit(load, worker)
+        for share in (0.5, 0.2, 1.0):
+            registry.start_canary("support", "candidate", share)
+            time.sleep(1.5)
+        registry.stop_canary("support")
+        time.sleep(1.5)
+        stop.set()
+    assert statuses[200] > 100 and set(statuses) == {200}, statuses
