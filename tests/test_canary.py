@@ -104,3 +104,46 @@ def test_starting_and_ending_splits_under_load_fails_no_request(split_server: tu
         time.sleep(1.5)
         stop.set()
     assert statuses[200] > 100 and set(statuses) == {200}, statuses
+
+
+def test_a_shadow_that_disagrees_is_rolled_back_automatically(
+    split_server: tuple[Any, Registry], tiny_model: str, support_rows: list[tuple[str, str]], tmp_path: Path
+) -> None:  # fmt: skip
+    import json
+    import random
+    import subprocess
+    import sys
+
+    import tunesmith
+    from conftest import write_csv
+
+    server, registry = split_server
+    labels = [label for _, label in support_rows]
+    random.Random(1).shuffle(labels)  # a planted bad candidate: trained on shuffled labels
+    data = write_csv(tmp_path / "shuffled.csv", [(text, label) for (text, _), label in zip(support_rows, labels, strict=True)])
+    bad = tunesmith.train(data, registry=registry, name="support", progress=False, base_model=tiny_model, epochs=10,
+                          learning_rate=5e-3, batch_size=16, freeze_embeddings=False).version  # fmt: skip
+    registry.promote(bad.ref, "bad")
+    registry.start_canary("support", "bad", 1.0, mode="shadow")
+    texts = [text for text, _ in support_rows]
+
+    def rolled_back() -> bool:
+        for text in texts[:20]:
+            status, variant, version = _ask_text(server.url, text)
+            assert (status, variant, version) == (200, "production", 1)  # users never see the bad model
+        return "support" not in registry.canary_table()
+
+    _until(rolled_back, seconds=60)
+    events = registry.canary_events("support")
+    assert events[0]["event"] == "rolled_back" and "disagrees with production" in events[0]["detail"], events
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'tunesmith_canary_rollbacks_total{criterion="disagreement",model="support"} 1.0' in metrics
+    home = Path(server.process.args[server.process.args.index("--home") + 1])
+    shown = subprocess.run([sys.executable, "-m", "tunesmith.cli", "--home", str(home), "canary", "status", "support",
+                            "--json"], capture_output=True, text=True)  # fmt: skip
+    assert json.loads(shown.stdout)["split"] is None and "rolled back" in json.loads(shown.stdout)["events"][0]["detail"]
+
+
+def _ask_text(url: str, text: str) -> tuple[int, str, int]:
+    response = httpx.post(f"{url}{PREDICT}", json={"text": text}, timeout=30)
+    return response.status_code, response.headers.get("x-tunesmith-variant", ""), response.json().get("version", 0)

@@ -144,6 +144,17 @@ class _CanaryRow(_Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
+class _CanaryEventRow(_Base):
+    """Starts, ends and automatic rollbacks of traffic splits, for `tunesmith canary status`."""
+
+    __tablename__ = "canary_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(64), index=True)
+    event: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
 class _ApiKeyRow(_Base):
     """API keys for the server. Only a SHA-256 of each key is stored: keys are 256-bit random, so a fast
     hash is enough (no dictionary to attack), and a leaked database does not leak usable keys."""
@@ -427,14 +438,23 @@ class Registry:
             session.merge(_CanaryRow(model_name=target.name, alias=alias, share=share, mode=mode, started_at=_now()))
         return {"alias": alias, "share": share, "mode": mode, "version": target.version}
 
-    def stop_canary(self, name: str) -> bool:
-        """End `name`'s traffic split; False when there was none."""
+    def stop_canary(self, name: str, event: str = "ended", detail: str = "") -> bool:
+        """End `name`'s traffic split (`event` "rolled_back" with why, when a server ends it); False when there
+        was none."""
         with self._session.begin() as session:
             row = session.get(_CanaryRow, name)
             if row is None:
                 return False
             session.delete(row)
+            session.add(_CanaryEventRow(model_name=name, event=event, detail=detail or f"{row.mode} of @{row.alias}"))
         return True
+
+    def canary_events(self, name: str, limit: int = 5) -> list[dict[str, Any]]:
+        """The latest ends and rollbacks of `name`'s splits, newest first."""
+        with self._session() as session:
+            rows = session.scalars(select(_CanaryEventRow).where(_CanaryEventRow.model_name == name)
+                                   .order_by(_CanaryEventRow.id.desc()).limit(limit)).all()  # fmt: skip
+            return [{"event": r.event, "detail": r.detail, "at": r.created_at} for r in rows]
 
     def canary_table(self) -> dict[str, dict[str, Any]]:
         """model name -> {alias, share, mode, started_at} for every split in force."""

@@ -290,16 +290,21 @@ def canary_start(
 
 @canary_app.command("status")
 def canary_status(name: Annotated[str, typer.Argument(help="The served model's name.")], as_json: Json = False) -> None:
-    """The split in force for NAME, if any."""
-    split = open_registry().canary_table().get(name)
+    """The split in force for NAME, if any, and how the last ones ended (automatic rollbacks with why)."""
+    registry = open_registry()
+    split = registry.canary_table().get(name)
+    events = registry.canary_events(name)
     if as_json:
-        print_json(split)
+        print_json({"split": split, "events": events})
         return
     if split is None:
         console.print(f"No canary for {name}: production answers everything.")
     else:
         console.print(f"{name}: {split['mode']} of @{split['alias']}, share {split['share']:.0%}, since "
                       f"{split['started_at']:%Y-%m-%d %H:%M}.")  # fmt: skip
+    for event in events:
+        console.print(f"  {event['at']:%Y-%m-%d %H:%M:%S} {event['event'].replace('_', ' ')}: {event['detail']}",
+                      markup=False, highlight=False)  # fmt: skip
 
 
 @canary_app.command("abort")

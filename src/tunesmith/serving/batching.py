@@ -42,6 +42,8 @@ class Metrics:
                                         ["model", "variant"], registry=r)  # fmt: skip
         self.variant_errors = Counter("tunesmith_variant_errors", "Requests a variant failed.", ["model", "variant"],
                                       registry=r)  # fmt: skip
+        self.canary_rollbacks = Counter("tunesmith_canary_rollbacks", "Traffic splits ended by the automatic rollback, "
+                                        "by the criterion crossed.", ["model", "criterion"], registry=r)  # fmt: skip
         self.shadow_agreement = Counter("tunesmith_shadow_agreement", "Shadow answers that agree with the returned "
                                         "ones (or not).", ["model", "outcome"], registry=r)  # fmt: skip
         self.log_queue = Gauge("tunesmith_prediction_log_queue", "Predictions waiting to be written to the log.",

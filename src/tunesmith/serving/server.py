@@ -87,6 +87,15 @@ class Variant:
     config: dict[str, Any]  # the registry's canary row: alias, share, mode
     slot: Slot
     batcher: MicroBatcher
+    # What the automatic rollback judges, since the split started: the variant's answers and failures, its
+    # time and production's over the same period, and (shadow) agreement with what was returned.
+    answered: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    primary_answered: int = 0
+    primary_seconds: float = 0.0
+    agree: int = 0
+    disagree: int = 0
 
     @property
     def label(self) -> str:
@@ -243,6 +252,7 @@ class Server:
                 if interval > 0:
                     await self.refresh()
                     await self.refresh_variants()
+                    await self.judge_variants()
                 await self._reload_keys()
                 failed = [s.name for s in self.slots.values() if s.status == "failed"]
                 if failed:
@@ -339,6 +349,36 @@ class Server:
                 log.info(json.dumps({"event": "variant_started", "model": name, **wanted,
                                      "version": variant.slot.current.version.version}))  # fmt: skip
 
+    async def judge_variants(self) -> None:
+        """Automatic rollback: a canary failing too often or too slow, or a shadow disagreeing too much with
+        production, is ended — the split returns to 100 % production — and the event is recorded in the registry,
+        counted on /metrics and shown by `tunesmith canary status`."""
+        limits = self.settings
+        for name, variant in list(self.variants.items()):
+            tried = variant.answered + variant.failed
+            compared = variant.agree + variant.disagree
+            reason = None
+            if tried >= limits.canary_min_requests and variant.failed / tried > limits.canary_max_error_rate:
+                reason = ("error_rate", f"{variant.failed} of {tried} requests failed "
+                          f"(limit {limits.canary_max_error_rate:.0%})")  # fmt: skip
+            elif variant.answered >= limits.canary_min_requests and variant.primary_answered and variant.seconds / \
+                    variant.answered > limits.canary_max_latency_ratio * variant.primary_seconds / variant.primary_answered:
+                ratio = (variant.seconds / variant.answered) / (variant.primary_seconds / variant.primary_answered)
+                reason = ("latency", f"{ratio:.1f}x production's mean latency (limit {limits.canary_max_latency_ratio:g}x)")
+            elif compared >= limits.canary_min_requests and variant.disagree / compared > limits.canary_max_disagreement:
+                reason = ("disagreement", f"disagrees with production on {variant.disagree} of {compared} answers "
+                          f"(limit {limits.canary_max_disagreement:.0%})")  # fmt: skip
+            if reason is None:
+                continue
+            detail = f"{variant.config['mode']} of @{variant.label} rolled back: {reason[1]}"
+            await asyncio.get_running_loop().run_in_executor(self.loader, self.registry.stop_canary, name,
+                                                             "rolled_back", detail)  # fmt: skip
+            if self.variants.get(name) is variant:
+                self._retire(self.variants.pop(name))
+            self.metrics.canary_rollbacks.labels(name, reason[0]).inc()
+            log.warning(json.dumps({"event": "canary_rolled_back", "model": name, "criterion": reason[0],
+                                    "detail": detail}))  # fmt: skip
+
     def _retire(self, variant: Variant) -> None:
         """No new request reaches it; queued ones are answered; then its model is released."""
         self._retired.append(variant)
@@ -379,10 +419,13 @@ class Server:
                 loaded, shadowed = await shadow.batcher.submit(items, self.settings.request_timeout_s)
             except Exception:  # a shadow's trouble is its own: the request was already answered
                 self.metrics.variant_errors.labels(name, "shadow").inc()
+                shadow.failed += 1
                 return
             task = TASKS[loaded.task]
             mine, theirs = task.log_outputs(answered.predictor, outputs), task.log_outputs(loaded.predictor, shadowed)
             same = sum(_decision(a) == _decision(b) for a, b in zip(mine, theirs, strict=True))
+            shadow.agree += same
+            shadow.disagree += len(mine) - same
             self.metrics.shadow_agreement.labels(name, "agree").inc(same)
             self.metrics.shadow_agreement.labels(name, "disagree").inc(len(mine) - same)
             self.log_answers(name, loaded, items, shadowed, f"shadow:{shadow.label}")
@@ -495,7 +538,7 @@ class Server:
         slot, batcher, variant, shadow = self.route(name)
         self._require_request(slot, "question", f"send texts to /v1/models/{name}/predict instead.")
         question, context = self.check_texts([question, context])
-        loaded, answers = await batcher.submit([(question, context)], self.settings.request_timeout_s)
+        loaded, answers, variant = await self._submit(slot, batcher, variant, [(question, context)])
         self._answered(slot.name, variant)
         self.log_answers(slot.name, loaded, [{"question": question, "context": context}], answers, variant)
         if shadow is not None:
@@ -507,7 +550,7 @@ class Server:
         slot, batcher, variant, shadow = self.route(name)
         self._require_request(slot, "texts", f'ask it with {{"question", "context"}} at /v1/models/{name}/answer.')  # fmt: skip
         texts = self.check_texts(texts)
-        loaded, outputs = await batcher.submit(texts, self.settings.request_timeout_s)
+        loaded, outputs, variant = await self._submit(slot, batcher, variant, texts)
         self._answered(slot.name, variant)
         for label in TASKS[loaded.task].counted_labels(loaded.predictor, outputs):
             self.metrics.predictions.labels(slot.name, label).inc()
@@ -515,6 +558,31 @@ class Server:
         if shadow is not None:
             self._shadow(slot.name, shadow, texts, loaded, outputs)
         return loaded, outputs
+
+    async def _submit(self, slot: Slot, batcher: MicroBatcher, variant: str, items: list[Any]) -> tuple[Loaded, Any, str]:
+        """Run `items` on the routed slot; a canary that fails a request (its model errs, or it cannot answer in
+        time) is counted against it and the request is answered by production, so no user sees its failure."""
+        started = time.perf_counter()
+        split = self.variants.get(slot.name)
+        canary = split if split is not None and split.slot is slot else None
+        try:
+            loaded, outputs = await batcher.submit(items, self.settings.request_timeout_s)
+        except ApiError as exc:
+            if canary is None or exc.status < 500:
+                raise
+            canary.failed += 1
+            self.metrics.variant_errors.labels(slot.name, variant).inc()
+            primary = self.slots[slot.name]
+            loaded, outputs = await self.batchers[slot.name].submit(items, self.settings.request_timeout_s)
+            return loaded, outputs, primary.ref.partition("@")[2] or "latest"
+        seconds = time.perf_counter() - started
+        if canary is not None:
+            canary.answered += 1
+            canary.seconds += seconds
+        elif split is not None:
+            split.primary_answered += 1
+            split.primary_seconds += seconds
+        return loaded, outputs, variant
 
     def _answered(self, name: str, variant: str) -> None:
         self.metrics.variant_requests.labels(name, variant).inc()

@@ -102,6 +102,19 @@ class ServeSettings(BaseModel):
     log_max_mb: float = Field(
         1024.0, gt=0, description="A model's log beyond this size loses its oldest segments (the current one stays)."
     )
+    canary_min_requests: int = Field(
+        50, ge=1, description="Requests a canary (or shadow) answers before the automatic rollback judges it."
+    )
+    canary_max_error_rate: float = Field(
+        0.05, ge=0, le=1, description="A canary failing more of its requests is rolled back (its failed requests are "
+        "answered by production, so none fails for the user)."
+    )
+    canary_max_latency_ratio: float = Field(
+        2.0, gt=0, description="A canary whose mean latency is more than this times production's is rolled back."
+    )
+    canary_max_disagreement: float = Field(
+        0.2, ge=0, le=1, description="A shadow disagreeing with production on more of its answers is rolled back."
+    )
     max_stop_chars: int = Field(200, ge=1, description="text-generation: longest stop string accepted.")
     generation_timeout_s: float = Field(
         300.0, gt=0, description="text-generation: a whole (non-streamed) answer not ready by then is stopped: 504."
