@@ -61,20 +61,20 @@ def test_a_killed_search_resumes(tiny_model: str, support_rows: list[tuple[str, 
     command = [sys.executable, "-m", "tunesmith.cli", "--home", str(home), "tune", str(data), "--trials", "3",
                "--name", "s", "--model", tiny_model, "--set", "train.epochs=2", "--set",
                "train.early_stopping_patience=0"]  # fmt: skip
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Its output goes to a file: a pipe nobody reads fills up (64 KiB) and blocks the search mid-trial.
+    output = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, text=True)
     url = f"sqlite:///{home / 'registry.db'}"
     deadline = time.time() + 240
-    finished: list = []
-    while time.time() < deadline and not finished:
-        time.sleep(1)
-        try:
-            study = optuna.load_study(study_name="tune-s", storage=url)
-            finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-        except Exception:  # the study or its tables do not exist yet
-            pass
+    # Watch its output, not the study: reading the database while the search writes to it can fail as locked.
+    while time.time() < deadline and "trial 0:" not in (tmp_path / "first.log").read_text():
+        time.sleep(0.5)
     first.kill()
     first.wait()
-    assert finished, "no trial finished before the deadline"
+    output.close()
+    study = optuna.load_study(study_name="tune-s", storage=url)
+    finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert finished, "no trial finished before the deadline:\n" + (tmp_path / "first.log").read_text()[-3000:]
     second = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "Resuming study 'tune-s'" in second.stderr + second.stdout

@@ -388,7 +388,7 @@ class Server:
                 await asyncio.sleep(0.05)
             await asyncio.sleep(1.0)  # a batch taken off the queue keeps its own reference to the model
             variant.slot.current = None
-            release_memory()
+            await asyncio.get_running_loop().run_in_executor(self.loader, release_memory)
 
         task = asyncio.create_task(drain())
         self._shadows.add(task)
