@@ -116,8 +116,8 @@ def test_a_full_log_queue_drops_rows_never_requests_and_the_alert_fires_on_the_s
     assert 0 < len(kept) == 2048 - dropped
     assert all(r["input"] is None and len(r["input_hash"]) == 32 for r in kept)  # log_inputs: hash
 
-    if PROMTOOL is None:
-        pytest.skip("promtool (Debian's prometheus package, installed by `make test`) is not on PATH")
+    # `make test` installs promtool (Debian's prometheus package): without it the rules are unchecked, a failure.
+    assert PROMTOOL is not None, "promtool is not on PATH: run `make test`, or apt-get install prometheus"
     # The recorded scrapes as a series, one a minute: the dropping alert must fire after its 5 minutes.
     values = " ".join([str(int(_metric(before, "tunesmith_prediction_log_dropped_total") or 0))] +
                       [str(int(dropped) * k) for k in range(1, 12)])  # fmt: skip
@@ -253,8 +253,8 @@ def test_live_gauges_on_metrics(keyed_server: tuple[Any, dict[str, str]]) -> Non
 
 
 def test_alert_rules_pass_promtool() -> None:
-    if PROMTOOL is None:
-        pytest.skip("promtool (Debian's prometheus package, installed by `make test`) is not on PATH")
+    # `make test` installs promtool (Debian's prometheus package): without it the rules are unchecked, a failure.
+    assert PROMTOOL is not None, "promtool is not on PATH: run `make test`, or apt-get install prometheus"
     checked = subprocess.run([PROMTOOL, "check", "rules", str(RULES / "alerts.yml")], capture_output=True, text=True)
     assert checked.returncode == 0 and "SUCCESS: 8 rules found" in checked.stdout, checked.stdout + checked.stderr
     tested = subprocess.run([PROMTOOL, "test", "rules", "alerts_test.yml"], capture_output=True, text=True, cwd=RULES)

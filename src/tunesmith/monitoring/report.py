@@ -76,16 +76,6 @@ def _logged_item(raw: str | None) -> Any:
     return raw
 
 
-def _embed(texts: list[str]) -> np.ndarray:
-    from sentence_transformers import SentenceTransformer
-
-    from tunesmith.config import DEFAULT_MODEL
-    from tunesmith.models import resolve_model
-
-    encoder = SentenceTransformer(resolve_model(DEFAULT_MODEL), device="cpu")
-    return np.asarray(encoder.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False))
-
-
 def domain_classifier(reference: list[str], current: list[str], seed: int = 0) -> dict[str, Any]:
     """How well a classifier tells recent texts from reference ones (ROC AUC), and whether that is beyond
     what chance reaches at these sample sizes."""
@@ -102,7 +92,13 @@ def domain_classifier(reference: list[str], current: list[str], seed: int = 0) -
 
 def embed(texts: list[str]) -> np.ndarray:
     """Sentence embeddings of the embedded MiniLM encoder (offline), L2-normalised."""
-    return _embed(texts)
+    from sentence_transformers import SentenceTransformer
+
+    from tunesmith.config import DEFAULT_MODEL
+    from tunesmith.models import resolve_model
+
+    encoder = SentenceTransformer(resolve_model(DEFAULT_MODEL), device="cpu")
+    return np.asarray(encoder.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False))
 
 
 def domain_auc(reference: np.ndarray, current: np.ndarray, seed: int = 0) -> dict[str, Any]:

@@ -7,7 +7,6 @@ by chi-squared, distributions compared by the two-sample Kolmogorov-Smirnov test
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -172,6 +171,3 @@ def outputs_profile(outputs: Sequence[dict[str, Any]], correct: Sequence[bool] |
 def share(values: Sequence[bool]) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
-
-def finite(value: float | None) -> float | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
