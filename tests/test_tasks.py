@@ -197,3 +197,22 @@ def _logged_with_feedback(task: str, case: Case, server: Any, registry: Any, res
     exported = tmp_path / "feedback.jsonl"
     assert export_feedback(registry.home, "m", get_task(task), exported, include_held_out=True) == 1
     assert case.reads is not None and case.reads(exported) == 1
+    _retrained(task, registry, exported)
+
+
+def _retrained(task: str, registry: Any, feedback_file: Path) -> None:
+    """`retrain` makes the next version from the kept training rows and new rows (the exported feedback, given
+    as a file: one input in five is held out of the feedback itself), on production's frozen splits."""
+    from tunesmith.retraining import retrain
+
+    parent = registry.resolve("m@1")
+    outcome = retrain(registry, "m", against="m@1", files=[feedback_file], overrides=["train.max_steps=3"],
+                      gate=False, export=False, progress=False, log=lambda _line: None)  # fmt: skip
+    version = outcome.result.version
+    assert version.ref == "m@2" and version.task == task
+    meta = json.loads((version.path / "tunesmith.json").read_text())
+    assert meta["lineage"]["parent"] == "m@1" and meta["lineage"]["rows"]["files"] == 1
+    kept = (version.path / "data" / "train.jsonl").read_text().splitlines()
+    rows = meta["lineage"]["rows"]
+    assert len(kept) == rows["replayed"] + rows["new"] and rows["new"] == 1  # the same row as feedback and as a file
+    assert (version.path / "data" / "test.jsonl").read_bytes() == (parent.path / "data" / "test.jsonl").read_bytes()

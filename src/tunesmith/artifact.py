@@ -38,9 +38,10 @@ def library_versions() -> dict[str, str]:
 def describe(config: Any, **fields: Any) -> dict[str, Any]:
     """The `tunesmith.json` record of a model trained from `config` (a `RunConfig`): the fields every task
     writes, then the task's own `fields` (labels, token limit, metrics, data, ...), which win."""
+    lineage = {"lineage": config.lineage} if getattr(config, "lineage", None) else {}
     return {"format": FORMAT, "task": config.task, "name": config.name, "base_model": config.train.base_model,
             "method": config.train.method, "created_at": datetime.now(UTC).isoformat(),
-            "library_versions": library_versions(), **fields}  # fmt: skip
+            "library_versions": library_versions(), **lineage, **fields}  # fmt: skip
 
 
 def write_meta(folder: str | Path, meta: dict[str, Any]) -> None:

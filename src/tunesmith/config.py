@@ -174,6 +174,11 @@ class RunConfig(_Settings):
     seed: int = Field(42, description="Seed of the data split.")
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    lineage: dict[str, Any] | None = Field(
+        None,
+        description="Set by `tunesmith retrain`: the version retrained from, the strategy, and the rows and files mixed "
+        "(with fingerprints); kept in tunesmith.json and shown by `tunesmith models show`.",
+    )
 
     @field_validator("name")
     @classmethod

@@ -104,9 +104,49 @@ def load_with_new_head(auto_class: Any, name: str, **kwargs: Any) -> Any:
     hf_logging.set_verbosity_error()
     try:
         # A base model's own head (if any) has another size: replace it instead of failing.
-        return load_pretrained(auto_class, name, ignore_mismatched_sizes=True, **kwargs)
+        model = load_pretrained(auto_class, name, ignore_mismatched_sizes=True, **kwargs)
     finally:
         hf_logging.set_verbosity(level)
+    if kwargs.get("id2label"):
+        carry_head_rows(model, resolve_model(name), kwargs["id2label"])
+    return model
+
+
+def carry_head_rows(model: Any, source: str, id2label: dict[int, str]) -> int:
+    """Copy the task-head rows of the labels `model` shares with the fine-tuned model at `source`, matched by
+    name: a model retrained from a released one with a label added (or the labels in another order) keeps what
+    it knew of the old labels instead of starting its head afresh. Only weights outside the encoder whose first
+    dimension counts the labels are touched. Returns how many labels were carried over (0 when `source` is not
+    a fine-tuned model with named labels, or already has exactly these labels in this order)."""
+    import json
+
+    folder = Path(source)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        return 0
+    old = {int(i): str(n) for i, n in (json.loads(config_file.read_text(encoding="utf-8")).get("id2label") or {}).items()}
+    new = [str(id2label[i]) for i in range(len(id2label))]
+    if not old or all(n == f"LABEL_{i}" for i, n in old.items()) or [old.get(i) for i in range(len(old))] == new:
+        return 0
+    index = {n: i for i, n in old.items()}
+    pairs = [(j, index[n]) for j, n in enumerate(new) if n in index]
+    if not pairs:
+        return 0
+    import torch
+    from safetensors.torch import load_file
+
+    encoder = f"{model.base_model_prefix}."
+    state = model.state_dict()
+    with torch.no_grad():
+        for file in sorted(folder.glob("*.safetensors")):
+            for key, tensor in load_file(str(file)).items():
+                target = state.get(key)
+                if (key.startswith(encoder) or target is None or tensor.dim() == 0 or tensor.shape[0] != len(old)
+                        or target.shape[0] != len(new) or target.shape[1:] != tensor.shape[1:]):  # fmt: skip
+                    continue
+                for j, i in pairs:
+                    target[j] = tensor[i]
+    return len(pairs)
 
 
 def model_max_length(tokenizer: Any, model_config: Any) -> int:

@@ -174,6 +174,12 @@ def models_show(
         f"data:       {meta['data']['train_file']}  {meta['data']['sizes']}  {meta['data']['fingerprint'][:23]}"
     )
     console.print(f"created:    {meta['created_at']}")
+    lineage = meta.get("lineage")
+    if lineage:
+        rows = lineage["rows"]
+        console.print(f"lineage:    retrained from {lineage['parent']} ({lineage['strategy']}): {rows['feedback']} feedback "
+                      f"+ {rows['files']} file rows, {rows['replayed']} of {rows['old']} old rows replayed; rows "
+                      f"{lineage['fingerprints']['training_rows']}")  # fmt: skip
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in meta["metrics"].items())
     console.print(f"test:       {metrics}")
     if meta.get("baseline_metrics"):
@@ -226,13 +232,18 @@ def gate(
     if as_json:
         print_json(result.to_dict())
     else:
-        table = Table("criterion", "verdict", "detail", title=f"gate: {result.candidate} against {result.against}")
-        for c in result.criteria:
-            table.add_row(c.name, {True: "pass", False: "FAIL", None: "-"}[c.passed], c.detail)
-        console.print(table)
-        console.print(f"{result.candidate} {'passed: the candidate alias points at it' if result.passed else 'failed'}.")
+        show_gate(result)
     if not result.passed:
         raise typer.Exit(1)
+
+
+def show_gate(result: Any) -> None:
+    """A gate's verdict as a table, criterion by criterion (`gate`, `retrain`)."""
+    table = Table("criterion", "verdict", "detail", title=f"gate: {result.candidate} against {result.against}")
+    for c in result.criteria:
+        table.add_row(c.name, {True: "pass", False: "FAIL", None: "-"}[c.passed], c.detail)
+    console.print(table)
+    console.print(f"{result.candidate} {'passed: the candidate alias points at it' if result.passed else 'failed'}.")
 
 
 @models_app.command("register")

@@ -1,4 +1,4 @@
-"""Commands that make a model: `train`, `tune`, `zeroshot`."""
+"""Commands that make a model: `train`, `retrain`, `tune`, `zeroshot`."""
 
 from __future__ import annotations
 
@@ -87,6 +87,49 @@ def train(
     console.print(draw(summary))
     console.print(f"Trained in {result.train_minutes:.1f} min. Report: {result.version.path / 'report.md'}")
     console.print(f'Use it: tunesmith predict {result.version.ref} "some text"')
+
+
+@app.command()
+def retrain(
+    name: Annotated[str, typer.Argument(help="The model to retrain: its production version and its feedback.")],
+    strategy: Annotated[
+        Literal["rehearsal", "scratch", "feedback", "lora"],
+        typer.Option(help="rehearsal: production's weights on the new rows plus a replay sample of the old ones; "
+                     "scratch: the base model on all rows; feedback: production's weights on the new rows alone; "
+                     "lora: an adapter over production's weights on the rehearsal mix (docs/improving.md)."),
+    ] = "rehearsal",
+    against: Annotated[str, typer.Option(help="The alias (or NAME@VERSION) to start from and gate against.")] = "production",
+    data: Annotated[
+        list[Path] | None, typer.Option("--data", help="More training rows in the task's format (repeatable).")
+    ] = None,
+    replay: Annotated[float, typer.Option(help="Old rows replayed per new row (rehearsal, lora).")] = 2.0,
+    max_minutes: Annotated[float | None, typer.Option(help=described(TrainConfig, "max_minutes"))] = None,
+    set_: SetFlag = None,
+    gate: Annotated[bool, typer.Option(help="Export and gate the candidate against the version it started from.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    as_json: Json = False,
+) -> None:
+    """Train a candidate from the production version's training rows and the feedback collected since (plus
+    --data files), export it and run the regression gate against production; a pass moves the `candidate`
+    alias. Exit code 1 when the gate fails."""
+    from tunesmith.retraining import retrain as run_retrain
+
+    overrides = [*(set_ or []), *([f"train.max_minutes={max_minutes}"] if max_minutes else [])]
+    outcome = run_retrain(open_registry(), name, strategy=strategy, against=against, files=data or [],
+                          replay=replay, overrides=overrides, gate=gate, export=gate,
+                          progress=progress and not as_json, log=say_warnings if as_json else say)  # fmt: skip
+    result, verdict = outcome.result, outcome.gate
+    if as_json:
+        print_json({"ref": result.version.ref, "metrics": result.metrics, "lineage": outcome.lineage,
+                    "gate": verdict.to_dict() if verdict else None})  # fmt: skip
+    else:
+        console.print(draw(TASKS[result.version.task].summary(result)))
+        if verdict is not None:
+            from tunesmith.cli.registry import show_gate
+
+            show_gate(verdict)
+    if verdict is not None and not verdict.passed:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -85,6 +85,9 @@ class Task(ABC):
     # it was measured to pay (text classification: 1.15x steps on short texts, equal or better accuracy).
     freezes_embeddings: ClassVar[bool] = False
     reads_pooler: ClassVar[bool] = False  # the head reads the encoder's pooler, which adapters must then train
+    # The training-row field whose proportions `retrain`'s replay sample keeps (every value is rehearsed); None: a
+    # plain random sample.
+    replay_stratify: ClassVar[str | None] = None
     export_format: ClassVar[Literal["onnx", "merged"]] = "onnx"
     training: ClassVar[str]  # the module whose `train(run: training.Run) -> TrainResult` is the training body
     # The reference every run is scored beside, by the test metric compared, and what to try when it wins.

@@ -85,7 +85,7 @@ def train(run: Run) -> TrainResult:
                        ensure_ascii=False) + "\n"
             for e in getattr(data, what)
         )
-        for what in ("validation", "test")
+        for what in ("train", "validation", "test")
     }  # fmt: skip
     report = (
         f"# {name}: extractive question answering\n\nOn {metrics['n']} test questions: exact match "

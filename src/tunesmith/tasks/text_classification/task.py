@@ -40,6 +40,7 @@ class TextClassification(Task):
     reads_pooler = True
     freezes_embeddings = True
     answers_with_label = True
+    replay_stratify = "label"
 
     def load(self, path: str | Path, backend: str = "auto", threads: int | None = None) -> BaseClassifier:
         from tunesmith.tasks.text_classification.predictor import load_predictor

@@ -361,9 +361,10 @@ def _artifact_meta(
 
 
 def _write_splits(folder: Path, data: ClassificationData) -> None:
-    """Keep the held-out splits with the model, to re-check exports and compare versions on the same rows."""
+    """Keep the splits with the model: the held-out ones to re-check exports and compare versions on the same
+    rows, the training rows for `tunesmith retrain` to replay."""
     folder.mkdir()
-    for what in ("validation", "test"):
+    for what in ("train", "validation", "test"):
         split: Split = getattr(data, what)
         with (folder / f"{what}.jsonl").open("w", encoding="utf-8") as handle:
             for text, label in zip(split.texts, split.labels, strict=True):

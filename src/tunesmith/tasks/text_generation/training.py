@@ -110,7 +110,7 @@ def train(run: Run) -> TrainResult:
     comparison = [{"prompt": c.prompt[-1]["content"], "reference": c.reference, "before": b, "after": a}
                   for c, b, a in zip(samples, before_samples, after_samples, strict=True)]  # fmt: skip
     splits = {f"data/{what}.jsonl": "".join(json.dumps({"messages": c.messages}, ensure_ascii=False) + "\n" for c in cs)
-              for what, cs in (("validation", val_c), ("test", test_c))}  # fmt: skip
+              for what, cs in (("train", train_c), ("validation", val_c), ("test", test_c))}  # fmt: skip
     version = run.register_artifact(
         model, tokenizer,
         files={**splits, "samples.json": json.dumps(comparison, indent=2, ensure_ascii=False)},

@@ -108,7 +108,7 @@ def train(run: Run) -> TrainResult:
     splits = {
         f"data/{what}.jsonl": "".join(json.dumps({"tokens": s.tokens, "tags": s.tags}, ensure_ascii=False) + "\n"
                                       for s in getattr(data, what))
-        for what in ("validation", "test")
+        for what in ("train", "validation", "test")
     }  # fmt: skip
     version = run.register_artifact(
         model, tokenizer,
