@@ -106,24 +106,34 @@ def test_starting_and_ending_splits_under_load_fails_no_request(split_server: tu
     assert statuses[200] > 100 and set(statuses) == {200}, statuses
 
 
-def test_a_shadow_that_disagrees_is_rolled_back_automatically(
-    split_server: tuple[Any, Registry], tiny_model: str, support_rows: list[tuple[str, str]], tmp_path: Path
-) -> None:  # fmt: skip
-    import json
+@pytest.fixture(scope="module")
+def planted_bad(split_server: tuple[Any, Registry], tiny_model: str, support_rows: list[tuple[str, str]],
+                tmp_path_factory: pytest.TempPathFactory) -> str:  # fmt: skip
+    """A bad candidate under the alias `bad`: the tiny model trained on shuffled labels."""
     import random
-    import subprocess
-    import sys
 
     import tunesmith
     from conftest import write_csv
 
-    server, registry = split_server
+    _, registry = split_server
     labels = [label for _, label in support_rows]
-    random.Random(1).shuffle(labels)  # a planted bad candidate: trained on shuffled labels
-    data = write_csv(tmp_path / "shuffled.csv", [(text, label) for (text, _), label in zip(support_rows, labels, strict=True)])
+    random.Random(1).shuffle(labels)
+    rows = [(text, label) for (text, _), label in zip(support_rows, labels, strict=True)]
+    data = write_csv(tmp_path_factory.mktemp("shuffled") / "shuffled.csv", rows)
     bad = tunesmith.train(data, registry=registry, name="support", progress=False, base_model=tiny_model, epochs=10,
                           learning_rate=5e-3, batch_size=16, freeze_embeddings=False).version  # fmt: skip
     registry.promote(bad.ref, "bad")
+    return bad.ref
+
+
+def test_a_shadow_that_disagrees_is_rolled_back_automatically(
+    split_server: tuple[Any, Registry], planted_bad: str, support_rows: list[tuple[str, str]]
+) -> None:  # fmt: skip
+    import json
+    import subprocess
+    import sys
+
+    server, registry = split_server
     registry.start_canary("support", "bad", 1.0, mode="shadow")
     texts = [text for text, _ in support_rows]
 
@@ -144,6 +154,72 @@ def test_a_shadow_that_disagrees_is_rolled_back_automatically(
     assert json.loads(shown.stdout)["split"] is None and "rolled back" in json.loads(shown.stdout)["events"][0]["detail"]
 
 
+def test_a_canary_users_correct_more_often_is_rolled_back_under_load(
+    split_server: tuple[Any, Registry], planted_bad: str, support_rows: list[tuple[str, str]]
+) -> None:  # fmt: skip
+    """Fast and error-free, but wrong: only users' feedback shows it. Half the users get the planted bad model,
+    8 clients at once correct every answer, and the split ends on the feedback with no request failed."""
+    server, registry = split_server
+    registry.start_canary("support", "bad", 0.5)
+    statuses: Counter[int] = Counter()
+    served: Counter[str] = Counter()
+
+    def use(i: int) -> None:
+        text, label = support_rows[i % len(support_rows)]
+        response = httpx.post(f"{server.url}{PREDICT}", json={"text": text}, headers={"X-Tunesmith-User": f"u{i % 40}"},
+                              timeout=30)  # fmt: skip
+        statuses[response.status_code] += 1
+        if response.status_code != 200:
+            return
+        served[response.headers["x-tunesmith-variant"]] += 1
+        feedback = httpx.post(f"{server.url}/v1/models/support/feedback", timeout=30,
+                              json={"request_id": response.headers["x-request-id"], "answer": label})  # fmt: skip
+        statuses[feedback.status_code] += 1
+
+    def rolled_back() -> bool:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(use, range(40)))
+        return "support" not in registry.canary_table()
+
+    _until(rolled_back, seconds=90)
+    assert set(statuses) == {200, 201}, statuses
+    assert served["bad"] > 0 and served["production"] > 0, served
+    events = registry.canary_events("support")
+    assert events[0]["event"] == "rolled_back" and "feedback found" in events[0]["detail"], events
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'tunesmith_canary_rollbacks_total{criterion="feedback_accuracy",model="support"} 1.0' in metrics
+    assert all(_ask(server.url, f"after-{i}")[1] == "production" for i in range(20))
+
+
+def test_feedback_accuracy_is_compared_only_beyond_noise() -> None:
+    from tunesmith.serving.server import feedback_worse
+
+    assert feedback_worse([5, 30], [28, 30], minimum=20) is not None  # 5 of 30 right against 28 of 30
+    assert feedback_worse([25, 30], [27, 30], minimum=20) is None  # within noise
+    assert feedback_worse([0, 19], [30, 30], minimum=20) is None  # too little feedback on the canary yet
+    assert feedback_worse([30, 30], [5, 30], minimum=20) is None  # better: never rolled back for it
+
+
 def _ask_text(url: str, text: str) -> tuple[int, str, int]:
     response = httpx.post(f"{url}{PREDICT}", json={"text": text}, timeout=30)
     return response.status_code, response.headers.get("x-tunesmith-variant", ""), response.json().get("version", 0)
+
+
+def test_each_rollback_limit_is_judged_only_past_its_minimum() -> None:
+    from tunesmith.serving.server import Variant, rollback_reason
+    from tunesmith.serving.settings import ServeSettings
+
+    limits = ServeSettings()  # 50 requests at least; 5 % errors, 2x latency, 20 % disagreement, 20 feedback answers
+
+    def variant(**counts: Any) -> Variant:
+        return Variant({"alias": "candidate", "share": 0.1, "mode": "canary"}, None, None, **counts)  # type: ignore[arg-type]
+
+    assert rollback_reason(variant(answered=40, failed=9), limits) is None  # 49 tried: too few to judge
+    assert rollback_reason(variant(answered=47, failed=3), limits)[0] == "error_rate"  # 6 %
+    assert rollback_reason(variant(answered=48, failed=2), limits) is None  # 4 %
+    slow = {"answered": 60, "seconds": 60 * 0.021, "primary_answered": 500, "primary_seconds": 500 * 0.010}
+    assert rollback_reason(variant(**slow), limits)[0] == "latency"  # 2.1x production's mean
+    assert rollback_reason(variant(**{**slow, "seconds": 60 * 0.019}), limits) is None
+    assert rollback_reason(variant(answered=60, agree=39, disagree=11), limits)[0] == "disagreement"  # 22 %
+    assert rollback_reason(variant(answered=60, feedback=[5, 30], primary_feedback=[28, 30]), limits)[0] == \
+        "feedback_accuracy"  # fmt: skip

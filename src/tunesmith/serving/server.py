@@ -10,7 +10,7 @@ import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -96,10 +96,46 @@ class Variant:
     primary_seconds: float = 0.0
     agree: int = 0
     disagree: int = 0
+    # Users' feedback on the answers each side gave ([right, judged]): what the canary is rolled back on when its
+    # answers are wrong more often than production's, though they come fast and without errors.
+    feedback: list[int] = field(default_factory=lambda: [0, 0])
+    primary_feedback: list[int] = field(default_factory=lambda: [0, 0])
 
     @property
     def label(self) -> str:
         return str(self.config["alias"])
+
+
+def rollback_reason(variant: Variant, limits: Any) -> tuple[str, str] | None:
+    """(criterion, why) when a variant has crossed one of the rollback limits (`ServeSettings.canary_*`)."""
+    tried = variant.answered + variant.failed
+    compared = variant.agree + variant.disagree
+    if tried >= limits.canary_min_requests and variant.failed / tried > limits.canary_max_error_rate:
+        return "error_rate", f"{variant.failed} of {tried} requests failed (limit {limits.canary_max_error_rate:.0%})"
+    if variant.answered >= limits.canary_min_requests and variant.primary_answered:
+        ratio = (variant.seconds / variant.answered) / max(variant.primary_seconds / variant.primary_answered, 1e-9)
+        if ratio > limits.canary_max_latency_ratio:
+            return "latency", f"{ratio:.1f}x production's mean latency (limit {limits.canary_max_latency_ratio:g}x)"
+    if compared >= limits.canary_min_requests and variant.disagree / compared > limits.canary_max_disagreement:
+        return "disagreement", (f"disagrees with production on {variant.disagree} of {compared} answers "
+                                f"(limit {limits.canary_max_disagreement:.0%})")  # fmt: skip
+    worse = feedback_worse(variant.feedback, variant.primary_feedback, limits.canary_min_feedback)
+    return ("feedback_accuracy", worse) if worse else None
+
+
+def feedback_worse(canary: list[int], primary: list[int], minimum: int, alpha: float = 0.01) -> str | None:
+    """Why the canary's answers are judged wrong more often than production's by users' feedback ([right,
+    judged] each; one-sided Fisher exact test at `alpha`), or None: too little feedback, or within noise."""
+    if canary[1] < minimum or primary[1] < minimum:
+        return None
+    from scipy.stats import fisher_exact
+
+    table = [[canary[0], canary[1] - canary[0]], [primary[0], primary[1] - primary[0]]]
+    p = float(fisher_exact(table, alternative="less")[1])
+    if p >= alpha:
+        return None
+    return (f"feedback found {canary[0]} of {canary[1]} of its answers right against production's {primary[0]} of "
+            f"{primary[1]} (Fisher p={p:.2g} < {alpha:g})")  # fmt: skip
 
 
 def bucket(name: str, sticky: str) -> float:
@@ -350,24 +386,11 @@ class Server:
                                      "version": variant.slot.current.version.version}))  # fmt: skip
 
     async def judge_variants(self) -> None:
-        """Automatic rollback: a canary failing too often or too slow, or a shadow disagreeing too much with
-        production, is ended — the split returns to 100 % production — and the event is recorded in the registry,
-        counted on /metrics and shown by `tunesmith canary status`."""
-        limits = self.settings
+        """Automatic rollback: a canary failing too often, too slow, or found wrong more often than production by
+        users' feedback, or a shadow disagreeing too much with production, is ended — the split returns to 100 %
+        production — and the event is recorded in the registry, counted on /metrics and shown by `canary status`."""
         for name, variant in list(self.variants.items()):
-            tried = variant.answered + variant.failed
-            compared = variant.agree + variant.disagree
-            reason = None
-            if tried >= limits.canary_min_requests and variant.failed / tried > limits.canary_max_error_rate:
-                reason = ("error_rate", f"{variant.failed} of {tried} requests failed "
-                          f"(limit {limits.canary_max_error_rate:.0%})")  # fmt: skip
-            elif variant.answered >= limits.canary_min_requests and variant.primary_answered and variant.seconds / \
-                    variant.answered > limits.canary_max_latency_ratio * variant.primary_seconds / variant.primary_answered:
-                ratio = (variant.seconds / variant.answered) / (variant.primary_seconds / variant.primary_answered)
-                reason = ("latency", f"{ratio:.1f}x production's mean latency (limit {limits.canary_max_latency_ratio:g}x)")
-            elif compared >= limits.canary_min_requests and variant.disagree / compared > limits.canary_max_disagreement:
-                reason = ("disagreement", f"disagrees with production on {variant.disagree} of {compared} answers "
-                          f"(limit {limits.canary_max_disagreement:.0%})")  # fmt: skip
+            reason = rollback_reason(variant, self.settings)
             if reason is None:
                 continue
             detail = f"{variant.config['mode']} of @{variant.label} rolled back: {reason[1]}"
@@ -378,6 +401,21 @@ class Server:
             self.metrics.canary_rollbacks.labels(name, reason[0]).inc()
             log.warning(json.dumps({"event": "canary_rolled_back", "model": name, "criterion": reason[0],
                                     "detail": detail}))  # fmt: skip
+
+    def observe_feedback(self, name: str, version: int | None, correct: bool | None) -> None:
+        """Count a feedback answer against the side of the split whose answer it judges."""
+        variant = self.variants.get(name)
+        if variant is None or correct is None or variant.slot.current is None:
+            return
+        primary = self.slots[name].current
+        if version == variant.slot.current.version.version:
+            counts = variant.feedback
+        elif primary is not None and version == primary.version.version:
+            counts = variant.primary_feedback
+        else:
+            return
+        counts[0] += int(correct)
+        counts[1] += 1
 
     def _retire(self, variant: Variant) -> None:
         """No new request reaches it; queued ones are answered; then its model is released."""

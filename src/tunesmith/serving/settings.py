@@ -115,6 +115,10 @@ class ServeSettings(BaseModel):
     canary_max_disagreement: float = Field(
         0.2, ge=0, le=1, description="A shadow disagreeing with production on more of its answers is rolled back."
     )
+    canary_min_feedback: int = Field(
+        20, ge=1, description="Feedback answers on the canary's answers, and on production's, before the two are "
+        "compared; a canary judged right less often beyond noise (one-sided Fisher exact test, p < 0.01) is rolled back."
+    )
     max_stop_chars: int = Field(200, ge=1, description="text-generation: longest stop string accepted.")
     generation_timeout_s: float = Field(
         300.0, gt=0, description="text-generation: a whole (non-streamed) answer not ready by then is stopped: 504."

@@ -75,6 +75,7 @@ def routes(server: Server, needs: list[Any]) -> APIRouter:
             lambda: store_feedback(home, slot.name, request_id=body.request_id, caller=caller, input=item, answer=answer,
                                    predicted=predicted, version=version, correct=correct))  # fmt: skip
         server.live.observe_feedback(slot.name, correct)
+        server.observe_feedback(slot.name, version, correct)
         return JSONResponse({"id": feedback_id, "model": slot.name, "request_id": body.request_id, "version": version,
                              "correct": correct, "answer": answer}, status_code=201)  # fmt: skip
 
