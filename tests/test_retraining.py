@@ -98,5 +98,29 @@ def test_retrain_refuses_an_unknown_strategy_and_warm_starts_only_from_full_weig
     failed = _cli(home, "retrain", "support", "--strategy", "sideways")
     assert failed.returncode == 2 and "sideways" in failed.stderr
     registry = Registry(home)
+    import tunesmith
+
     with pytest.raises(ConfigError, match="--replay"):
-        retrain(registry, "support", against="support@1", replay=-1)
+        tunesmith.retrain("support", registry=registry, against="support@1", replay=-1)
+    with pytest.raises(tunesmith.TunesmithError, match="letters, digits"):
+        tunesmith.retrain("../escape", registry=registry)
+
+
+def test_a_lora_retrain_keeps_its_parent_from_being_deleted(trained_home: Path, tmp_path: Path) -> None:
+    from tunesmith.errors import RegistryError
+
+    home = private_copy(trained_home, tmp_path / "home")
+    registry = Registry(home)
+    registry.promote("support@1", "production")
+    for i in range(10):
+        store_feedback(home, "support", request_id=None, caller="t", input=f"my parcel {i} is late", answer="shipping",
+                       predicted=None, version=1, correct=False)  # fmt: skip
+    outcome = retrain(registry, "support", strategy="lora", gate=False, export=False, progress=False,
+                      overrides=["train.epochs=1"], log=lambda _line: None)  # fmt: skip
+    assert outcome.lineage["strategy"] == "lora"
+    registry.promote(outcome.result.version.ref, "production")
+    with pytest.raises(RegistryError, match=r"support@2 \(an adapter over support@1\)"):
+        registry.delete("support@1")
+    assert registry.resolve("support@1").path.is_dir()
+    registry.delete("support@2", force=True)  # the adapter first: then its parent goes
+    assert [v.ref for v in registry.delete("support@1")] == ["support@1"]

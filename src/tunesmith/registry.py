@@ -45,7 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
-from tunesmith.artifact import task_of
+from tunesmith.artifact import read_meta, task_of
 from tunesmith.errors import (
     ConflictError,
     InvalidNameError,
@@ -504,6 +504,15 @@ class Registry:
             version = previous.version
         return self.get(name, str(version))
 
+    @staticmethod
+    def _built_on(version: ModelVersion, parent: ModelVersion) -> bool:
+        """Whether `version` (a LoRA retrain's adapter) loads `parent`'s weights as its base model."""
+        try:
+            base = read_meta(version.path).get("base_model")
+        except TunesmithError:
+            return False
+        return bool(base) and Path(str(base)).resolve().is_relative_to(Path(parent.path).resolve())
+
     def delete(self, ref: str, force: bool = False) -> list[ModelVersion]:
         """Delete one version (`name@3`) or a whole model (`name`); aliased versions need `force`."""
         name, selector = parse_ref(ref)
@@ -517,6 +526,11 @@ class Registry:
                 "Promote another version first, or pass --force."
             )
         numbers = [v.version for v in victims]
+        dependants = [f"{v.ref} (an adapter over {victim.ref})" for v in self.versions(name) if v.version not in numbers
+                      for victim in victims if self._built_on(v, victim)]  # fmt: skip
+        if dependants and not force:
+            raise RegistryError(f"Refusing to delete: {', '.join(dependants)} loads its weights. Delete the adapter "
+                                "first, or pass --force (it then no longer loads).")  # fmt: skip
         with self._session.begin() as session:
             for row in session.scalars(select(_AliasRow).where(_AliasRow.model_name == name)):
                 if row.version in numbers:

@@ -6,7 +6,8 @@ files given. How they meet the old training rows (kept in every artifact, `data/
 
 - `rehearsal` (default): production's weights trained further on the new rows mixed with a replay sample of the
   old ones (REPLAY times the new rows, at least MIN_REPLAY of each old label), so what production knew is
-  rehearsed while it learns the new; the fastest run that keeps the old test split (bench/improve.py);
+  rehearsed while it learns the new, at a smaller step than a fresh run (WARM_LEARNING_RATE; measured in
+  bench/improve.py);
 - `scratch`: production's own base model and settings on every old row and every new one: the slowest, and
   the reference the others are measured against;
 - `feedback`: production's weights on the new rows alone: what a hand-run fine-tune does; measured to forget;
@@ -38,6 +39,9 @@ STRATEGIES: tuple[str, ...] = ("rehearsal", "scratch", "feedback", "lora")
 REPLAY = 2.0  # old rows replayed per new row (bench/improve.py: docs/improving.md)
 MIN_REPLAY = 8  # old rows of each label replayed at least (all of them when a label has fewer)
 WARM = ("rehearsal", "feedback", "lora")  # strategies that start from production's weights
+# Production's weights already sit where its data put them; a fresh run's step (1e-4 for full fine-tuning) moves
+# them far enough to forget (bench/improve.py: docs/improving.md), so a warm full fine-tune takes a smaller one.
+WARM_LEARNING_RATE = 2e-5
 Log = Any
 
 
@@ -124,20 +128,26 @@ def retrain(
     overrides: Sequence[str] = (),
     gate: bool = True,
     export: bool = True,
+    feedback_until: int | None = None,
+    resume: bool = False,
     progress: bool = True,
     log: Log = print,
 ) -> Retrained:
     """Train the next version of `name` from the version `against` names (an alias or NAME@VERSION) and the
-    feedback since, export it and gate it against that version. See the module's docstring for `strategy`."""
+    feedback since, export it and gate it against that version. See the module's docstring for `strategy`.
+    `feedback_until` takes only feedback up to that id (a resumed `watch` step retrains on the same rows);
+    `resume` continues an interrupted run of the same rows from its last checkpoint, when there is one."""
     from tunesmith.artifact import read_meta
     from tunesmith.config import apply_overrides, load_config
     from tunesmith.monitoring.feedback import read_feedback
+    from tunesmith.paths import check_name
     from tunesmith.tasks.catalog import TASKS
 
     if strategy not in STRATEGIES:
         raise ConfigError(f"--strategy {strategy} is not one of {', '.join(STRATEGIES)}.")
     if replay < 0:
         raise ConfigError(f"--replay {replay}: give the old rows replayed per new row, 0 or more (default {REPLAY:g}).")
+    name = check_name(name, "model name")
     parent = registry.resolve(against if "@" in against else f"{name}@{against}")
     task, meta = TASKS[parent.task], read_meta(parent.path)
     kept = Path(parent.path) / "data"
@@ -145,7 +155,8 @@ def retrain(
     if not old and strategy != "feedback" and not files:
         raise ConfigError(f"{parent.ref} was trained before artifacts kept their training rows: pass its training file "
                           "with --data FILE (and the feedback comes on top), or --strategy feedback.")  # fmt: skip
-    feedback = [f for f in read_feedback(registry.home, name) if f["input"] is not None and not f["held_out"]]
+    feedback = [f for f in read_feedback(registry.home, name) if f["input"] is not None and not f["held_out"]
+                and (feedback_until is None or f["id"] <= feedback_until)]  # fmt: skip
     given = [row for file in files for row in read_rows(Path(file))]
     new = task.feedback_rows(feedback) + given
     if not new:
@@ -189,6 +200,8 @@ def retrain(
     settings: dict[str, Any] = {"epochs": None, "learning_rate": None, "max_steps": None}
     if strategy in WARM:
         settings.update(base_model=str(Path(parent.path) / "model"), method="lora" if strategy == "lora" else "full")
+    if strategy in ("rehearsal", "feedback"):
+        settings["learning_rate"] = WARM_LEARNING_RATE
     raw = config.model_dump(mode="json")
     raw["data"].update(data)
     raw["train"].update(settings)
@@ -197,14 +210,31 @@ def retrain(
     log(f"Retrain ({strategy}): {len(new)} new rows ({len(feedback)} from feedback, {len(given)} from files) "
         f"{'alone' if not replayed else f'with {len(replayed)} of the {len(old)} old rows'}, starting from "
         f"{parent.ref if strategy in WARM else config.train.base_model}.")  # fmt: skip
-    result = task.train(config, registry=registry, progress=progress, log=log)
+    resume = resume and (registry.run_dir(name) / "run.json").is_file()
+    try:
+        result = task.train(config, registry=registry, resume=resume, progress=progress, log=log)
+    except ConfigError as exc:
+        if not resume or "cannot be resumed" not in str(exc):
+            raise
+        log("Retrain: the interrupted run trained on other rows; starting afresh.")
+        result = task.train(config, registry=registry, progress=progress, log=log)
     shutil.rmtree(work, ignore_errors=True)  # the artifact keeps the rows it trained on
-    verdict = None
-    if export and task.export_format == "onnx":
-        log(f"Exporting {result.version.ref} ...")
-        task.export(result.version.path, log=log)
-    if gate:
-        from tunesmith.gating import gate as run_gate
-
-        verdict = run_gate(registry, result.version.ref, parent.ref, log=log)
+    verdict = judge(registry, result.version.ref, parent.ref, export=export, gate=gate, log=log)
     return Retrained(result, verdict, lineage)
+
+
+def judge(registry: Any, ref: str, against: str, *, export: bool = True, gate: bool = True, log: Log = print) -> Any:
+    """Export `ref` (an ONNX task's, unless it already has an export) and gate it against `against`; the verdict."""
+    from tunesmith.artifact import read_export
+    from tunesmith.tasks.catalog import TASKS
+
+    version = registry.resolve(ref)
+    task = TASKS[version.task]
+    if export and task.export_format == "onnx" and read_export(version.path) is None:
+        log(f"Exporting {version.ref} ...")
+        task.export(version.path, log=log)
+    if not gate:
+        return None
+    from tunesmith.gating import gate as run_gate
+
+    return run_gate(registry, version.ref, against, log=log)
