@@ -2,7 +2,7 @@
 from feedback without forgetting, which strategy should be the default, and do the gate and the canary stop a
 bad candidate?
 
-    python bench/improve.py                      # run alone on the machine (about 45 minutes on 2 cores)
+    python bench/improve.py                      # run alone on the machine (about an hour on 2 cores)
     python bench/improve.py --part strategies    # steps 1-4 only
     python bench/improve.py --part bad --work W  # step 5 only, on the work folder of an earlier run
 
@@ -10,8 +10,8 @@ bad candidate?
    `tunesmith train` defaults with a 4-minute budget, exported (ONNX int8).
 2. The shifted stream: the monitoring benchmark's `topic` stream (Sci/Tech rising from 5 % to 60 % over 2,000
    requests). Feedback (the right label) arrives for 10 % or 30 % of it.
-3. For each share and each strategy (`feedback`, `rehearsal` at replay 1x / 2x / 4x, `lora`, `scratch`), with a
-   3-minute budget each: `retrain` (export and gate included). Scored on 1,000 unseen shifted rows (Sci/Tech
+3. For each share and each strategy (`feedback`, `rehearsal` at replay 1x / 2x / 4x and at a fresh run's learning
+   rate, `lora`, `scratch`), with a 3-minute budget each: `retrain` (export and gate included). Scored on 1,000 unseen shifted rows (Sci/Tech
    60 %) and on production's own test split (forgetting), beside production.
 4. The default strategy's candidate goes through a 10 % canary on the real server (shifted traffic, sticky
    users) and is promoted with `canary promote`.
@@ -39,10 +39,12 @@ from monitoring import load_agnews, streams
 from serve import free_port, stop, wait_ready
 
 NAME = "news"
-PLAN = [  # (strategy, replay)
-    ("feedback", 0.0), ("rehearsal", 1.0), ("rehearsal", 2.0), ("rehearsal", 4.0), ("lora", 2.0), ("scratch", 0.0),
+PLAN: list[tuple[str, float, float | None]] = [  # (strategy, replay, learning rate; None: the default)
+    ("feedback", 0.0, None), ("rehearsal", 1.0, None), ("rehearsal", 2.0, None), ("rehearsal", 4.0, None),
+    ("rehearsal", 2.0, 1e-4),  # a fresh run's step (what `retrain` used before WARM_LEARNING_RATE)
+    ("lora", 2.0, None), ("scratch", 0.0, None),
 ]  # fmt: skip
-DEFAULT = ("rehearsal", 2.0)
+DEFAULT = ("rehearsal", 2.0, None)
 
 
 def quiet(_line: str) -> None:
@@ -128,12 +130,12 @@ def production(work: Path, rows: dict[str, Any], minutes: float) -> dict[str, An
 
 
 def _test_rows(registry: Any) -> list[tuple[str, str]]:
-    path = registry.resolve(f"{NAME}@production").path / "data" / "test.jsonl"
+    path = registry.resolve(f"{NAME}@1").path / "data" / "test.jsonl"
     return [(r["text"], r["label"]) for r in map(json.loads, path.read_text().splitlines())]
 
 
 def strategies(work: Path, rows: dict[str, Any], minutes: float, shares: list[float],
-               plan: list[tuple[str, float]]) -> list[dict[str, Any]]:  # fmt: skip
+               plan: list[tuple[str, float, float | None]]) -> list[dict[str, Any]]:  # fmt: skip
     import tunesmith
     from tunesmith.monitoring.feedback import store_feedback
     from tunesmith.retraining import retrain
@@ -141,28 +143,31 @@ def strategies(work: Path, rows: dict[str, Any], minutes: float, shares: list[fl
     out = []
     for share in shares:
         home = work / f"feedback-{int(share * 100)}"
-        shutil.copytree(work / "production", home)
         rng = random.Random(2)
         given = [row for row in rows["stream"] if rng.random() < share]
-        for text, label in given:
-            store_feedback(home, NAME, request_id=None, caller="bench", input=text, answer=label, predicted=None,
-                           version=1, correct=None)  # fmt: skip
+        if not home.exists():  # else an earlier run's (--part extra): the same feedback, more candidates
+            shutil.copytree(work / "production", home)
+            for text, label in given:
+                store_feedback(home, NAME, request_id=None, caller="bench", input=text, answer=label, predicted=None,
+                               version=1, correct=None)  # fmt: skip
         registry = tunesmith.Registry(home)
         test_rows = _test_rows(registry)
-        for strategy, replay_ratio in plan:
+        for strategy, replay_ratio, lr in plan:
             started = time.perf_counter()
-            outcome = retrain(registry, NAME, strategy=strategy, replay=replay_ratio, progress=False, log=quiet,
-                              overrides=[f"train.max_minutes={minutes}"])  # fmt: skip
+            overrides = [f"train.max_minutes={minutes}", *([f"train.learning_rate={lr}"] if lr else [])]
+            # Always from version 1: a canary run may have promoted a candidate in this home since.
+            outcome = retrain(registry, NAME, strategy=strategy, replay=replay_ratio, against=f"{NAME}@1",
+                              progress=False, log=quiet, overrides=overrides)  # fmt: skip
             elapsed = (time.perf_counter() - started) / 60
             ref = outcome.result.version.ref
             model = tunesmith.load_model(ref, registry=registry)
             criteria = {c.name: {"passed": c.passed, "detail": c.detail} for c in outcome.gate.criteria}
             row = {"share": share, "feedback_rows": len(given), "strategy": strategy, "replay": replay_ratio,
-                   "ref": ref, "rows": outcome.lineage["rows"], "minutes": elapsed,
+                   "learning_rate": lr, "ref": ref, "rows": outcome.lineage["rows"], "minutes": elapsed,
                    "train_minutes": outcome.result.train_minutes, "shifted": accuracy(model, rows["shifted_test"]),
                    "test": accuracy(model, test_rows), "gate": outcome.gate.passed, "criteria": criteria}  # fmt: skip
             out.append(row)
-            print(f"  {share:.0%} {strategy:9} replay {replay_ratio:g}: shifted {row['shifted']:.3f}, test "
+            print(f"  {share:.0%} {strategy:9} replay {replay_ratio:g} lr {lr or 'default'}: shifted {row['shifted']:.3f}, test "
                   f"{row['test']:.3f}, {elapsed:.1f} min, gate {'pass' if row['gate'] else 'FAIL'}", flush=True)  # fmt: skip
     return out
 
@@ -227,7 +232,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=4.0, help="production's training budget")
     parser.add_argument("--retrain-minutes", type=float, default=3.0, help="each candidate's training budget")
-    parser.add_argument("--part", choices=("all", "strategies", "bad"), default="all")
+    parser.add_argument("--part", choices=("all", "strategies", "extra", "bad"), default="all",
+                        help="extra: only --extra's candidates, added to an earlier run's table (--work)")
+    parser.add_argument("--extra", default="rehearsal:2:2e-5",
+                        help="strategy:replay:learning-rate entries, comma-separated (--part extra)")
     parser.add_argument("--work", type=Path, default=None, help="the folder of an earlier run (--part bad)")
     parser.add_argument("--shares", default="0.1,0.3", help="feedback shares (a smoke run: 0.3)")
     parser.add_argument("--only", default=None, help="strategies to run, e.g. rehearsal (a smoke run)")
@@ -244,12 +252,18 @@ def main() -> None:
         plan = [p for p in PLAN if args.only is None or p[0] in args.only.split(",")]
         shares = [float(s) for s in args.shares.split(",")]
         table = strategies(work, rows, args.retrain_minutes, shares, plan)
-        chosen = next(r for r in table if r["share"] == max(shares) and (r["strategy"], r["replay"]) == DEFAULT)
+        chosen = next(r for r in table if r["share"] == max(shares)
+                      and (r["strategy"], r["replay"], r["learning_rate"]) == DEFAULT)  # fmt: skip
         rollout = canary(work / f"feedback-{int(max(shares) * 100)}", chosen["ref"], rows) if chosen["gate"] else {"skipped": "gate failed"}
         print(f"canary of {chosen['ref']}: {rollout}")
         previous = {"production": base, "strategies": table, "canary": rollout, "settings": settings}
         save("improve", previous)
-    if args.part == "strategies":
+    if args.part == "extra":
+        plan = [(e.split(":")[0], float(e.split(":")[1]), float(e.split(":")[2])) for e in args.extra.split(",")]
+        table = strategies(work, rows, args.retrain_minutes, [float(s) for s in args.shares.split(",")], plan)
+        previous["strategies"] = previous.get("strategies", []) + table
+        save("improve", {**previous, "settings": {**previous.get("settings", {}), "extra": plan}})
+    if args.part in ("strategies", "extra"):
         return
     bad = bad_candidate(work, rows, args.retrain_minutes)
     print(f"bad candidate in a 10 % canary: {bad['candidate_answers']} of {bad['requests']} answers "

@@ -1,6 +1,6 @@
 """tunesmith: from a file of labeled examples to a fine-tuned, evaluated, registered transformer model."""
 
-from tunesmith.api import evaluate, export_model, inspect_data, load_model, suggest, train, tune
+from tunesmith.api import evaluate, export_model, inspect_data, load_model, retrain, suggest, train, tune
 from tunesmith.config import DataConfig, RunConfig, TrainConfig, load_config
 from tunesmith.errors import ConfigError, DataError, ModelError, RegistryError, TunesmithError
 from tunesmith.registry import ModelVersion, Registry
@@ -28,6 +28,7 @@ __all__ = [
     "inspect_data",
     "load_config",
     "load_model",
+    "retrain",
     "suggest",
     "train",
     "tune",

@@ -159,4 +159,15 @@ def evaluate(model: str | Predictor, data: str | Path, out_dir: str | Path, **co
     return TASKS[predictor.task].evaluate_file(predictor, data, out_dir, **columns)
 
 
-__all__ = ["evaluate", "export_artifact", "export_model", "inspect_data", "load_model", "model_path", "suggest", "train", "tune"]
+def retrain(name: str, registry: Registry | None = None, *, strategy: str = "rehearsal", log: Log | None = None,
+            **options: Any) -> Any:  # fmt: skip
+    """Train the next version of `name` from its production version's training rows and the feedback since,
+    export it and gate it (`tunesmith retrain`); returns a `retraining.Retrained` (`.result`, `.gate`,
+    `.lineage`). Options: against, files, replay, overrides, gate, export, progress."""
+    from tunesmith.retraining import retrain as run_retrain
+
+    return run_retrain(registry or Registry(), name, strategy=strategy, log=log or (lambda _m: None), **options)
+
+
+__all__ = ["evaluate", "export_artifact", "export_model", "inspect_data", "load_model", "model_path", "retrain",
+           "suggest", "train", "tune"]  # fmt: skip

@@ -1,5 +1,5 @@
 """Commands after release: `logs` (the prediction log), `feedback` (what users said), `monitor` (drift, estimated
-accuracy)."""
+accuracy), `watch` (the retrain -> gate -> canary -> promote loop)."""
 
 from __future__ import annotations
 
@@ -99,3 +99,34 @@ def monitor(
              "realised accuracy (feedback)": accuracy["realised"]}  # fmt: skip
     console.print(", ".join(f"{k} {v:.3f}" for k, v in shown.items() if v is not None) or "no accuracy figures")
     say(f"Report: {result.html}")
+
+
+@app.command()
+def watch(
+    name: Annotated[str, typer.Argument(help="The served model's name.")],
+    interval: Annotated[float, typer.Option(help="Seconds between passes.")] = 300.0,
+    once: Annotated[bool, typer.Option("--once", help="One pass, then exit (for cron or a systemd timer).")] = False,
+    strategy: Annotated[str, typer.Option(help="How to retrain (see `tunesmith retrain`).")] = "rehearsal",
+    min_feedback: Annotated[int, typer.Option(help="New training feedback that starts a retrain by itself.")] = 200,
+    drift_min_feedback: Annotated[
+        int, typer.Option(help="New feedback enough to retrain when monitoring raised an alert.")
+    ] = 50,
+    since: Annotated[str, typer.Option(help="The traffic monitoring compares: 30m, 24h, 7d.")] = "24h",
+    canary_share: Annotated[float, typer.Option(help="Traffic share of a passing candidate's canary (0: none, "
+                                                "promote at once).")] = 0.1,
+    canary_min_requests: Annotated[int, typer.Option(help="Logged answers of the canary before promotion.")] = 200,
+    canary_minutes: Annotated[float, typer.Option(help="Minutes a canary runs at least before promotion.")] = 60.0,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="A setting of the retrain, section.key=value.")] = None,
+) -> None:
+    """The loop, off until started: monitor -> retrain when feedback (or drift with some feedback) crosses its
+    threshold -> gate -> canary -> promote, or end the round on a failed gate or a rollback. Every step is logged
+    (watch/NAME.log.jsonl in the home); stopped at any point, it resumes where it was."""
+    from tunesmith.paths import check_name
+    from tunesmith.watching import Watch, WatchSettings, check_settings
+
+    settings = check_settings(WatchSettings(
+        strategy=strategy, min_feedback=min_feedback, drift_min_feedback=drift_min_feedback, since=since,
+        canary_share=canary_share, canary_min_requests=canary_min_requests, canary_minutes=canary_minutes,
+        overrides=tuple(set_ or ())))  # fmt: skip
+    loop = Watch(open_registry(), check_name(name), settings, log=say)
+    loop.run(interval, passes=1 if once else None)
