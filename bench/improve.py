@@ -228,6 +228,14 @@ def bad_candidate(work: Path, rows: dict[str, Any], minutes: float) -> dict[str,
             "candidate_share_served": len(by_candidate) / len(answers), "status": status}  # fmt: skip
 
 
+def print_table(base: dict[str, Any], table: list[dict[str, Any]]) -> None:
+    print(f"\n| feedback | strategy | replay | lr | shifted | test (forgetting) | minutes | gate |\n|---|---|---|---|---|---|---|---|"
+          f"\n| - | production | - | - | {base['shifted']:.3f} | {base['test']:.3f} | {base['minutes']:.1f} | - |")
+    for r in table:
+        print(f"| {r['share']:.0%} | {r['strategy']} | {r['replay']:g} | {r['learning_rate'] or 'default'} | "
+              f"{r['shifted']:.3f} | {r['test']:.3f} | {r['minutes']:.1f} | {'pass' if r['gate'] else 'FAIL'} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=4.0, help="production's training budget")
@@ -252,10 +260,14 @@ def main() -> None:
         plan = [p for p in PLAN if args.only is None or p[0] in args.only.split(",")]
         shares = [float(s) for s in args.shares.split(",")]
         table = strategies(work, rows, args.retrain_minutes, shares, plan)
-        chosen = next(r for r in table if r["share"] == max(shares)
-                      and (r["strategy"], r["replay"], r["learning_rate"]) == DEFAULT)  # fmt: skip
-        rollout = canary(work / f"feedback-{int(max(shares) * 100)}", chosen["ref"], rows) if chosen["gate"] else {"skipped": "gate failed"}
-        print(f"canary of {chosen['ref']}: {rollout}")
+        top = [r for r in table if r["share"] == max(shares)]
+        # The default's candidate; when it failed its gate, the first that passed (the default should change).
+        chosen = next((r for r in top if (r["strategy"], r["replay"], r["learning_rate"]) == DEFAULT and r["gate"]),
+                      next((r for r in top if r["gate"]), None))  # fmt: skip
+        rollout = canary(work / f"feedback-{int(max(shares) * 100)}", chosen["ref"], rows) if chosen else {"skipped": "no candidate passed"}
+        rollout["strategy"] = chosen and [chosen["strategy"], chosen["replay"], chosen["learning_rate"]]
+        print(f"canary of {chosen and chosen['ref']}: {rollout}")
+        print_table(base, table)
         previous = {"production": base, "strategies": table, "canary": rollout, "settings": settings}
         save("improve", previous)
     if args.part == "extra":
