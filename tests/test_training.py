@@ -195,6 +195,39 @@ def test_a_model_below_its_baseline_says_so(tiny_model: str, support_csv: Path, 
     assert len(warning) == 1 and "TF-IDF baseline" in warning[0] and "--method baseline" in warning[0], logs
 
 
+def test_macro_f1_averages_only_the_classes_a_split_holds_or_the_model_predicts() -> None:
+    from tunesmith.tasks.text_classification.evaluation import classification_metrics
+
+    names = [f"c{i}" for i in range(10)]
+    labels = [0, 1, 2, 0, 1, 2]  # a small test split: 3 of 10 classes
+    perfect = np.eye(10)[labels]
+    assert classification_metrics(labels, perfect, names, multi_label=False)["f1_macro"] == 1.0
+    # A class predicted but absent from the split still counts, as a zero: the mistake is not averaged away.
+    wrong = np.eye(10)[[0, 1, 2, 0, 1, 7]]
+    assert abs(classification_metrics(labels, wrong, names, multi_label=False)["f1_macro"] - (1 + 1 + 2 / 3 + 0) / 4) < 1e-9
+    hot = np.array([[0.9, 0.1] + [0.0] * 8, [0.1, 0.9] + [0.0] * 8, [0.9, 0.9] + [0.0] * 8])
+    assert classification_metrics([[0], [1], [0, 1]], hot, names, multi_label=True)["f1_macro"] == 1.0
+
+
+def test_below_the_baseline_after_fewshot_does_not_advise_fewshot(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from tunesmith.registry import ModelVersion
+    from tunesmith.tasks import get_task
+    from tunesmith.tasks.base import TrainResult
+
+    task = get_task("text-classification")
+    warnings = {}
+    for method in ("full", "fewshot"):
+        (tmp_path / method).mkdir()
+        (tmp_path / method / "tunesmith.json").write_text(json.dumps({"method": method}), encoding="utf-8")
+        version = ModelVersion("weak", 1, tmp_path / method, "text-classification", datetime.now(UTC), {})
+        warnings[method] = task.baseline_warning(TrainResult(version, {"f1_macro": 0.4}, {"f1_macro": 0.9}))
+    assert "--method fewshot" in warnings["full"] and "--method baseline" in warnings["full"]
+    assert "--method fewshot" not in warnings["fewshot"] and "few-shot" in warnings["fewshot"]
+    assert "--method baseline" in warnings["fewshot"]
+
+
 def test_many_examples_a_class_get_fewer_larger_epochs(tiny_model: str, tmp_path: Path) -> None:
     rows = [(f"{word} number {i}", word) for i in range(660) for word in ("refund", "delivery")]  # 528 a class
     data = write_csv(tmp_path / "many.csv", rows)

@@ -149,11 +149,18 @@ class Task(ABC):
 
     def baseline_warning(self, result: TrainResult) -> str | None:
         """One line when the fine-tuned model ends clearly below its own baseline on the test split."""
+        from tunesmith.artifact import read_meta
+
         fine, base = result.metrics.get(self.compared_metric), result.baseline.get(self.compared_metric)
         if not isinstance(fine, float) or not isinstance(base, float) or fine >= base - BELOW_BASELINE:
             return None
+        method = str(read_meta(result.version.path).get("method", ""))  # the run may have chosen it itself
         return (f"warning: the fine-tuned model's test {self.compared_metric} is {fine:.4f}, below its "
-                f"{self.baseline_name}'s {base:.4f}. {self.below_baseline_hint}").rstrip()
+                f"{self.baseline_name}'s {base:.4f}. {self.below_baseline_advice(method)}").rstrip()
+
+    def below_baseline_advice(self, method: str) -> str:
+        """What to do when a run trained with `method` ended below its baseline."""
+        return self.below_baseline_hint
 
     # -- using a model ------------------------------------------------------------------------------
 

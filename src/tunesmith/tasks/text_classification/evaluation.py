@@ -77,11 +77,17 @@ def classification_metrics(
         y_true = np.asarray(labels)
         y_pred = probs.argmax(axis=1)
     classes = list(range(n_classes))
+    # Macro-F1 over the classes the split holds or the model predicted: a class absent from both has no F1 to
+    # average (sklearn would count it as 0, so a small test split answered perfectly scored below 1).
+    if multi_label:
+        present = [int(j) for j in np.flatnonzero(y_true.any(axis=0) | y_pred.any(axis=0))]
+    else:
+        present = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
+    every = None if multi_label else classes
+    scored = {"macro": present or every, "micro": every, "weighted": every}
     averaged = {
-        f"f1_{avg}": float(
-            f1_score(y_true, y_pred, average=avg, labels=None if multi_label else classes, zero_division=0)
-        )
-        for avg in ("macro", "micro", "weighted")
+        f"f1_{avg}": float(f1_score(y_true, y_pred, average=avg, labels=labels_of, zero_division=0))
+        for avg, labels_of in scored.items()
     }
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=None if multi_label else classes, zero_division=0

@@ -36,11 +36,17 @@ class TextClassification(Task):
         "(a multilingual encoder for non-English data), and try --method lora or --method fewshot on small "
         "data, or more steps (--epochs, --max-minutes).")
     data_shape = "labeled-texts"
+    fewshot_hint = ("To serve the better model, register the TF-IDF one: the same command with --method baseline. "
+        "This run used few-shot tuning: check that the base model reads the language of the texts (a multilingual "
+        "encoder for non-English data); with more than a few dozen examples a class, --method full usually beats it.")
     methods: ClassVar[tuple[str, ...]] = (*METHODS, "fewshot", "baseline")
     reads_pooler = True
     freezes_embeddings = True
     answers_with_label = True
     replay_stratify = "label"
+
+    def below_baseline_advice(self, method: str) -> str:
+        return self.fewshot_hint if method == "fewshot" else self.below_baseline_hint
 
     def load(self, path: str | Path, backend: str = "auto", threads: int | None = None) -> BaseClassifier:
         from tunesmith.tasks.text_classification.predictor import load_predictor
