@@ -43,8 +43,10 @@ def main() -> None:
     for kind, v in sorted(m["per_type"].items()):
         print(f"| {kind} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |")
     print(f"| **all (micro)** | {m['precision']:.3f} | {m['recall']:.3f} | **{m['f1']:.3f}** | |")
+    crf = result.baseline
+    print(f"| CRF baseline (word features), all | {crf['precision']:.3f} | {crf['recall']:.3f} | {crf['f1']:.3f} | |")
     print(f"\ntraining {result.train_minutes:.1f} min, total {minutes:.1f} min. Reference: {REFERENCE}")
-    path = save("ner_wnut17", {"metrics": m, "train_minutes": result.train_minutes, "total_minutes": minutes,
+    path = save("ner_wnut17", {"metrics": m, "baseline": crf, "train_minutes": result.train_minutes, "total_minutes": minutes,
                                "reference": REFERENCE, "export": export})  # fmt: skip
     print(f"wrote {path}")
 

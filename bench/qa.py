@@ -47,7 +47,9 @@ def main() -> None:
     print(
         f"| embedded all-MiniLM-L6-v2, defaults | {m['exact_match']:.3f} | {m['f1']:.3f} | {result.train_minutes:.1f} |"
     )
-    path = save("qa_squad_part1", {"metrics": m, "train_minutes": result.train_minutes, "total_minutes": minutes,
+    lexical = result.baseline
+    print(f"| lexical sliding window (baseline) | {lexical['exact_match']:.3f} | {lexical['f1']:.3f} | - |")
+    path = save("qa_squad_part1", {"metrics": m, "baseline": lexical, "train_minutes": result.train_minutes, "total_minutes": minutes,
                                    "train_articles": TRAIN_ARTICLES, "max_minutes": args.max_minutes, "export": export})  # fmt: skip
     print(f"wrote {path}")
 
