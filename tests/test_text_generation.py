@@ -197,6 +197,43 @@ def test_openai_client_against_the_real_server(trained: tuple, start_server) -> 
     assert "tunesmith_time_to_first_token_seconds_bucket" in metrics
 
 
+def test_a_canary_split_routes_generations_sticky_per_user(trained: tuple, start_server, tmp_path: Path) -> None:
+    """The OpenAI routes follow a traffic split as the other routes do: one user always reaches one version,
+    every answer names its variant, and the log row of each answer names it too."""
+    import httpx
+
+    from conftest import private_copy
+    from tunesmith.monitoring.predictions import read_predictions
+
+    registry, _ = trained
+    home = private_copy(registry.home, tmp_path / "home")
+    mine = tunesmith.Registry(home)
+    mine.promote("extract@1", "production")
+    mine.promote(mine.register_folder(mine.resolve("extract@1").path).ref, "candidate")
+    server = start_server(home, "extract@production", "--watch-interval", "0.3")
+    mine.start_canary("extract", "candidate", 0.5)
+
+    def ask(user: str, stream: bool = False) -> str:
+        response = httpx.post(f"{server.url}/v1/completions", headers={"X-Tunesmith-User": user}, timeout=30,
+                              json={"model": "extract", "prompt": "order=", "max_tokens": 2, "stream": stream})  # fmt: skip
+        assert response.status_code == 200, response.text
+        return response.headers["x-tunesmith-variant"]
+
+    deadline = time.time() + 20
+    while "candidate" not in {ask(f"probe-{i}") for i in range(10)}:
+        assert time.time() < deadline, "the server did not pick the split up"
+    seen = {f"u{i}": {ask(f"u{i}") for _ in range(3)} | {ask(f"u{i}", stream=True)} for i in range(16)}
+    assert all(len(variants) == 1 for variants in seen.values()), seen  # sticky, streamed or not
+    assert {v for variants in seen.values() for v in variants} == {"candidate", "production"}, seen
+    deadline = time.time() + 20
+    while not (rows := [r for r in read_predictions(home, "extract") if r["variant"] == "candidate"]):
+        assert time.time() < deadline, "no logged answer names the canary"
+        time.sleep(0.2)
+    assert {r["version"] for r in rows} == {2}
+    assert 'tunesmith_variant_requests_total{model="extract",variant="candidate"}' in httpx.get(
+        f"{server.url}/metrics").text  # fmt: skip
+
+
 def test_cli_trains_and_predicts_a_generation_model(
     tiny_llm: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

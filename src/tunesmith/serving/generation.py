@@ -105,15 +105,19 @@ class Generations:
         self.waiting = 0
         self.metrics = GenerationMetrics(server.metrics.registry)
 
-    def generator(self, name: str) -> Any:
-        slot = self.server.slot(name)
+    def generator(self, name: str) -> tuple[Any, str]:
+        """(the loaded model that answers, its variant): a canary split routes generations as it routes every
+        other request, sticky per user. A shadow is not given a copy: generating twice would halve what the
+        cores give users, and free text has no answer to compare by; judge a generation candidate as a canary."""
+        slot, _batcher, variant, _shadow = self.server.route(name)
         loaded = slot.current
         if loaded is None:
             raise ApiError(503, "loading", f"{name!r} is still loading; retry shortly.", {"Retry-After": "1"})
         if TASKS[loaded.task].request != "chat":
             raise ApiError(404, "wrong_task", f"{name!r} is a {loaded.task} model; send it texts at "
                            f"/v1/models/{name}/predict. Completions need a text-generation model.")  # fmt: skip
-        return loaded
+        self.server.mark_answered(name, variant)  # named before a stream's first byte: the header goes out then
+        return loaded, variant
 
     def admit(self, generator: Any, ids: list[int], max_tokens: int | None) -> int:
         settings = self.server.settings
@@ -258,7 +262,7 @@ async def hf_text_generation(generations: Generations, name: str, body: Any, req
     if body.stream:
         raise ApiError(422, "no_stream_here", f"Streaming is served in OpenAI's shape: POST /v1/completions with "
                        f'{{"model": "{name}", "prompt": ..., "stream": true}}.')  # fmt: skip
-    loaded = generations.generator(name)
+    loaded, variant = generations.generator(name)
     generator = loaded.predictor
     params = body.parameters
     get = (lambda key: getattr(params, key)) if params is not None else (lambda _key: None)
@@ -272,7 +276,7 @@ async def hf_text_generation(generations: Generations, name: str, body: Any, req
                    "temperature": (get("temperature") or 1.0) if sample else 0.0, "top_p": get("top_p") or 1.0,
                    "stop": get("stop"), "seed": get("seed")}  # fmt: skip
         result = await generations.run(name, generator, ids, options, request)
-        generations.server.log_answers(name, loaded, [[{"role": "user", "content": prompt}]], [result])
+        generations.server.log_answers(name, loaded, [[{"role": "user", "content": prompt}]], [result], variant)
         out: dict[str, Any] = {"generated_text": (prompt if get("return_full_text") else "") + result.text}
         if get("details"):
             out["details"] = {"finish_reason": "eos_token" if result.finish_reason == "stop" else "length",
@@ -332,7 +336,7 @@ def routes(server: Any, dependencies: list[Any]) -> APIRouter:
     async def chat_completions(body: ChatRequest, request: Request) -> Any:
         """OpenAI chat completions: the model's chat template renders `messages`, the answer comes back whole or,
         with `stream`, as `chat.completion.chunk` events ending with `data: [DONE]`."""
-        loaded = generations.generator(body.model)
+        loaded, variant = generations.generator(body.model)
         generator = loaded.predictor
         contents = generations.check_input([m.content for m in body.messages], _stops(body))
         messages = [{"role": m.role, "content": c} for m, c in zip(body.messages, contents, strict=True)]
@@ -344,7 +348,7 @@ def routes(server: Any, dependencies: list[Any]) -> APIRouter:
         head = {"id": ident, "created": created, "model": body.model}
         if not body.stream:
             result = await generations.run(body.model, generator, ids, options, request)
-            server.log_answers(body.model, loaded, [messages], [result])
+            server.log_answers(body.model, loaded, [messages], [result], variant)
             return JSONResponse({**head, "object": "chat.completion", "choices": [{
                 "index": 0, "message": {"role": "assistant", "content": result.text},
                 "finish_reason": result.finish_reason, "logprobs": None}], "usage": _usage(result)})  # fmt: skip
@@ -357,7 +361,7 @@ def routes(server: Any, dependencies: list[Any]) -> APIRouter:
                 if isinstance(piece, str):
                     yield _sse({**chunk, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
                 else:
-                    server.log_answers(body.model, loaded, [messages], [piece])
+                    server.log_answers(body.model, loaded, [messages], [piece], variant)
                     yield _sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": piece.finish_reason}],
                                 "usage": _usage(piece)})  # fmt: skip
             yield "data: [DONE]\n\n"
@@ -367,7 +371,7 @@ def routes(server: Any, dependencies: list[Any]) -> APIRouter:
     @router.post("/v1/completions", responses=errors)
     async def completions(body: CompletionRequest, request: Request) -> Any:
         """OpenAI (legacy) completions: `prompt` is continued as it is, without the chat template."""
-        loaded = generations.generator(body.model)
+        loaded, variant = generations.generator(body.model)
         generator = loaded.predictor
         (prompt,) = generations.check_input([body.prompt], _stops(body))
         ids = await generations.prompt_ids(generator, prompt=prompt)
@@ -376,7 +380,7 @@ def routes(server: Any, dependencies: list[Any]) -> APIRouter:
                 "object": "text_completion"}  # fmt: skip
         if not body.stream:
             result = await generations.run(body.model, generator, ids, options, request)
-            server.log_answers(body.model, loaded, [[{"role": "user", "content": prompt}]], [result])
+            server.log_answers(body.model, loaded, [[{"role": "user", "content": prompt}]], [result], variant)
             return JSONResponse({**head, "choices": [{"index": 0, "text": result.text, "logprobs": None,
                                                       "finish_reason": result.finish_reason}], "usage": _usage(result)})  # fmt: skip
 
@@ -385,7 +389,7 @@ def routes(server: Any, dependencies: list[Any]) -> APIRouter:
                 if isinstance(piece, str):
                     yield _sse({**head, "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}]})
                 else:
-                    server.log_answers(body.model, loaded, [[{"role": "user", "content": prompt}]], [piece])
+                    server.log_answers(body.model, loaded, [[{"role": "user", "content": prompt}]], [piece], variant)
                     yield _sse({**head, "choices": [{"index": 0, "text": "", "logprobs": None,
                                                      "finish_reason": piece.finish_reason}], "usage": _usage(piece)})  # fmt: skip
             yield "data: [DONE]\n\n"

@@ -577,7 +577,7 @@ class Server:
         self._require_request(slot, "question", f"send texts to /v1/models/{name}/predict instead.")
         question, context = self.check_texts([question, context])
         loaded, answers, variant = await self._submit(slot, batcher, variant, [(question, context)])
-        self._answered(slot.name, variant)
+        self.mark_answered(slot.name, variant)
         self.log_answers(slot.name, loaded, [{"question": question, "context": context}], answers, variant)
         if shadow is not None:
             self._shadow(slot.name, shadow, [(question, context)], loaded, answers)
@@ -589,7 +589,7 @@ class Server:
         self._require_request(slot, "texts", f'ask it with {{"question", "context"}} at /v1/models/{name}/answer.')  # fmt: skip
         texts = self.check_texts(texts)
         loaded, outputs, variant = await self._submit(slot, batcher, variant, texts)
-        self._answered(slot.name, variant)
+        self.mark_answered(slot.name, variant)
         for label in TASKS[loaded.task].counted_labels(loaded.predictor, outputs):
             self.metrics.predictions.labels(slot.name, label).inc()
         self.log_answers(slot.name, loaded, texts, outputs, variant)
@@ -622,7 +622,8 @@ class Server:
             split.primary_seconds += seconds
         return loaded, outputs, variant
 
-    def _answered(self, name: str, variant: str) -> None:
+    def mark_answered(self, name: str, variant: str) -> None:
+        """Count an answer for its variant and name the variant in the response header and the log."""
         self.metrics.variant_requests.labels(name, variant).inc()
         info = current_request.get()
         if info is not None:
