@@ -191,6 +191,49 @@ def test_a_canary_users_correct_more_often_is_rolled_back_under_load(
     assert all(_ask(server.url, f"after-{i}")[1] == "production" for i in range(20))
 
 
+def test_a_canary_whose_model_fails_is_rolled_back_and_no_user_sees_a_failure(
+    split_server: tuple[Any, Registry], tmp_path: Path
+) -> None:  # fmt: skip
+    """A planted failing canary: version 1's weights with a maximum length past its 64 positions, as a bad
+    configuration would ship. Every long text it is given fails inside the model; under 8 clients each of
+    those requests is answered by production instead, and the split ends on the error rate."""
+    import json
+    import shutil
+
+    server, registry = split_server
+    folder = shutil.copytree(registry.resolve("support@1").path, tmp_path / "failing")
+    meta_file = folder / "tunesmith.json"
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    meta["max_length"] = 512
+    meta_file.write_text(json.dumps(meta), encoding="utf-8")
+    registry.promote(registry.register_folder(folder).ref, "failing")
+    registry.start_canary("support", "failing", 0.5)
+    long_text = " ".join(["where is my parcel it was due on monday"] * 20)  # ~180 tokens
+    statuses: Counter[int] = Counter()
+    served: Counter[tuple[str, int]] = Counter()
+
+    def use(i: int) -> None:
+        response = httpx.post(f"{server.url}{PREDICT}", json={"text": f"{long_text} {i}"}, timeout=30,
+                              headers={"X-Tunesmith-User": f"f{i % 40}"})  # fmt: skip
+        statuses[response.status_code] += 1
+        if response.status_code == 200:
+            served[response.headers["x-tunesmith-variant"], response.json()["version"]] += 1
+
+    def rolled_back() -> bool:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(use, range(40)))
+        return "support" not in registry.canary_table()
+
+    _until(rolled_back, seconds=90)
+    assert set(statuses) == {200}, statuses  # no user saw the canary fail
+    assert {version for _, version in served} == {1}, served  # every answer came from production's model
+    events = registry.canary_events("support")
+    assert events[0]["event"] == "rolled_back" and "requests failed" in events[0]["detail"], events
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'tunesmith_canary_rollbacks_total{criterion="error_rate",model="support"} 1.0' in metrics
+    assert 'tunesmith_variant_errors_total{model="support",variant="failing"}' in metrics
+
+
 def test_feedback_accuracy_is_compared_only_beyond_noise() -> None:
     from tunesmith.serving.server import feedback_worse
 
