@@ -1,6 +1,6 @@
 """WNUT-17 named entities with default settings: entity-level F1 on the official test file.
 
-    python bench/ner.py
+    python bench/ner.py [--max-minutes 15]
 
 Trains the embedded all-MiniLM-L6-v2 on wnut17train.conll, early-stops on emerging.dev.conll and scores
 emerging.test.annotated with seqeval (strict IOB2, micro-averaged over entity types); then exports it to
@@ -9,6 +9,7 @@ ONNX fp32 and int8 and reports their agreement with PyTorch, metric change and s
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import time
@@ -27,13 +28,16 @@ REFERENCE = (
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--max-minutes", type=float, default=None, help="training budget (default: none)")
+    args = parser.parse_args()
     data = require_shared_data() / "wnut17"
     with tempfile.TemporaryDirectory() as work:
         started = time.perf_counter()
         result = tunesmith.train(
             data / "wnut17train.conll", task="token-classification", name="wnut17", progress=False,
             validation=str(data / "emerging.dev.conll"), test=str(data / "emerging.test.annotated"),
-            registry=tunesmith.Registry(Path(work) / "home"),
+            registry=tunesmith.Registry(Path(work) / "home"), max_minutes=args.max_minutes,
         )  # fmt: skip
         minutes = (time.perf_counter() - started) / 60
         export = export_and_print(result.version.path)
@@ -45,9 +49,10 @@ def main() -> None:
     print(f"| **all (micro)** | {m['precision']:.3f} | {m['recall']:.3f} | **{m['f1']:.3f}** | |")
     crf = result.baseline
     print(f"| CRF baseline (word features), all | {crf['precision']:.3f} | {crf['recall']:.3f} | {crf['f1']:.3f} | |")
-    print(f"\ntraining {result.train_minutes:.1f} min, total {minutes:.1f} min. Reference: {REFERENCE}")
+    budget = f" (budget {args.max_minutes:g} min)" if args.max_minutes else ""
+    print(f"\ntraining {result.train_minutes:.1f} min{budget}, total {minutes:.1f} min. Reference: {REFERENCE}")
     path = save("ner_wnut17", {"metrics": m, "baseline": crf, "train_minutes": result.train_minutes, "total_minutes": minutes,
-                               "reference": REFERENCE, "export": export})  # fmt: skip
+                               "reference": REFERENCE, "export": export, "max_minutes": args.max_minutes})  # fmt: skip
     print(f"wrote {path}")
 
 
