@@ -25,16 +25,79 @@ def test_the_budget_sets_the_steps_and_the_schedule_follows() -> None:
     assert p.total_steps == 800 and p.limited_by == "epochs"  # nothing timed yet
     p.seconds_per_step = 0.5
     assert p.fit_budget(step=9, elapsed=5.0)
-    # 60 s less 3 % margin less 5 s spent, less 10 evaluations of 100 rows at a third of a step's cost per row.
-    assert p.limited_by == "time budget" and p.total_steps == 9 + int((60 * 0.97 - 5 - 10 * 100 * 0.05 / 3) / 0.5)
+    # 60 s less 3 % margin less 5 s spent, less the evaluations (100 rows at a third of a step's cost per row):
+    # of the 10 asked, the 6 that keep evaluating within a fifth of the 53 s left.
+    assert p.evaluations == 6 and p.asked_evaluations == 10
+    assert p.limited_by == "time budget" and p.total_steps == 9 + int((60 * 0.97 - 5 - 6 * 100 * 0.05 / 3) / 0.5)
     assert p.warmup_steps == pytest.approx(0.1 * p.total_steps, abs=1)
     assert p.lr_factor(0) == 0 and p.lr_factor(p.warmup_steps) == 1.0
     assert p.lr_factor(p.total_steps) == 0.0  # decayed to zero at the planned end, not at epoch 8
-    assert p.eval_every == -(-p.total_steps // 10)
+    assert p.eval_every == -(-p.total_steps // 6)
     for step in range(1, p.total_steps + 1):
         p.evaluations_done += p.evaluates_at(step)
-    assert p.evaluations_done == 10
+    assert p.evaluations_done == 6
     assert "set by the 1.0 min budget" in p.describe() and "Without the budget: 800 steps" in p.describe()
+    assert "6 evaluations (of 10 asked" in p.describe()
+
+
+def test_evaluations_that_would_eat_the_budget_are_thinned_not_the_training() -> None:
+    """SQuAD windows on a slow CPU: 10.9 s a step, so ten evaluations of 400 windows would cost the whole
+    15-minute budget, and a plan that kept them trained 10 steps."""
+    p = plan(examples=4400, batch_size=16, evaluations=10, eval_examples=400, budget_seconds=900)
+    p.seconds_per_step = 10.87
+    p.fit_budget(step=9, elapsed=100.0)
+    left = 900 * 0.97 - 100
+    one = 400 * 10.87 / 16 / 3
+    assert 1 <= p.evaluations < 10 and p.evaluations * one <= max(one, 0.2 * left)
+    assert p.total_steps == 9 + int((left - p.evaluations * one) / 10.87) > 60
+    for step in range(1, p.total_steps + 1):
+        p.evaluations_done += p.evaluates_at(step)
+    assert p.evaluations_done == p.evaluations  # the last one at the planned end
+    faster = plan(examples=4400, batch_size=16, evaluations=10, eval_examples=400, budget_seconds=900)
+    faster.seconds_per_step = 0.5  # cheap evaluations: all ten kept
+    faster.fit_budget(step=9, elapsed=5.0)
+    assert faster.evaluations == 10
+
+
+def test_padded_tokens_per_step_follows_how_the_trainer_batches() -> None:
+    from tunesmith.planning import padded_tokens_per_step
+
+    assert padded_tokens_per_step([12] * 100, 10, grouped=True) == 120
+    lengths = [10] * 500 + [200] * 20  # a few long rows: a random batch is padded to them, a grouped one rarely
+    grouped, shuffled = padded_tokens_per_step(lengths, 16, True), padded_tokens_per_step(lengths, 16, False)
+    assert sum(lengths) / len(lengths) * 16 <= grouped < shuffled
+    assert padded_tokens_per_step([], 16, True) is None
+
+
+def test_the_speed_is_timed_per_token_when_the_longest_batches_come_first() -> None:
+    """The length-grouped sampler serves each megabatch longest first: 8 steps of 1,000 tokens at 1 ms a token
+    must not plan a run whose average step holds 250 tokens as if every step took a second."""
+    from types import SimpleNamespace
+
+    from tunesmith.planning import planning_callback
+
+    now = [0.0]
+    p = plan(examples=16_000, batch_size=16, epochs=1.0, budget_seconds=600, evaluations=1, eval_examples=10,
+             tokens_per_step=250.0)  # fmt: skip
+    callback = planning_callback(p, log=lambda _line: None, clock=lambda: now[0])
+    state = SimpleNamespace(global_step=0, num_input_tokens_seen=0)
+    callback.on_train_begin(None, state, None)
+    control = SimpleNamespace(should_evaluate=False, should_save=False, should_training_stop=False)
+    for step in range(1, 10):
+        now[0] += 1.0
+        state.global_step, state.num_input_tokens_seen = step, state.num_input_tokens_seen + 1000
+        callback.on_step_end(None, state, control)
+    assert p.seconds_per_step == pytest.approx(0.25)
+    assert p.total_steps == 1000 and p.limited_by == "epochs"  # a second a step would have fitted ~580
+    untokened = plan(examples=16_000, batch_size=16, epochs=1.0, budget_seconds=600, evaluations=1, eval_examples=10)
+    callback = planning_callback(untokened, log=lambda _line: None, clock=lambda: now[0])
+    state = SimpleNamespace(global_step=0, num_input_tokens_seen=0)
+    callback.on_train_begin(None, state, None)
+    for step in range(1, 10):  # no token counts (or no tokens_per_step): timed per step, as before
+        now[0] += 1.0
+        state.global_step = step
+        callback.on_step_end(None, state, control)
+    assert untokened.seconds_per_step == pytest.approx(1.0) and untokened.limited_by == "time budget"
 
 
 def test_step_limits_and_epochs_bound_the_plan() -> None:

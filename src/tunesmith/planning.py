@@ -12,8 +12,9 @@ end), and evaluations are spread evenly over it.
 from __future__ import annotations
 
 import math
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,6 +25,10 @@ CALIBRATION_STEPS = 8  # steps timed (after the first, which pays for warm-up) b
 REPLAN_DRIFT = 0.1  # re-plan when the steps that fit move by more than this share (length-grouped batches vary)
 REPLAN_EVERY = 50  # the speed is checked this many times over a plan (and at least every CALIBRATION_STEPS)
 BUDGET_MARGIN = 0.03  # of the budget, kept for the last evaluation's save and the best checkpoint's reload
+# At most this share of the budget left goes to evaluating; the evaluations asked for are thinned to fit. On a
+# slow CPU ten evaluations of a QA validation split cost more than a 15-minute budget, and a plan that kept
+# them all trained 10 steps.
+EVALUATION_SHARE = 0.2
 LONG_RUN_MINUTES = 30  # an unbounded run longer than this is announced with a hint to bound it
 
 
@@ -39,8 +44,12 @@ class Plan:
     warmup_ratio: float
     evaluations: int
     eval_examples: int
+    # Padded tokens in an average step over the run (`padded_tokens_per_step`); with it the speed is timed per
+    # token, since length-grouped batches come longest first and the first steps are the slowest.
+    tokens_per_step: float | None = None
     total_steps: int = 0
     limited_by: str = "epochs"
+    asked_evaluations: int = 0  # what the settings asked for; `evaluations` is what the budget leaves room for
     seconds_per_step: float | None = None
     seconds_per_evaluation: float | None = None
     # Where the decay starts from: (step, learning-rate factor). Re-planning after warmup moves it to the step
@@ -51,6 +60,7 @@ class Plan:
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.asked_evaluations = self.asked_evaluations or self.evaluations
         if not self.total_steps:
             self.total_steps = self.bound_steps
             self.limited_by = "step limit" if self.max_steps and self.max_steps < self.epoch_steps else "epochs"
@@ -116,8 +126,12 @@ class Plan:
         limited_by = self.limited_by if self.limited_by != "time budget" else "epochs"
         if self.budget_seconds is not None:
             left = self.budget_seconds * (1 - BUDGET_MARGIN) - elapsed
-            evaluations_left = max(1, self.evaluations - self.evaluations_done)
-            fits = step + int(max(0.0, left - evaluations_left * self._evaluation_seconds()) / self.seconds_per_step)
+            evaluation = self._evaluation_seconds()
+            evaluations_left = max(1, self.asked_evaluations - self.evaluations_done)
+            if evaluation > 0:  # the last one always happens: it scores the weights the run ends with
+                evaluations_left = min(evaluations_left, max(1, int(EVALUATION_SHARE * max(0.0, left) / evaluation)))
+            self.evaluations = self.evaluations_done + evaluations_left
+            fits = step + int(max(0.0, left - evaluations_left * evaluation) / self.seconds_per_step)
             if fits < target:
                 target, limited_by = max(step + 1, fits), "time budget"
         first = not self.history
@@ -148,9 +162,15 @@ class Plan:
             return (f"Plan: up to {self.total_steps:,} steps of {self.batch_size} ({why} of {self.examples:,} "
                     f"examples); the {_minutes(self.budget_seconds)} budget becomes steps once the first steps "
                     "are timed.")  # fmt: skip
+        thinned = ""
+        if self.evaluations < self.asked_evaluations and self.seconds_per_evaluation is None:
+            thinned = (f" (of {self.asked_evaluations} asked: one takes about {_minutes(self._evaluation_seconds())}, "
+                       f"and at most {EVALUATION_SHARE:.0%} of the budget goes to evaluating)")  # fmt: skip
+        elif self.evaluations < self.asked_evaluations:
+            thinned = f" (of {self.asked_evaluations} asked, to keep evaluating within {EVALUATION_SHARE:.0%} of the budget)"
         text = (f"Plan: {self.total_steps:,} steps of {self.batch_size} ({epochs:.2f} epochs of {self.examples:,} "
                 f"examples), set by {why}; warmup {self.warmup_steps:,} steps, then linear decay to 0; "
-                f"{self.evaluations} evaluations (every {self.eval_every:,} steps) on {self.eval_examples:,} "
+                f"{self.evaluations} evaluations{thinned} (every {self.eval_every:,} steps) on {self.eval_examples:,} "
                 "validation examples.")  # fmt: skip
         if seconds is None:
             return text
@@ -197,6 +217,7 @@ def planning_callback(plan: Plan, log: Log, clock: Callable[[], float] = time.mo
             self.overhead = 0.0  # seconds spent evaluating and saving, not stepping
             self.evaluation_started: float | None = None
             self.first_step = 0
+            self.first_tokens = 0
             self.announced = False
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -205,12 +226,18 @@ def planning_callback(plan: Plan, log: Log, clock: Callable[[], float] = time.mo
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             step, now = state.global_step, clock()
+            tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)  # padded, counted by the Trainer
             if self.first_step_end is None:
                 self.first_step_end = now  # the first step pays for allocation and warm-up; time the rest
+                self.first_tokens = tokens
             stepped = step - self.first_step - 1
             every = max(CALIBRATION_STEPS, plan.total_steps // REPLAN_EVERY)
             if stepped >= CALIBRATION_STEPS and (not self.announced or stepped % every == 0):
-                plan.seconds_per_step = (now - self.first_step_end - self.overhead) / stepped
+                seconds, seen = now - self.first_step_end - self.overhead, tokens - self.first_tokens
+                if plan.tokens_per_step and seen > 0:
+                    plan.seconds_per_step = seconds / seen * plan.tokens_per_step
+                else:
+                    plan.seconds_per_step = seconds / stepped
                 if plan.fit_budget(step, now - self.start) or not self.announced:
                     if not self.announced:
                         log(plan.describe())
@@ -240,6 +267,20 @@ def planning_callback(plan: Plan, log: Log, clock: Callable[[], float] = time.mo
                 self.evaluation_started = None
 
     return Planner()
+
+
+def padded_tokens_per_step(lengths: Sequence[int], batch_size: int, grouped: bool, seed: int = 0) -> float | None:
+    """Tokens in an average batch once padded to its longest row, for one epoch batched as the Trainer batches:
+    at random, or length-grouped (megabatches of 50 batches, each sorted longest first). None without lengths."""
+    if not lengths or batch_size < 1:
+        return None
+    order = list(lengths)
+    random.Random(seed).shuffle(order)
+    if grouped:
+        mega = 50 * batch_size
+        order = [n for i in range(0, len(order), mega) for n in sorted(order[i : i + mega], reverse=True)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return sum(max(b) * len(b) for b in batches) / len(batches)
 
 
 def planned_scheduler(plan: Plan, optimizer: Any) -> Any:

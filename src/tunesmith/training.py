@@ -24,7 +24,7 @@ from tunesmith import artifact, methods
 from tunesmith.config import RunConfig, TrainConfig, dump_config
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.models import bf16_supported, load_tokenizer
-from tunesmith.planning import Plan, planned_scheduler, planning_callback
+from tunesmith.planning import Plan, padded_tokens_per_step, planned_scheduler, planning_callback
 from tunesmith.registry import ModelVersion, Registry
 from tunesmith.runs import default_name
 
@@ -221,8 +221,9 @@ def build_trainer(
         val_set = _sample(val_set, settings.eval_sample, settings.seed)
     plan = Plan(examples=len(train_set), batch_size=settings.batch_size, epochs=epochs, max_steps=settings.max_steps,
                 budget_seconds=settings.max_minutes * 60 if settings.max_minutes else None,
-                warmup_ratio=settings.warmup_ratio, evaluations=settings.evaluations,
-                eval_examples=len(val_set))  # fmt: skip
+                warmup_ratio=settings.warmup_ratio, evaluations=settings.evaluations, eval_examples=len(val_set),
+                tokens_per_step=padded_tokens_per_step(_lengths(train_set), settings.batch_size,
+                                                       settings.group_by_length, settings.seed))  # fmt: skip
     model = methods.prepare(model, settings, task, plan.bound_steps)
     counts = methods.parameter_counts(model)
     log(f"Method {settings.method}: {counts['trainable']:,} of {counts['total']:,} parameters train "
@@ -256,6 +257,7 @@ def build_trainer(
         report_to=[],
         disable_tqdm=True,  # replaced by _progress_callback
         dataloader_num_workers=0,
+        include_num_input_tokens_seen="all",  # padded tokens: what the planner times the steps by
     )
     shown = _progress_callback(log, progress)
 
@@ -296,6 +298,14 @@ def build_trainer(
     trainer.add_callback(shown)
     trainer.plan = plan
     return trainer
+
+
+def _lengths(dataset: Sequence[Any]) -> list[int]:
+    """Token counts of pre-tokenized rows; empty when the rows are not token lists (the plan then times steps)."""
+    try:
+        return [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
+    except (KeyError, TypeError, IndexError):
+        return []
 
 
 def _sample(dataset: Sequence[Any], size: int, seed: int) -> ListDataset:
