@@ -26,18 +26,18 @@ def test_the_budget_sets_the_steps_and_the_schedule_follows() -> None:
     p.seconds_per_step = 0.5
     assert p.fit_budget(step=9, elapsed=5.0)
     # 60 s less 3 % margin less 5 s spent, less the evaluations (100 rows at a third of a step's cost per row):
-    # of the 10 asked, the 6 that keep evaluating within a fifth of the 53 s left.
-    assert p.evaluations == 6 and p.asked_evaluations == 10
-    assert p.limited_by == "time budget" and p.total_steps == 9 + int((60 * 0.97 - 5 - 6 * 100 * 0.05 / 3) / 0.5)
+    # of the 10 asked, the 7 that keep evaluating within a fifth of the 60 s budget.
+    assert p.evaluations == 7 and p.asked_evaluations == 10
+    assert p.limited_by == "time budget" and p.total_steps == 9 + int((60 * 0.97 - 5 - 7 * 100 * 0.05 / 3) / 0.5)
     assert p.warmup_steps == pytest.approx(0.1 * p.total_steps, abs=1)
     assert p.lr_factor(0) == 0 and p.lr_factor(p.warmup_steps) == 1.0
     assert p.lr_factor(p.total_steps) == 0.0  # decayed to zero at the planned end, not at epoch 8
-    assert p.eval_every == -(-p.total_steps // 6)
+    assert p.eval_every == -(-p.total_steps // 7)
     for step in range(1, p.total_steps + 1):
         p.evaluations_done += p.evaluates_at(step)
-    assert p.evaluations_done == 6
+    assert p.evaluations_done == 7
     assert "set by the 1.0 min budget" in p.describe() and "Without the budget: 800 steps" in p.describe()
-    assert "6 evaluations (of 10 asked" in p.describe()
+    assert "7 evaluations (of 10 asked" in p.describe()
 
 
 def test_evaluations_that_would_eat_the_budget_are_thinned_not_the_training() -> None:
@@ -48,7 +48,11 @@ def test_evaluations_that_would_eat_the_budget_are_thinned_not_the_training() ->
     p.fit_budget(step=9, elapsed=100.0)
     left = 900 * 0.97 - 100
     one = 400 * 10.87 / 16 / 3
-    assert 1 <= p.evaluations < 10 and p.evaluations * one <= max(one, 0.2 * left)
+    assert 1 <= p.evaluations < 10 and p.evaluations * one <= max(one, 0.2 * 900)
+    later = p.evaluations
+    p.evaluations_done = 0
+    p.fit_budget(step=40, elapsed=100.0 + 31 * 10.87)
+    assert p.evaluations == later  # steady as the budget is spent: a fifth of the whole, not of what is left
     assert p.total_steps == 9 + int((left - p.evaluations * one) / 10.87) > 60
     for step in range(1, p.total_steps + 1):
         p.evaluations_done += p.evaluates_at(step)

@@ -25,7 +25,7 @@ CALIBRATION_STEPS = 8  # steps timed (after the first, which pays for warm-up) b
 REPLAN_DRIFT = 0.1  # re-plan when the steps that fit move by more than this share (length-grouped batches vary)
 REPLAN_EVERY = 50  # the speed is checked this many times over a plan (and at least every CALIBRATION_STEPS)
 BUDGET_MARGIN = 0.03  # of the budget, kept for the last evaluation's save and the best checkpoint's reload
-# At most this share of the budget left goes to evaluating; the evaluations asked for are thinned to fit. On a
+# At most this share of the budget goes to evaluating; the evaluations asked for are thinned to fit. On a
 # slow CPU ten evaluations of a QA validation split cost more than a 15-minute budget, and a plan that kept
 # them all trained 10 steps.
 EVALUATION_SHARE = 0.2
@@ -127,10 +127,11 @@ class Plan:
         if self.budget_seconds is not None:
             left = self.budget_seconds * (1 - BUDGET_MARGIN) - elapsed
             evaluation = self._evaluation_seconds()
-            evaluations_left = max(1, self.asked_evaluations - self.evaluations_done)
-            if evaluation > 0:  # the last one always happens: it scores the weights the run ends with
-                evaluations_left = min(evaluations_left, max(1, int(EVALUATION_SHARE * max(0.0, left) / evaluation)))
-            self.evaluations = self.evaluations_done + evaluations_left
+            wanted = self.asked_evaluations
+            if evaluation > 0:  # of the whole budget, so the count holds steady as the run goes on
+                wanted = min(wanted, max(1, int(EVALUATION_SHARE * self.budget_seconds / evaluation)))
+            evaluations_left = max(1, wanted - self.evaluations_done)  # the last one always happens: it scores
+            self.evaluations = self.evaluations_done + evaluations_left  # the weights the run ends with
             fits = step + int(max(0.0, left - evaluations_left * evaluation) / self.seconds_per_step)
             if fits < target:
                 target, limited_by = max(step + 1, fits), "time budget"
