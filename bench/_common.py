@@ -33,9 +33,12 @@ def machine() -> dict[str, object]:
     except OSError:
         pass
     versions = library_versions()
+    from tunesmith.models import bf16_supported
+
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "bf16": bf16_supported(),  # native bf16: what decides training precision, and so every speed figure
         "python": platform.python_version(),
         "versions": versions,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -4,8 +4,8 @@
     python bench/vs_plain.py --only banking77 --budget 15
 
 Per dataset, on its official test split, with the embedded all-MiniLM-L6-v2:
-- plain: the script a practitioner writes (3 epochs, batch 32, lr 5e-5, linear decay, bf16 autocast, dynamic
-  padding), no budget;
+- plain: the script a practitioner writes (3 epochs, batch 32, lr 5e-5, linear decay, bf16 autocast where the
+  CPU has native bf16 and fp32 elsewhere, as tunesmith decides; dynamic padding), no budget;
 - wave-1 schedule + budget: a Trainer with wave 1's defaults (batch 16, lr 1e-4, 10 % warmup planned for 8
   epochs) stopped when the budget runs out: what `--max-minutes` did before runs were planned;
 - tunesmith: `tunesmith.train` with its defaults, unbounded, and with `max_minutes` = the budget.
@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 
 import tunesmith
-from _common import RESULTS, require_shared_data, save
+from _common import RESULTS, machine, require_shared_data, save
 from accuracy import prepare
 from tunesmith.config import DEFAULT_MODEL
 from tunesmith.data import load_classification_data
-from tunesmith.models import resolve_model
+from tunesmith.models import bf16_supported, resolve_model
 
 
 def read_split(kwargs: dict[str, Any]) -> tuple[Any, Any]:
@@ -68,7 +68,7 @@ def trainer_run(data: Any, *, epochs: float, batch: int, lr: float, warmup: floa
 
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=batch,
-                                 learning_rate=lr, warmup_steps=warmup, lr_scheduler_type="linear", bf16=True,
+                                 learning_rate=lr, warmup_steps=warmup, lr_scheduler_type="linear", bf16=bf16_supported(),
                                  use_cpu=True, save_strategy="no", eval_strategy="no", report_to=[],
                                  disable_tqdm=True, logging_strategy="no", seed=42)  # fmt: skip
         trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=DataCollatorWithPadding(tokenizer),
@@ -113,6 +113,8 @@ def main() -> None:
     shared = require_shared_data()
     previous = json.loads((RESULTS / "vs_plain.json").read_text()) if (RESULTS / "vs_plain.json").is_file() else {}
     results: dict[str, Any] = previous.get("datasets", {})
+    for kept in results.values():  # written before datasets kept their own machine: the file's was theirs
+        kept.setdefault("machine", previous.get("machine"))
     for name in args.only:
         with tempfile.TemporaryDirectory() as folder:
             work = Path(folder)
@@ -125,8 +127,9 @@ def main() -> None:
                 "tunesmith": tunesmith_run(kwargs, None, work, "free"),
                 "tunesmith + budget": tunesmith_run(kwargs, args.budget, work, "budget"),
             }
+        # each dataset keeps the machine it ran on: the file keeps datasets from earlier runs
         results[name] = {"budget_minutes": args.budget, "train_rows": len(data.train), "test_rows": len(data.test),
-                         "runs": runs}  # fmt: skip
+                         "runs": runs, "machine": machine()}  # fmt: skip
         print(f"\n{name}: {len(data.train)} training texts, test {len(data.test)}, budget {args.budget:g} min")
         print("| run | accuracy | macro-F1 | minutes | examples/s | epochs |\n|---|---|---|---|---|---|")
         for run, r in runs.items():
