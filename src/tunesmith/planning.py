@@ -12,7 +12,6 @@ end), and evaluations are spread evenly over it.
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -164,11 +163,9 @@ class Plan:
                     f"examples); the {_minutes(self.budget_seconds)} budget becomes steps once the first steps "
                     "are timed.")  # fmt: skip
         thinned = ""
-        if self.evaluations < self.asked_evaluations and self.seconds_per_evaluation is None:
+        if self.evaluations < self.asked_evaluations:
             thinned = (f" (of {self.asked_evaluations} asked: one takes about {_minutes(self._evaluation_seconds())}, "
                        f"and at most {EVALUATION_SHARE:.0%} of the budget goes to evaluating)")  # fmt: skip
-        elif self.evaluations < self.asked_evaluations:
-            thinned = f" (of {self.asked_evaluations} asked, to keep evaluating within {EVALUATION_SHARE:.0%} of the budget)"
         text = (f"Plan: {self.total_steps:,} steps of {self.batch_size} ({epochs:.2f} epochs of {self.examples:,} "
                 f"examples), set by {why}; warmup {self.warmup_steps:,} steps, then linear decay to 0; "
                 f"{self.evaluations} evaluations{thinned} (every {self.eval_every:,} steps) on {self.eval_examples:,} "
@@ -271,16 +268,17 @@ def planning_callback(plan: Plan, log: Log, clock: Callable[[], float] = time.mo
 
 
 def padded_tokens_per_step(lengths: Sequence[int], batch_size: int, grouped: bool, seed: int = 0) -> float | None:
-    """Tokens in an average batch once padded to its longest row, for one epoch batched as the Trainer batches:
-    at random, or length-grouped (megabatches of 50 batches, each sorted longest first). None without lengths."""
+    """Tokens in an average batch once padded to its longest row, for one epoch batched as the Trainer batches
+    (its own length-grouped order, or a random one). None without lengths."""
     if not lengths or batch_size < 1:
         return None
-    order = list(lengths)
-    random.Random(seed).shuffle(order)
-    if grouped:
-        mega = 50 * batch_size
-        order = [n for i in range(0, len(order), mega) for n in sorted(order[i : i + mega], reverse=True)]
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    generator = torch.Generator().manual_seed(seed)
+    order = (get_length_grouped_indices(list(lengths), batch_size, generator=generator) if grouped
+             else torch.randperm(len(lengths), generator=generator).tolist())  # fmt: skip
+    batches = [[lengths[i] for i in order[j : j + batch_size]] for j in range(0, len(order), batch_size)]
     return sum(max(b) * len(b) for b in batches) / len(batches)
 
 
