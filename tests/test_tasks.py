@@ -81,6 +81,17 @@ CASES = {
         reads=lambda path: len(__import__("tunesmith.tasks.text_generation.conversations",
                                           fromlist=["read_conversations"]).read_conversations(path)),
     ),
+    # A classification file trains an embedding model: texts of one label are positives for each other.
+    "sentence-similarity": Case(
+        lambda folder, rows: write_csv(folder / "train.csv", rows),
+        {"learning_rate": 5e-4},
+        lambda model: [round(float(x), 4) for x in model.embed(["where is my parcel", "refund please"]).ravel()],
+        "where is my parcel",
+        lambda body: isinstance(body, list) and all(isinstance(x, float) for x in body),
+        feedback="order_status", bad_feedback=42,
+        reads=lambda path: len(__import__("tunesmith.tasks.sentence_similarity.pairs",
+                                          fromlist=["read_rows"]).read_rows(path)[1]),
+    ),
 }
 
 

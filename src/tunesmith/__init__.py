@@ -1,6 +1,6 @@
 """tunesmith: from a file of labeled examples to a fine-tuned, evaluated, registered transformer model."""
 
-from tunesmith.api import evaluate, export_model, inspect_data, load_model, retrain, suggest, train, tune
+from tunesmith.api import evaluate, export_model, index, inspect_data, load_model, retrain, search, suggest, train, tune
 from tunesmith.config import DataConfig, RunConfig, TrainConfig, load_config
 from tunesmith.errors import ConfigError, DataError, ModelError, RegistryError, TunesmithError
 from tunesmith.registry import ModelVersion, Registry
@@ -25,10 +25,12 @@ __all__ = [
     "TunesmithError",
     "evaluate",
     "export_model",
+    "index",
     "inspect_data",
     "load_config",
     "load_model",
     "retrain",
+    "search",
     "suggest",
     "train",
     "tune",

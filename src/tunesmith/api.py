@@ -70,6 +70,26 @@ def model_path(ref: str | Path, registry: Registry | None = None) -> Path:
     return path if is_artifact(path) else (registry or Registry()).resolve(str(ref)).path
 
 
+def index(ref: str, corpus: str | Path, *, registry: Registry | None = None, text_column: str | None = None,
+          id_column: str | None = None, backend: str = "auto", log: Log = print) -> dict[str, Any]:  # fmt: skip
+    """Embed a corpus file (a `text` column, an optional `id`) with a registered embedding model ('name' as served:
+    production, else latest) into the name's search index; return the index record."""
+    registry = registry or Registry()
+    version = registry.resolve(ref)
+    return TASKS[version.task].build_index(version, registry.home, Path(corpus), log=log, text_column=text_column,
+                                           id_column=id_column, backend=backend)  # fmt: skip
+
+
+def search(ref: str, queries: str | list[str], *, top_k: int = 10, registry: Registry | None = None,
+           backend: str = "auto") -> list[list[dict[str, Any]]]:  # fmt: skip
+    """The `top_k` best matches ({id, text, score}) of each query in the model's index, re-embedded first when the
+    version `ref` names is not the one that built it."""
+    registry = registry or Registry()
+    version = registry.resolve(ref)
+    texts = [queries] if isinstance(queries, str) else list(queries)
+    return TASKS[version.task].search(version, registry.home, texts, top_k, backend)
+
+
 def tune(
     data: str | Path,
     *,

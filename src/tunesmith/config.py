@@ -38,6 +38,10 @@ class DataConfig(_Settings):
     label_delimiter: str | None = Field(
         None, description="Separator of labels in one cell for multi-label data, e.g. ',' or ';'."
     )
+    score_range: tuple[float, float] | None = Field(
+        None, description="sentence-similarity scored pairs: the scale of the score column, e.g. [0, 5] as STS-B; "
+        "a score outside it is an error. None: [0, 1], or [0, 5] when a score is above 1."
+    )
     validation_size: Annotated[float, Field(gt=0, lt=0.5)] = Field(
         0.1, description="Share of the data held out for validation when no validation file is given."
     )

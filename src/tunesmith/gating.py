@@ -127,8 +127,10 @@ def gate(registry: Any, candidate: str, against: str = "production", *, confiden
 
     given = [f for f in read_feedback(registry.home, new.name) if f["input"] is not None]
     feedback = [f for f in given if f["held_out"]]  # never in an exported training file (`feedback --export`)
-    if not feedback or task.request == "chat":
+    if not feedback or not task.judges_feedback:
         why = f"{len(given)} feedback rows, none held out yet (one input in five is)" if given else "no feedback"
+        if given and not task.judges_feedback:
+            why = f"{len(given)} feedback rows, which train a {task.name} model but are no verdict on its outputs"
         criteria.append(Criterion("feedback", None, f"{why}: nothing to judge on"))
     else:
         inputs = [tuple(f["input"].values()) if isinstance(f["input"], dict) else f["input"] for f in feedback]

@@ -186,3 +186,50 @@ def serve(
         "log_predictions": log_predictions, "log_inputs": log_inputs,
     })  # fmt: skip
     run_server(settings, open_registry(), access_log_enabled=access_log)
+
+
+@app.command()
+def index(
+    ref: Annotated[str, typer.Argument(help="An embedding model: NAME (as served: production, else latest) or NAME@VERSION.")],
+    corpus: Annotated[Path, typer.Argument(help="The texts to search (CSV/TSV/JSONL/Parquet): a `text` column, an optional `id`.")],
+    text_column: Annotated[str | None, typer.Option(help="Text column (default: text, document, passage or the only one).")] = None,
+    id_column: Annotated[str | None, typer.Option(help="Id column (default: id, else the row number).")] = None,
+    backend: Annotated[Backend, typer.Option(help=BACKEND_HELP)] = "auto",
+    as_json: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Embed a corpus into the model's search index (kept beside the model; re-embedded when the served version
+    changes). Exact search for small corpora, an HNSW graph for large ones."""
+    from tunesmith import api
+
+    record = api.index(ref, corpus, registry=open_registry(), text_column=text_column, id_column=id_column,
+                       backend=backend, log=lambda line: None if quiet or as_json else say(line))  # fmt: skip
+    if as_json:
+        print_json(record)
+    elif not quiet:
+        console.print(f"Indexed {record['size']:,} texts for {record['name']}@{record['version']} "
+                      f"({record['kind']} search, {record['dimension']} dimensions).")  # fmt: skip
+
+
+@app.command()
+def search(
+    ref: Annotated[str, typer.Argument(help="An embedding model with an index (`tunesmith index`).")],
+    queries: Annotated[list[str], typer.Argument(help="One or more queries.")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, max=1000, help="Matches per query.")] = 10,
+    backend: Annotated[Backend, typer.Option(help=BACKEND_HELP)] = "auto",
+    as_json: Json = False,
+) -> None:
+    """The texts of the model's index most similar to each query, best first, with their cosine similarity."""
+    from tunesmith import api
+
+    found = api.search(ref, list(queries), top_k=top_k, registry=open_registry(), backend=backend)
+    if as_json:
+        print_json([{"query": q, "hits": hits} for q, hits in zip(queries, found, strict=True)])
+        return
+    for query, hits in zip(queries, found, strict=True):
+        table = Table(title=query, title_justify="left")
+        for column in ("score", "id", "text"):
+            table.add_column(column)
+        for hit in hits:
+            table.add_row(f"{hit['score']:.4f}", hit["id"], hit["text"][:100])
+        console.print(table)

@@ -128,6 +128,10 @@ def create_app(settings: ServeSettings, registry: Registry | None = None) -> Fas
     generating = [name for name, task in server.tasks.items() if TASKS[task].request == "chat"]
     if generating:  # OpenAI-compatible routes only where they can answer
         app.include_router(generation.routes(server, read))
+    for task in dict.fromkeys(server.tasks.values()):  # routes a task's models answer beside the common ones
+        router = TASKS[task].routes(server, read)
+        if router is not None:
+            app.include_router(router)
     _document_limits(app, settings, list(server.slots), generating)
     return RequestMiddleware(app, server)  # type: ignore[return-value]
 

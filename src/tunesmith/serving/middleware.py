@@ -24,7 +24,7 @@ access_log = logging.getLogger("tunesmith.access")
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # probes: never behind a key, a rate or the concurrency cap
 OPS_PATHS = frozenset({"/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
-OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions")
+OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
 
 def error_body(status: int, code: str, message: str, path: str, request_id: str | None, **extra: Any) -> dict[str, Any]:

@@ -31,7 +31,7 @@ Log = Callable[[str], None]
 # The request shapes of the HTTP API; a task answers exactly one of them.
 Request = Literal["texts", "question", "chat"]
 # The data shapes `tunesmith inspect` knows how to check.
-DataShape = Literal["labeled-texts", "tagged-sentences", "questions", "conversations"]
+DataShape = Literal["labeled-texts", "tagged-sentences", "questions", "conversations", "text-pairs"]
 METHODS = ("full", "lora", "adalora", "ia3", "frozen")
 
 
@@ -223,7 +223,16 @@ class Task(ABC):
 
     answers_with_label: ClassVar[bool] = False  # the original `/predict` route ({label, score}) applies
 
+    def routes(self, server: Any, read: list[Any]) -> Any:
+        """A FastAPI router of routes only this task's models answer (e.g. `/v1/embeddings`), added when a served
+        model has this task; `read` are the read routes' dependencies (auth). None: no routes of its own."""
+        return None
+
     # -- after release: the prediction log, monitoring and feedback --------------------------------------
+
+    # Whether one logged output can be judged right or wrong against a feedback answer (`is_correct`): off for
+    # free text and embeddings, whose feedback is training data only (no feedback accuracy, no gate on it).
+    judges_feedback: ClassVar[bool] = True
 
     @abstractmethod
     def log_outputs(self, predictor: Any, outputs: Any) -> list[dict[str, Any]]:
@@ -248,6 +257,20 @@ class Task(ABC):
     @abstractmethod
     def feedback_rows(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Feedback records (`input`, `answer`) as rows of a JSONL training file this task's loader reads."""
+
+    # -- search: tasks whose models embed texts ------------------------------------------------------------
+
+    def build_index(self, version: ModelVersion, home: Path, corpus: Path, *, log: Log = print,
+                    **options: Any) -> dict[str, Any]:  # fmt: skip
+        """Embed the texts of `corpus` with `version` into its name's search index; return the index record."""
+        raise ModelError(f"{version.ref} is a {self.name} model; `tunesmith index` takes models that embed texts "
+                         "(sentence-similarity).")  # fmt: skip
+
+    def search(self, version: ModelVersion, home: Path, queries: Sequence[str], top_k: int = 10,
+               backend: str = "auto") -> list[list[dict[str, Any]]]:  # fmt: skip
+        """The `top_k` best matches ({id, text, score}) of each query in the index of `version`'s name."""
+        raise ModelError(f"{version.ref} is a {self.name} model; `tunesmith search` takes models that embed texts "
+                         "(sentence-similarity).")  # fmt: skip
 
     # -- the command line -------------------------------------------------------------------------------
 

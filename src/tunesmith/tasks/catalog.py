@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping
 from tunesmith.errors import ConfigError
 from tunesmith.tasks.base import Task
 from tunesmith.tasks.question_answering import QuestionAnswering
+from tunesmith.tasks.sentence_similarity import SentenceSimilarity
 from tunesmith.tasks.text_classification import TextClassification
 from tunesmith.tasks.text_generation import TextGeneration
 from tunesmith.tasks.token_classification import TokenClassification
@@ -30,7 +31,7 @@ class Tasks(Mapping[str, Task]):
         return len(self._tasks)
 
 
-TASKS = Tasks(TextClassification(), TokenClassification(), QuestionAnswering(), TextGeneration())
+TASKS = Tasks(TextClassification(), TokenClassification(), QuestionAnswering(), TextGeneration(), SentenceSimilarity())
 
 
 def get_task(name: str) -> Task:

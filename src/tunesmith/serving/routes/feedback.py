@@ -68,7 +68,7 @@ def routes(server: Server, needs: list[Any]) -> APIRouter:
             raise ApiError(422, "invalid_request", f"{name!r} answers questions: send the input as "
                            '{"question", "context"}.')  # fmt: skip
         answer = task.check_feedback(loaded.predictor.meta, item, body.answer)  # DataError: 422 with its message
-        correct = task.is_correct(predicted, answer) if predicted is not None and task.request != "chat" else None
+        correct = task.is_correct(predicted, answer) if predicted is not None and task.judges_feedback else None
         info = current_request.get()
         caller = info.caller if info else ""
         feedback_id = await asyncio.to_thread(

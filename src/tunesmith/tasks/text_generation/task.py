@@ -37,6 +37,7 @@ class TextGeneration(Task):
     headline_metrics = ("exact_match", "token_f1", "rouge_l")
     warm_up = "Hello"
     request = "chat"
+    judges_feedback = False  # free text: feedback is a better answer to train on, not a verdict
     training = "tunesmith.tasks.text_generation.training"
     baseline_name = "base model"
     compared_metric = "token_f1"

@@ -1,0 +1,192 @@
+"""Sentence similarity: an embedding model for semantic search, FAQ matching and duplicate detection.
+
+Trains on scored pairs, pairs, triplets or labelled texts (`pairs`) with sentence-transformers' losses
+(`training`); scores Spearman or retrieval metrics beside the untuned base model and BM25 (`retrieval`);
+exports ONNX fp32 + int8 checked by retrieval agreement and cosine (`checking`); embeds corpora into a
+versioned index (`index`); serves OpenAI's `/v1/embeddings`, TEI's `/embed`, the Hugging Face
+feature-extraction shape on `/models/NAME` and `/v1/models/NAME/search` (`routes`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunesmith.errors import DataError, ModelError
+from tunesmith.tasks.base import Log, Summary, Task, TrainResult
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from tunesmith.export import ExportCheck
+    from tunesmith.registry import ModelVersion
+    from tunesmith.tasks.sentence_similarity.encoder import Embedder
+
+
+@dataclass
+class Embedding:
+    """One served text: its embedding and its token count."""
+
+    vector: np.ndarray
+    tokens: int
+
+
+HEADLINE = {"spearman": "Spearman", "mrr_at_10": "MRR@10", "ndcg_at_10": "NDCG@10", "accuracy_at_1": "accuracy@1",
+            "recall_at_10": "recall@10"}  # fmt: skip
+
+
+class SentenceSimilarity(Task):
+    name = "sentence-similarity"
+    peft_task_type = "FEATURE_EXTRACTION"
+    main_metric = "score"  # Spearman for scored pairs, MRR@10 for retrieval
+    headline_metrics = tuple(HEADLINE)
+    warm_up = "warm-up"
+    request = "texts"
+    data_shape = "text-pairs"
+    methods = ("full", "lora")
+    training = "tunesmith.tasks.sentence_similarity.training"
+    baseline_name = "BM25 baseline"
+    compared_metric = "score"
+    below_baseline_hint = ("Lexical matching wins on this data: try more pairs or steps (--max-minutes), or search "
+                           "with BM25 beside the model (hybrid search).")  # fmt: skip
+    judges_feedback = False
+
+    def load(self, path: str | Path, backend: str = "auto", threads: int | None = None) -> Embedder:
+        from tunesmith.tasks.sentence_similarity.encoder import Embedder
+
+        return Embedder.from_artifact(path, backend, threads)
+
+    def evaluate_file(self, predictor: Any, data: str | Path, out_dir: str | Path, **options: Any) -> dict[str, Any]:
+        from tunesmith.tasks.sentence_similarity.training import evaluate_file
+
+        return evaluate_file(predictor, data, out_dir)
+
+    def predict_lines(self, predictor: Any, inputs: Sequence[str], **options: Any) -> Iterator[str]:
+        vectors = predictor.embed(list(inputs), batch_size=options.get("batch_size") or 32)
+        for text, vector in zip(inputs, vectors, strict=True):
+            yield json.dumps([round(float(x), 6) for x in vector]) + f"\t{text}"
+
+    def predict_records(self, predictor: Any, inputs: Sequence[str], **options: Any) -> list[dict[str, Any]]:
+        vectors = predictor.embed(list(inputs), batch_size=options.get("batch_size") or 32)
+        return [{"input": text, "embedding": [float(x) for x in v]} for text, v in zip(inputs, vectors, strict=True)]
+
+    def export_check(self, path: str | Path) -> ExportCheck:
+        from tunesmith.tasks.sentence_similarity.checking import EmbeddingCheck
+
+        return EmbeddingCheck(Path(path))
+
+    def serve_compute(self, predictor: Any, items: list[Any], batch_size: int) -> list[Embedding]:
+        vectors, tokens = predictor.embed_counted(items, batch_size)
+        return [Embedding(v, n) for v, n in zip(vectors, tokens, strict=True)]
+
+    def serve_outputs(self, predictor: Any, outputs: Any, all_scores: bool = False) -> list[dict[str, Any]]:
+        return [{"embedding": [float(x) for x in o.vector]} for o in outputs]
+
+    def hf_outputs(self, predictor: Any, outputs: Any, single: bool, top_k: int | None, function: str | None) -> Any:
+        """Feature extraction as the Inference API answers it for sentence-transformers models: the pooled
+        embedding (a list of floats for one input, a list of them for several)."""
+        vectors = [[float(x) for x in o.vector] for o in outputs]
+        return vectors[0] if single else vectors
+
+    def log_outputs(self, predictor: Any, outputs: Any) -> list[dict[str, Any]]:
+        import numpy as np
+
+        centroid = predictor.meta.get("centroid")
+        rows = []
+        for o in outputs:
+            figures = {"tokens": float(o.tokens)}
+            if centroid:  # how far traffic is from the texts the model was scored on: drift shows here first
+                figures["centroid_cosine"] = round(float(np.dot(o.vector, np.asarray(centroid))), 5)
+            rows.append({"figures": figures})
+        return rows
+
+    def reference(self, path: Path, split: str) -> tuple[list[Any], list[Any] | None]:
+        file = Path(path) / "data" / f"{split}.jsonl"
+        if not file.is_file():
+            return [], None
+        rows = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        first = ("anchor", "sentence1", "text")
+        return [next(str(r[k]) for k in first if k in r) for r in rows], None
+
+    def is_correct(self, output: dict[str, Any], answer: Any) -> bool:
+        raise ModelError("An embedding is not right or wrong by itself (judges_feedback is off); score an embedding "
+                         "model with `tunesmith evaluate` on pairs.")  # fmt: skip
+
+    def check_feedback(self, meta: dict[str, Any], item: Any, answer: Any) -> Any:
+        shape = meta.get("data_shape", "pairs")
+        if shape == "labelled-texts":
+            if not isinstance(answer, str) or not answer.strip():
+                raise DataError("This model was trained on labelled texts: send the text's label as a string.")
+            return {"label": answer.strip()}
+        if shape == "scored-pairs":
+            low, high = meta.get("score_range") or (0.0, 1.0)
+            ok = isinstance(answer, dict) and isinstance(answer.get("text"), str) and answer["text"].strip() and \
+                isinstance(answer.get("score"), int | float) and not isinstance(answer["score"], bool)
+            if not ok or not low <= answer["score"] <= high:
+                raise DataError(f'Send {{"text": another text, "score": how similar, {low:g}-{high:g}}}.')
+            return {"text": answer["text"].strip(), "score": float(answer["score"])}
+        if isinstance(answer, str):
+            answer = {"positive": answer}
+        wanted = ("positive", "negative") if shape == "triplets" else ("positive",)
+        if not isinstance(answer, dict) or not all(isinstance(answer.get(k), str) and answer[k].strip() for k in wanted):
+            raise DataError(f"Send {' and '.join(wanted)} text(s) that should (not) match the input: "
+                            f"{{{', '.join(f'{k!r}: text' for k in wanted)}}}.")  # fmt: skip
+        if answer["positive"].strip() == str(item).strip():
+            raise DataError("The positive is the input itself; send another text that should match it.")
+        return {k: answer[k].strip() for k in wanted}
+
+    def feedback_rows(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        rows = []
+        for r in records:
+            text, answer = str(r["input"]), r["answer"]
+            if "label" in answer:
+                rows.append({"text": text, "label": answer["label"]})
+            elif "score" in answer:
+                rows.append({"sentence1": text, "sentence2": answer["text"], "score": answer["score"]})
+            else:
+                rows.append({"anchor": text, **answer})
+        return rows
+
+    def summary(self, result: TrainResult) -> Summary:
+        evaluation = json.loads((Path(result.version.path) / "metrics.json").read_text(encoding="utf-8"))
+        untuned, m = evaluation.get("untuned", {}), result.metrics
+        rows = [[label, f"{m[k]:.4f}", f"{untuned[k]:.4f}" if k in untuned else "-",
+                 f"{result.baseline[k]:.4f}" if k in result.baseline else "-"]
+                for k, label in HEADLINE.items() if k in m]  # fmt: skip
+        what = "pairs" if "spearman" in m else f"queries against {m.get('corpus', 0)} texts"
+        return Summary(f"{result.version.ref} - test split ({m['n']} {what})",
+                       ["metric", "fine-tuned", "untuned base", "BM25"], rows)  # fmt: skip
+
+    def evaluation_lines(self, result: dict[str, Any]) -> list[str]:
+        lines = super().evaluation_lines(result)
+        bm25 = result.get("baseline", {})
+        shown = ", ".join(f"{k} {bm25[k]:.4f}" for k in self.headline_metrics if k in bm25)
+        return [*lines, f"BM25 on the same rows: {shown}."] if shown else lines
+
+    # -- search --------------------------------------------------------------------------------------
+
+    def build_index(self, version: ModelVersion, home: Path, corpus: Path, *, log: Log = print,
+                    **options: Any) -> dict[str, Any]:  # fmt: skip
+        from tunesmith.tasks.sentence_similarity.index import build, read_corpus
+
+        ids, texts = read_corpus(corpus, options.get("text_column"), options.get("id_column"))
+        embedder = self.load(version.path, options.get("backend", "auto"))
+        log(f"Embedding {len(texts):,} texts with {version.ref} ({embedder.backend}) ...")
+        index = build(home, version.name, version.version, embedder.embed, ids, texts, source=str(corpus))
+        return index.meta
+
+    def search(self, version: ModelVersion, home: Path, queries: Sequence[str], top_k: int = 10,
+               backend: str = "auto") -> list[list[dict[str, Any]]]:  # fmt: skip
+        from tunesmith.tasks.sentence_similarity.index import current
+
+        embedder = self.load(version.path, backend)
+        index = current(home, version.name, version.version, embedder.embed)
+        return [[h.to_dict() for h in row] for row in index.search(embedder.embed(list(queries)), top_k)]
+
+    def routes(self, server: Any, read: list[Any]) -> Any:
+        from tunesmith.tasks.sentence_similarity.routes import routes
+
+        return routes(server, read)
