@@ -13,6 +13,7 @@ import pytest
 
 import tunesmith
 from conftest import write_csv, write_jsonl
+from tunesmith.tasks import get_task
 from tunesmith.tasks.sentence_similarity.pairs import detect_shape, load_pair_data, read_rows
 from tunesmith.tasks.sentence_similarity.retrieval import ranking_metrics, retrieval_set, top_k
 
@@ -257,10 +258,30 @@ def test_the_index_is_re_embedded_when_the_version_changes(
     pairs = [{k: r[k] for k in ("anchor", "positive")} for r in make_pairs(support_rows, seed=9)]
     tunesmith.train(write_jsonl(tmp_path / "more.jsonl", pairs), task=TASK, name="emb", registry=registry,
                     progress=False, base_model=tiny_model, max_steps=3, log=lambda _line: None)  # fmt: skip
-    hits = tunesmith.search("emb@2", "refund please", registry=registry)[0]
-    assert len(hits) == 10
+    import subprocess
+    import sys
+
+    tunesmith_cli = str(Path(sys.executable).parent / "tunesmith")
+    done = subprocess.run([tunesmith_cli, "--home", str(home), "search", "emb@2", "refund please", "--json"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)[0]["hits"]) == 10
     meta = json.loads((home / "indexes" / "emb" / "index.json").read_text())
     assert meta["version"] == 2 and meta["size"] == 30
+
+    # The gate judges each test query: is its relevant text first among 10 candidates?
+    from tunesmith.gating import gate
+
+    verdict = gate(registry, "emb@2", "emb@1", log=lambda _line: None)
+    test_split = next(c for c in verdict.criteria if c.name == "test split")
+    assert test_split.passed is not None and test_split.figures["n"] > 0
+    items, answers = get_task(TASK).reference(registry.resolve("emb@1").path, "test")
+    test_rows = (registry.resolve("emb@1").path / "data" / "test.jsonl").read_text().splitlines()
+    positives = {(r["anchor"], r["positive"]) for r in map(json.loads, test_rows)}
+    assert items and answers == [1] * len(items)
+    # the query, its relevant text, then distractors from the split that are not relevant to it
+    assert all((q, right) in positives and 2 <= len(rest) + 2 <= 10 for q, right, *rest in items)
+    assert all((q, other) not in positives for q, _, *rest in items for other in rest)
 
 
 def test_embeddings_over_http_with_the_openai_client_tei_and_hf_shapes(

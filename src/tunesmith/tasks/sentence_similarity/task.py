@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunesmith.errors import DataError, ModelError
+from tunesmith.errors import DataError
 from tunesmith.tasks.base import Log, Summary, Task, TrainResult
 
 if TYPE_CHECKING:
@@ -28,10 +28,17 @@ if TYPE_CHECKING:
 
 @dataclass
 class Embedding:
-    """One served text: its embedding and its token count."""
+    """One served text: its embedding and its token count; for a judged item (query, right text, distractors...),
+    the query's cosine to each candidate."""
 
     vector: np.ndarray
     tokens: int
+    candidates: list[float] | None = None
+
+
+# A stored split's query is judged by whether its relevant text ranks first among this many candidates (the rest
+# drawn from the split's other texts): a right-or-wrong per row, which `gate` compares between two versions.
+CANDIDATES = 10
 
 
 HEADLINE = {"spearman": "Spearman", "mrr_at_10": "MRR@10", "ndcg_at_10": "NDCG@10", "accuracy_at_1": "accuracy@1",
@@ -79,8 +86,15 @@ class SentenceSimilarity(Task):
         return EmbeddingCheck(Path(path))
 
     def serve_compute(self, predictor: Any, items: list[Any], batch_size: int) -> list[Embedding]:
-        vectors, tokens = predictor.embed_counted(items, batch_size)
-        return [Embedding(v, n) for v, n in zip(vectors, tokens, strict=True)]
+        """Texts (what the server batches), or judged items from `reference`: (query, right text, distractors...)."""
+        if not items or isinstance(items[0], str):
+            vectors, tokens = predictor.embed_counted(items, batch_size)
+            return [Embedding(v, n) for v, n in zip(vectors, tokens, strict=True)]
+        texts = list(dict.fromkeys(str(t) for item in items for t in item))
+        vectors, tokens = predictor.embed_counted(texts, batch_size)
+        at = {text: i for i, text in enumerate(texts)}
+        return [Embedding(vectors[at[item[0]]], tokens[at[item[0]]],
+                          [float(vectors[at[item[0]]] @ vectors[at[t]]) for t in item[1:]]) for item in items]  # fmt: skip
 
     def serve_outputs(self, predictor: Any, outputs: Any, all_scores: bool = False) -> list[dict[str, Any]]:
         return [{"embedding": [float(x) for x in o.vector]} for o in outputs]
@@ -100,20 +114,46 @@ class SentenceSimilarity(Task):
             figures = {"tokens": float(o.tokens)}
             if centroid:  # how far traffic is from the texts the model was scored on: drift shows here first
                 figures["centroid_cosine"] = round(float(np.dot(o.vector, np.asarray(centroid))), 5)
-            rows.append({"figures": figures})
+            row: dict[str, Any] = {"figures": figures}
+            if o.candidates:
+                row["best"] = int(np.argmax(o.candidates)) + 1  # the candidate ranked first (1: the right text)
+            rows.append(row)
         return rows
 
     def reference(self, path: Path, split: str) -> tuple[list[Any], list[Any] | None]:
+        """Retrieval splits: each query with its relevant text and distractors from the split, the answer being the
+        relevant text's position (1). Scored pairs: their first texts, without answers (no right-or-wrong per row)."""
+        import random
+
+        from tunesmith.artifact import read_meta
+        from tunesmith.tasks.sentence_similarity.retrieval import retrieval_set
+
         file = Path(path) / "data" / f"{split}.jsonl"
         if not file.is_file():
             return [], None
         rows = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-        first = ("anchor", "sentence1", "text")
-        return [next(str(r[k]) for k in first if k in r) for r in rows], None
+        found = retrieval_set(str(read_meta(path).get("data_shape", "pairs")), rows)
+        if found is None:
+            return [str(r.get("sentence1", "")) for r in rows], None
+        rng = random.Random(0)
+        items: list[Any] = []
+        for q, (query, relevant) in enumerate(zip(found.queries, found.relevant, strict=True)):
+            own = found.itself[q]
+            taken = set(relevant) | ({own} if own is not None else set())
+            if len(found.corpus) - len(taken) < 1:
+                continue
+            distractors: list[int] = []
+            while len(distractors) < min(CANDIDATES - 1, len(found.corpus) - len(taken)):
+                pick = rng.randrange(len(found.corpus))
+                if pick not in taken:
+                    taken = taken | {pick}
+                    distractors.append(pick)
+            items.append((query, found.corpus[min(relevant)], *(found.corpus[i] for i in distractors)))
+        return items, [1] * len(items)
 
     def is_correct(self, output: dict[str, Any], answer: Any) -> bool:
-        raise ModelError("An embedding is not right or wrong by itself (judges_feedback is off); score an embedding "
-                         "model with `tunesmith evaluate` on pairs.")  # fmt: skip
+        """A judged query (from `reference`) is right when its relevant text ranked first among the candidates."""
+        return output.get("best") == answer
 
     def check_feedback(self, meta: dict[str, Any], item: Any, answer: Any) -> Any:
         shape = meta.get("data_shape", "pairs")
