@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -89,13 +90,14 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def _client(port: int, bodies: list[bytes], stop: float, latencies: list[float], errors: list[int]) -> None:
+async def _client(port: int, bodies: list[bytes], stop: float, latencies: list[float], errors: list[int],
+                  path: str = "/predict") -> None:  # fmt: skip
     rng = random.Random(len(latencies))
     connection = None
     while time.perf_counter() < stop:
         body = bodies[rng.randrange(len(bodies))]
         request = (
-            b"POST /predict HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            b"POST " + path.encode() + b" HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         )
         started = time.perf_counter()
@@ -125,14 +127,14 @@ async def _client(port: int, bodies: list[bytes], stop: float, latencies: list[f
         connection[1].close()
 
 
-async def drive(port: int, bodies: list[bytes], clients: int, seconds: float) -> dict[str, float]:
+async def drive(port: int, bodies: list[bytes], clients: int, seconds: float, path: str = "/predict") -> dict[str, float]:
     latencies: list[float] = []
     errors: list[int] = []
     # A short warm-up, then the measured window.
-    await asyncio.gather(*[_client(port, bodies, time.perf_counter() + 1, [], []) for _ in range(clients)])
+    await asyncio.gather(*[_client(port, bodies, time.perf_counter() + 1, [], [], path) for _ in range(clients)])
     started = time.perf_counter()
     stop = started + seconds
-    await asyncio.gather(*[_client(port, bodies, stop, latencies, errors) for _ in range(clients)])
+    await asyncio.gather(*[_client(port, bodies, stop, latencies, errors, path) for _ in range(clients)])
     elapsed = time.perf_counter() - started
     ms = np.array(latencies) * 1000
     return {
@@ -146,15 +148,22 @@ async def drive(port: int, bodies: list[bytes], clients: int, seconds: float) ->
     }
 
 
-def run_server(cmd: list[str], port: int, ready: str, bodies: list[bytes], seconds: float) -> dict[str, object]:
+def run_server(cmd: list[str], port: int, ready: str, bodies: list[bytes], seconds: float, path: str = "/predict",
+               ready_seconds: float = 120) -> dict[str, object]:  # fmt: skip
     env = {**os.environ, "BENCH_PORT": str(port)}
-    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_ready(port, ready)
-        rows = [asyncio.run(drive(port, bodies, c, seconds)) for c in CONCURRENCY]
-        rss = peak_rss_mb(process.pid)
-    finally:
-        stop(process)
+    # The server's log goes to a file: a pipe nobody reads fills up and blocks a chatty server (infinity's).
+    with tempfile.NamedTemporaryFile("w+", suffix=".log") as log:
+        process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            try:
+                wait_ready(port, ready, ready_seconds)
+            except SystemExit:
+                print(Path(log.name).read_text()[-3000:], file=sys.stderr)
+                raise
+            rows = [asyncio.run(drive(port, bodies, c, seconds, path)) for c in CONCURRENCY]
+            rss = peak_rss_mb(process.pid)
+        finally:
+            stop(process)
     return {"rows": rows, "peak_rss_mb": rss}
 
 
