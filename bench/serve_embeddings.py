@@ -1,0 +1,128 @@
+"""Serving embeddings: `tunesmith serve` against infinity-emb, the field's CPU embedding server, same model,
+same loopback load.
+
+    python bench/serve_embeddings.py                   # the model bench/embeddings.py --dataset banking77 made
+    python bench/serve_embeddings.py --model emb-squad --seconds 20
+
+infinity-emb runs from its own virtual environment (bench/.venv-infinity, made on first use: it pins
+transformers 4.x and sentence-transformers 3.x, which the project's environment must not get), on the artifact's
+`model/` folder (a sentence-transformers folder), once with its torch engine and once with its ONNX `optimum`
+engine. tunesmith serves the same registered version on the export's default variant. Each server runs alone;
+the asyncio load generator of bench/serve.py sends one text of 10-40 words (sentences of SQuAD's paragraphs) per
+request to the OpenAI-style embeddings route, for a fixed time at 1, 8 and 32 concurrent clients.
+Reported: embeddings/s, p50/p99 latency, and the ratio to infinity's best engine at the same concurrency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, require_shared_data, save
+from serve import free_port, run_server
+
+VENV = ROOT / "bench" / ".venv-infinity"
+INFINITY = "infinity-emb[server,torch,optimum]==0.0.78"
+
+
+def infinity_venv() -> Path:
+    exe = VENV / "bin" / "infinity_emb"
+    if not exe.exists():
+        print(f"making {VENV} with {INFINITY} (once) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+        subprocess.run([*pip, "torch==2.13.0"], check=True)  # first: a looser pin pulls a CUDA build
+        subprocess.run([*pip, INFINITY], check=True)
+    return exe
+
+
+def texts(limit: int = 2000) -> list[str]:
+    source = json.loads((require_shared_data() / "squad_v1.1_dev_part1" / "dev-v1.1-part.json").read_text())
+    found = []
+    for article in source["data"]:
+        for paragraph in article["paragraphs"]:
+            for sentence in re.split(r"(?<=[.!?])\s+", paragraph["context"]):
+                if 10 <= len(sentence.split()) <= 40:
+                    found.append(sentence)
+    return found[:limit]
+
+
+def version_info() -> str:
+    done = subprocess.run([str(VENV / "bin" / "python"), "-c", "import importlib.metadata as m; "
+                           "print(m.version('infinity-emb'))"], capture_output=True, text=True)  # fmt: skip
+    return done.stdout.strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="emb-banking77", help="a registered sentence-similarity model")
+    parser.add_argument("--home", default=str(ROOT / "bench" / ".home"))
+    parser.add_argument("--seconds", type=float, default=15, help="measured seconds per concurrency level")
+    parser.add_argument("--only", choices=["infinity-torch", "infinity-optimum", "tunesmith"])
+    args = parser.parse_args()
+    from tunesmith.api import export_artifact
+    from tunesmith.artifact import read_export
+    from tunesmith.registry import Registry
+
+    version = Registry(args.home).resolve(args.model)
+    if read_export(version.path) is None:
+        print(f"exporting {version.ref} ...", flush=True)
+        export_artifact(version.path)
+    export = read_export(version.path)
+    assert export is not None
+    sample = texts()
+    results: dict[str, object] = {}
+    for engine in ("torch", "optimum"):
+        if args.only not in (None, f"infinity-{engine}"):
+            continue
+        exe = infinity_venv()
+        port = free_port()
+        print(f"infinity-emb ({engine} engine) ...", flush=True)
+        cmd = [str(exe), "v2", "--model-id", str(version.path / "model"), "--served-model-name", version.name,
+               "--port", str(port), "--engine", engine, "--device", "cpu", "--no-model-warmup"]  # fmt: skip
+        bodies = [json.dumps({"model": version.name, "input": [t]}).encode() for t in sample]
+        try:
+            results[f"infinity-{engine}"] = run_server(cmd, port, "/health", bodies, args.seconds, "/embeddings",
+                                                       ready_seconds=600)  # fmt: skip
+        except SystemExit as exc:
+            print(f"infinity-emb ({engine}) did not start: {exc}", flush=True)
+            results[f"infinity-{engine}"] = {"error": str(exc)}
+    if args.only in (None, "tunesmith"):
+        port = free_port()
+        print(f"tunesmith serve ({export['default']}) ...", flush=True)
+        cmd = [sys.executable, "-m", "tunesmith.cli", "--home", args.home, "serve", version.ref, "--port", str(port),
+               "--no-access-log", "--auth", "off"]  # fmt: skip
+        bodies = [json.dumps({"model": version.name, "input": t}).encode() for t in sample]
+        results["tunesmith"] = run_server(cmd, port, "/readyz", bodies, args.seconds, "/v1/embeddings")
+
+    peers = [r for k, r in results.items() if k.startswith("infinity") and "rows" in r]  # type: ignore[operator]
+    best = {c: max(r["rows"][i]["rps"] for r in peers) for i, c in enumerate((1, 8, 32))} if peers else {}  # type: ignore[index]
+    print(f"\nmodel {version.ref}, {len(sample)} texts of 10-40 words, one per request, {args.seconds:g} s per level\n")
+    print("| server | clients | embeddings/s | vs infinity's best | p50 ms | p99 ms | errors | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for server, data in results.items():
+        if "rows" not in data:  # type: ignore[operator]
+            print(f"| {server} | - | failed to start | | | | | |")
+            continue
+        for row in data["rows"]:  # type: ignore[index]
+            ratio = row["rps"] / best[row["clients"]] if best else None
+            row["vs_infinity_best"] = ratio
+            print(f"| {server} | {row['clients']} | {row['rps']:.0f} | {f'{ratio:.2f}x' if ratio else '-'} | "
+                  f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['errors']} | {data['peak_rss_mb']:.0f} |")  # type: ignore[index]  # fmt: skip
+    int8 = export["variants"].get("int8", {})
+    print(f"\nint8 ({int8.get('scheme')}): mean cosine {int8.get('mean_cosine', float('nan')):.4f}, min "
+          f"{int8.get('min_cosine', float('nan')):.4f} to PyTorch; tunesmith served {export['default']}")  # fmt: skip
+    path = save(f"serve_embeddings_{version.name}", {
+        "model": version.ref, "seconds": args.seconds, "texts": len(sample), "infinity_emb": version_info(),
+        "results": results, "export": {k: export[k] for k in ("default", "checked_on", "variants")},
+    })  # fmt: skip
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
