@@ -69,11 +69,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(port: int, path: str, seconds: float = 120) -> None:
+def wait_ready(port: int, path: str, seconds: float = 120, process: subprocess.Popen | None = None) -> None:
     import urllib.request
 
     deadline = time.time() + seconds
     while time.time() < deadline:
+        if process is not None and process.poll() is not None:
+            # A server that died at start-up would otherwise cost the whole wait (10 min for infinity).
+            raise SystemExit(f"server on port {port} exited with {process.returncode} before it was ready")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
                 if r.status == 200:
@@ -156,7 +159,7 @@ def run_server(cmd: list[str], port: int, ready: str, bodies: list[bytes], secon
         process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
             try:
-                wait_ready(port, ready, ready_seconds)
+                wait_ready(port, ready, ready_seconds, process)
             except SystemExit:
                 print(Path(log.name).read_text()[-3000:], file=sys.stderr)
                 raise

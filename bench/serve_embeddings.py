@@ -6,10 +6,11 @@ same loopback load.
 
 infinity-emb runs from its own virtual environment (bench/.venv-infinity, made on first use: it pins
 transformers 4.x and sentence-transformers 3.x, which the project's environment must not get), on the artifact's
-`model/` folder (a sentence-transformers folder), once with its torch engine and once with its ONNX `optimum`
-engine. tunesmith serves the same registered version on the export's default variant. Each server runs alone;
-the asyncio load generator of bench/serve.py sends one text of 10-40 words (sentences of SQuAD's paragraphs) per
-request to the OpenAI-style embeddings route, for a fixed time at 1, 8 and 32 concurrent clients.
+`model/` folder (a sentence-transformers folder, linked into the 3.x layout that pin reads), once with its torch
+engine and once with its ONNX `optimum` engine. tunesmith serves the same registered version on the export's
+default variant. Each server runs alone; the asyncio load generator of bench/serve.py sends one text of 10-40
+words (sentences of SQuAD's paragraphs) per request to the OpenAI-style embeddings route, for a fixed time at
+1, 8 and 32 concurrent clients.
 Reported: embeddings/s, p50/p99 latency, and the ratio to infinity's best engine at the same concurrency.
 """
 
@@ -20,6 +21,7 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,6 +41,41 @@ def infinity_venv() -> Path:
         subprocess.run([*pip, "torch==2.13.0"], check=True)  # first: a looser pin pulls a CUDA build
         subprocess.run([*pip, INFINITY], check=True)
     return exe
+
+
+LEGACY_TYPES = {"Transformer": "sentence_transformers.models.Transformer",
+                "Pooling": "sentence_transformers.models.Pooling",
+                "Normalize": "sentence_transformers.models.Normalize"}  # fmt: skip
+POOLING = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens",
+           "lasttoken": "pooling_mode_lasttoken", "weightedmean": "pooling_mode_weightedmean_tokens"}  # fmt: skip
+
+
+def legacy_folder(model: Path, into: Path) -> Path:
+    """The artifact's sentence-transformers folder in the layout sentence-transformers 3.x reads (infinity pins it).
+
+    sentence-transformers 6 names its modules by new import paths and writes new config keys; the 3.x loader
+    fails on them. The weights and tokenizer are the same files (linked), so both servers run one model.
+    """
+    into.mkdir(parents=True, exist_ok=True)
+    for item in model.iterdir():
+        if item.is_file() and item.name not in ("modules.json", "sentence_bert_config.json"):
+            (into / item.name).symlink_to(item.resolve())
+    modules = json.loads((model / "modules.json").read_text())
+    for module in modules:
+        module["type"] = LEGACY_TYPES[module["type"].rsplit(".", 1)[-1]]
+        folder = into / module["path"]
+        folder.mkdir(exist_ok=True)
+        if module["type"].endswith("Pooling"):
+            config = json.loads((model / module["path"] / "config.json").read_text())
+            legacy = {key: False for key in POOLING.values()}
+            legacy[POOLING[config["pooling_mode"]]] = True
+            legacy["word_embedding_dimension"] = config["embedding_dimension"]
+            (folder / "config.json").write_text(json.dumps(legacy))
+    (into / "modules.json").write_text(json.dumps(modules))
+    tokenizer = json.loads((model / "tokenizer_config.json").read_text())
+    limit = min(tokenizer.get("model_max_length", 512), 512)
+    (into / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": limit, "do_lower_case": False}))
+    return into
 
 
 def texts(limit: int = 2000) -> list[str]:
@@ -77,13 +114,15 @@ def main() -> None:
     assert export is not None
     sample = texts()
     results: dict[str, object] = {}
+    scratch = tempfile.TemporaryDirectory()
     for engine in ("torch", "optimum"):
         if args.only not in (None, f"infinity-{engine}"):
             continue
         exe = infinity_venv()
         port = free_port()
         print(f"infinity-emb ({engine} engine) ...", flush=True)
-        cmd = [str(exe), "v2", "--model-id", str(version.path / "model"), "--served-model-name", version.name,
+        folder = legacy_folder(version.path / "model", Path(scratch.name) / engine)
+        cmd = [str(exe), "v2", "--model-id", str(folder), "--served-model-name", version.name,
                "--port", str(port), "--engine", engine, "--device", "cpu", "--no-model-warmup"]  # fmt: skip
         bodies = [json.dumps({"model": version.name, "input": [t]}).encode() for t in sample]
         try:
