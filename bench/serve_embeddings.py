@@ -7,7 +7,7 @@ same loopback load.
 infinity-emb runs from its own virtual environment (bench/.venv-infinity, made on first use: it pins
 transformers 4.x and sentence-transformers 3.x, which the project's environment must not get), on the artifact's
 `model/` folder (a sentence-transformers folder, linked into the 3.x layout that pin reads), once with its torch
-engine and once with its ONNX `optimum` engine. tunesmith serves the same registered version on the export's
+engine and once with its ONNX `optimum` engine (on optimum's own ONNX export of the weights). tunesmith serves the same registered version on the export's
 default variant. Each server runs alone; the asyncio load generator of bench/serve.py sends one text of 10-40
 words (sentences of SQuAD's paragraphs) per request to the OpenAI-style embeddings route, for a fixed time at
 1, 8 and 32 concurrent clients.
@@ -122,6 +122,11 @@ def main() -> None:
         port = free_port()
         print(f"infinity-emb ({engine} engine) ...", flush=True)
         folder = legacy_folder(version.path / "model", Path(scratch.name) / engine)
+        if engine == "optimum":
+            # The engine loads an ONNX file from the folder; ours ends in pooling, so give it optimum's own
+            # export of the same weights (infinity then optimizes it as it does a hub model's).
+            subprocess.run([str(VENV / "bin" / "optimum-cli"), "export", "onnx", "--model", str(folder), "--task",
+                            "feature-extraction", str(folder / "onnx")], check=True, capture_output=True)  # fmt: skip
         cmd = [str(exe), "v2", "--model-id", str(folder), "--served-model-name", version.name,
                "--port", str(port), "--engine", engine, "--device", "cpu", "--no-model-warmup"]  # fmt: skip
         bodies = [json.dumps({"model": version.name, "input": [t]}).encode() for t in sample]

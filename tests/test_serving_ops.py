@@ -273,3 +273,33 @@ def test_settings_file_with_per_model_batching(tmp_path: Path) -> None:
     assert settings.port == 9100 and settings.host == "127.0.0.1"  # flags win; unset flags leave the file
     assert settings.batching.max_batch_size == 16 and settings.batching.max_wait_ms == 1.0
     assert settings.per_model["support"].max_batch_size == 4
+
+
+def test_the_live_reference_is_computed_between_requests(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loaded model answers its validation rows in the background (the gauges' reference); that must not hold
+    the requests. It went in chunks of 32 items: an embedding model's (a query and 10 paragraphs each) held
+    every request 12 s. Here each item costs 150 ms: a request may wait for one item, not for a chunk."""
+    from tunesmith.serving.batching import Loaded
+
+    original = Loaded.compute
+
+    def slow(self: Loaded, items: list, batch_size: int) -> object:
+        time.sleep(0.15 * len(items))
+        return original(self, items, batch_size)
+
+    monkeypatch.setattr(Loaded, "compute", slow)
+    server = InThreadServer(home)
+    window = server.app.state.server.live.windows["support"]
+    latencies: list[float] = []
+    deadline = time.time() + 120
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        client.get("/healthz")
+        while window.profile is None and time.time() < deadline:
+            started = time.perf_counter()
+            assert client.post("/predict", json={"text": "hi"}).status_code == 200
+            latencies.append(time.perf_counter() - started)
+    server.server.should_exit = True
+    server.thread.join(30)
+    assert window.profile is not None, "the reference never completed"
+    assert max(latencies) < 0.8, latencies
+    assert len(latencies) >= 5, latencies  # the requests did arrive while the reference was being computed

@@ -88,6 +88,7 @@ class Slot:
     error: str | None = None  # why the last load failed (the last good model, if any, keeps serving)
     queue: asyncio.Queue[_Pending] = field(default_factory=asyncio.Queue)
     queued_texts: int = 0
+    computing: int = 0  # batches on the inference thread or waiting for it
     worker: asyncio.Task[None] | None = None
 
 
@@ -143,6 +144,7 @@ class MicroBatcher:
             assert loaded is not None
             texts = [t for p in live for t in p.texts]
             self.metrics.batch_size.labels(slot.name).observe(len(texts))
+            slot.computing += 1
             try:
                 logits = await loop.run_in_executor(self.executor, loaded.compute, texts, slot.batching.max_batch_size)
             except Exception as exc:  # a model failure answers its own requests, never stops the worker
@@ -151,6 +153,8 @@ class MicroBatcher:
                     if not p.future.done():
                         p.future.set_exception(ApiError(500, "model_error", f"The model failed: {exc}"))
                 continue
+            finally:
+                slot.computing -= 1
             start = 0
             for p in live:
                 if not p.future.done():
