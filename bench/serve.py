@@ -152,11 +152,11 @@ async def drive(port: int, bodies: list[bytes], clients: int, seconds: float, pa
 
 
 def run_server(cmd: list[str], port: int, ready: str, bodies: list[bytes], seconds: float, path: str = "/predict",
-               ready_seconds: float = 120) -> dict[str, object]:  # fmt: skip
+               ready_seconds: float = 120, cwd: Path | None = None) -> dict[str, object]:  # fmt: skip
     env = {**os.environ, "BENCH_PORT": str(port)}
     # The server's log goes to a file: a pipe nobody reads fills up and blocks a chatty server (infinity's).
     with tempfile.NamedTemporaryFile("w+", suffix=".log") as log:
-        process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
             try:
                 wait_ready(port, ready, ready_seconds, process)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -115,6 +116,7 @@ def main() -> None:
     sample = texts()
     results: dict[str, object] = {}
     scratch = tempfile.TemporaryDirectory()
+    os.environ["DO_NOT_TRACK"] = "1"  # infinity's telemetry retries an unreachable host from the serving process
     for engine in ("torch", "optimum"):
         if args.only not in (None, f"infinity-{engine}"):
             continue
@@ -124,15 +126,17 @@ def main() -> None:
         folder = legacy_folder(version.path / "model", Path(scratch.name) / engine)
         if engine == "optimum":
             # The engine loads an ONNX file from the folder; ours ends in pooling, so give it optimum's own
-            # export of the same weights (infinity then optimizes it as it does a hub model's).
+            # export of the same weights. It matches files by bare name (a local folder's glob gives paths), so
+            # the file goes to the folder's top and infinity runs from there on ".".
             subprocess.run([str(VENV / "bin" / "optimum-cli"), "export", "onnx", "--model", str(folder), "--task",
-                            "feature-extraction", str(folder / "onnx")], check=True, capture_output=True)  # fmt: skip
-        cmd = [str(exe), "v2", "--model-id", str(folder), "--served-model-name", version.name,
-               "--port", str(port), "--engine", engine, "--device", "cpu", "--no-model-warmup"]  # fmt: skip
+                            "feature-extraction", str(folder / "export")], check=True, capture_output=True)  # fmt: skip
+            (folder / "export" / "model.onnx").rename(folder / "model.onnx")
+        cmd = [str(exe), "v2", "--model-id", ".", "--served-model-name", version.name, "--port", str(port),
+               "--engine", engine, "--device", "cpu", "--no-model-warmup"]  # fmt: skip
         bodies = [json.dumps({"model": version.name, "input": [t]}).encode() for t in sample]
         try:
             results[f"infinity-{engine}"] = run_server(cmd, port, "/health", bodies, args.seconds, "/embeddings",
-                                                       ready_seconds=600)  # fmt: skip
+                                                       ready_seconds=600, cwd=folder)  # fmt: skip
         except SystemExit as exc:
             print(f"infinity-emb ({engine}) did not start: {exc}", flush=True)
             results[f"infinity-{engine}"] = {"error": str(exc)}

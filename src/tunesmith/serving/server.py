@@ -32,8 +32,8 @@ REFERENCE_ROWS = 500  # validation rows a loaded model answers for its live refe
 # The reference is computed in slices between requests: a request waits behind at most one slice. An embedding
 # model's reference item (a query and 10 paragraphs) took 0.4 s, and 32 of them held requests 12 s (measured).
 REFERENCE_SLICE_S = 0.05
-REFERENCE_YIELD_S = 0.5  # the longest a slice waits for the requests in flight to drain: under constant load
-# the reference still completes, at about a tenth of the inference thread
+REFERENCE_IDLE_S = 0.02  # a slice starts once no request has been queued or computing for this long, or,
+REFERENCE_SHARE = 0.1  # under constant load, after a wait that keeps the reference to this share of the thread
 KEYS_EVERY_S = 5.0  # API keys are re-read at least this often, whatever the watch interval: revocation works
 MAX_BACKOFF_S = 60.0
 
@@ -323,9 +323,9 @@ class Server:
                 self.loader, task.reference, loaded.version.path, "validation")  # fmt: skip
             items, answers = items[:REFERENCE_ROWS], answers[:REFERENCE_ROWS] if answers is not None else None
             outputs: list[dict[str, Any]] = []
-            start, size = 0, 1
+            start, size, seconds = 0, 1, 0.0
             while start < len(items):
-                await self._requests_drained(REFERENCE_YIELD_S)
+                await self._lull(seconds * (1 - REFERENCE_SHARE) / REFERENCE_SHARE)
                 chunk = items[start : start + size]
                 raw, seconds = await asyncio.get_running_loop().run_in_executor(self.inference, _timed, loaded, chunk)
                 outputs += task.log_outputs(loaded.predictor, raw)
@@ -337,10 +337,15 @@ class Server:
         except Exception:  # the gauges go without a reference; serving is untouched
             log.exception(json.dumps({"event": "reference_failed", "model": name}))
 
-    async def _requests_drained(self, at_most: float) -> None:
-        """Wait until no request is queued or computing on any model, or `at_most` seconds."""
-        deadline = time.monotonic() + at_most
-        while any(s.queued_texts or s.computing for s in self.slots.values()) and time.monotonic() < deadline:
+    async def _lull(self, at_most: float) -> None:
+        """Wait until no request has been queued or computing on any model for REFERENCE_IDLE_S, or `at_most`."""
+        now = time.monotonic()
+        deadline, quiet_since = now + max(at_most, REFERENCE_IDLE_S), now
+        while (now := time.monotonic()) < deadline:
+            if any(s.queued_texts or s.computing for s in self.slots.values()):
+                quiet_since = now
+            elif now - quiet_since >= REFERENCE_IDLE_S:
+                return
             await asyncio.sleep(0.005)
 
     def log_answers(self, name: str, loaded: Loaded, items: list[Any], outputs: Any, variant: str | None = None) -> None:

@@ -56,6 +56,9 @@ class Embedder:
         self.backend = backend
         self.model = model  # the PyTorch PooledEncoder, when that is the backend
         self.label_names: list[str] = []
+        # Judged items (the server's live reference, the gate) pair each query with texts drawn from one split,
+        # which recur from item to item: each is embedded once.
+        self.candidates: dict[str, np.ndarray] = {}
 
     @property
     def dimension(self) -> int:

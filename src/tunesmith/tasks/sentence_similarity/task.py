@@ -39,6 +39,7 @@ class Embedding:
 # A stored split's query is judged by whether its relevant text ranks first among this many candidates (the rest
 # drawn from the split's other texts): a right-or-wrong per row, which `gate` compares between two versions.
 CANDIDATES = 10
+CANDIDATES_KEPT = 20_000  # judged candidates kept embedded per model: 30 MB at 384 dimensions
 
 
 HEADLINE = {"spearman": "Spearman", "mrr_at_10": "MRR@10", "ndcg_at_10": "NDCG@10", "accuracy_at_1": "accuracy@1",
@@ -90,11 +91,20 @@ class SentenceSimilarity(Task):
         if not items or isinstance(items[0], str):
             vectors, tokens = predictor.embed_counted(items, batch_size)
             return [Embedding(v, n) for v, n in zip(vectors, tokens, strict=True)]
-        texts = list(dict.fromkeys(str(t) for item in items for t in item))
+        known = predictor.candidates
+        fresh = list(dict.fromkeys(str(t) for item in items for t in item[1:] if str(t) not in known))
+        if fresh and len(known) + len(fresh) <= CANDIDATES_KEPT:
+            known.update(zip(fresh, predictor.embed(fresh, batch_size), strict=True))
+            fresh = []
+        texts = list(dict.fromkeys([str(item[0]) for item in items] + fresh))
         vectors, tokens = predictor.embed_counted(texts, batch_size)
         at = {text: i for i, text in enumerate(texts)}
+
+        def vector(text: str) -> np.ndarray:
+            return known[text] if text in known else vectors[at[text]]
+
         return [Embedding(vectors[at[item[0]]], tokens[at[item[0]]],
-                          [float(vectors[at[item[0]]] @ vectors[at[t]]) for t in item[1:]]) for item in items]  # fmt: skip
+                          [float(vectors[at[item[0]]] @ vector(t)) for t in item[1:]]) for item in items]  # fmt: skip
 
     def serve_outputs(self, predictor: Any, outputs: Any, all_scores: bool = False) -> list[dict[str, Any]]:
         return [{"embedding": [float(x) for x in o.vector]} for o in outputs]
