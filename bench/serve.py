@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -145,14 +146,14 @@ async def drive(port: int, bodies: list[bytes], clients: int, seconds: float, pa
         "requests": len(latencies),
         "errors": len(errors),
         "rps": len(latencies) / elapsed,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p95_ms": float(np.percentile(ms, 95)),
-        "p99_ms": float(np.percentile(ms, 99)),
+        # None when every request failed (a server that starts but cannot answer).
+        **{f"p{q}_ms": float(np.percentile(ms, q)) if len(ms) else None for q in (50, 95, 99)},
     }
 
 
 def run_server(cmd: list[str], port: int, ready: str, bodies: list[bytes], seconds: float, path: str = "/predict",
-               ready_seconds: float = 120, cwd: Path | None = None) -> dict[str, object]:  # fmt: skip
+               ready_seconds: float = 120, cwd: Path | None = None,
+               settle: Callable[[int], None] | None = None) -> dict[str, object]:  # fmt: skip
     env = {**os.environ, "BENCH_PORT": str(port)}
     # The server's log goes to a file: a pipe nobody reads fills up and blocks a chatty server (infinity's).
     with tempfile.NamedTemporaryFile("w+", suffix=".log") as log:
@@ -163,6 +164,8 @@ def run_server(cmd: list[str], port: int, ready: str, bodies: list[bytes], secon
             except SystemExit:
                 print(Path(log.name).read_text()[-3000:], file=sys.stderr)
                 raise
+            if settle is not None:
+                settle(port)
             rows = [asyncio.run(drive(port, bodies, c, seconds, path)) for c in CONCURRENCY]
             rss = peak_rss_mb(process.pid)
         finally:

@@ -7,10 +7,11 @@ same loopback load.
 infinity-emb runs from its own virtual environment (bench/.venv-infinity, made on first use: it pins
 transformers 4.x and sentence-transformers 3.x, which the project's environment must not get), on the artifact's
 `model/` folder (a sentence-transformers folder, linked into the 3.x layout that pin reads), once with its torch
-engine and once with its ONNX `optimum` engine (on optimum's own ONNX export of the weights). tunesmith serves the same registered version on the export's
-default variant. Each server runs alone; the asyncio load generator of bench/serve.py sends one text of 10-40
-words (sentences of SQuAD's paragraphs) per request to the OpenAI-style embeddings route, for a fixed time at
-1, 8 and 32 concurrent clients.
+engine and once with its ONNX `optimum` engine (on optimum's own ONNX export of the weights, pooling as the
+folder says; on 2026-12-06 each gave a cosine of 1.0000 to tunesmith's embedding of a probe text). tunesmith
+serves the same registered version on the export's default variant. Each server runs alone; the asyncio load
+generator of bench/serve.py sends one text of 10-40 words (sentences of SQuAD's paragraphs) per request to the
+OpenAI-style embeddings route, for a fixed time at 1, 8 and 32 concurrent clients.
 Reported: embeddings/s, p50/p99 latency, and the ratio to infinity's best engine at the same concurrency.
 """
 
@@ -79,6 +80,27 @@ def legacy_folder(model: Path, into: Path) -> Path:
     return into
 
 
+def pooling(model: Path) -> str:
+    modules = json.loads((model / "modules.json").read_text())
+    folder = next(m["path"] for m in modules if m["type"].endswith("Pooling"))
+    mode = json.loads((model / folder / "config.json").read_text())["pooling_mode"]
+    return {"mean": "mean", "cls": "cls"}[mode]
+
+
+def reference_done(port: int, name: str, seconds: float = 600) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            for line in answer.read().decode().splitlines():
+                if line.startswith(f'tunesmith_reference_accuracy{{model="{name}"}}') and not line.endswith("NaN"):
+                    return
+        time.sleep(1)
+    raise SystemExit("the server's start-up reference did not finish")
+
+
 def texts(limit: int = 2000) -> list[str]:
     source = json.loads((require_shared_data() / "squad_v1.1_dev_part1" / "dev-v1.1-part.json").read_text())
     found = []
@@ -101,6 +123,8 @@ def main() -> None:
     parser.add_argument("--model", default="emb-banking77", help="a registered sentence-similarity model")
     parser.add_argument("--home", default=str(ROOT / "bench" / ".home"))
     parser.add_argument("--seconds", type=float, default=15, help="measured seconds per concurrency level")
+    parser.add_argument("--settle", action="store_true", help="measure tunesmith once its start-up reference (the "
+                        "live gauges' answers on validation, computed between requests) is done")
     parser.add_argument("--only", choices=["infinity-torch", "infinity-optimum", "tunesmith"])
     args = parser.parse_args()
     from tunesmith.api import export_artifact
@@ -128,11 +152,15 @@ def main() -> None:
             # The engine loads an ONNX file from the folder; ours ends in pooling, so give it optimum's own
             # export of the same weights. It matches files by bare name (a local folder's glob gives paths), so
             # the file goes to the folder's top and infinity runs from there on ".".
+            # As plain transformers (last_hidden_state out): what the engine pools itself.
             subprocess.run([str(VENV / "bin" / "optimum-cli"), "export", "onnx", "--model", str(folder), "--task",
-                            "feature-extraction", str(folder / "export")], check=True, capture_output=True)  # fmt: skip
+                            "feature-extraction", "--library-name", "transformers", str(folder / "export")],
+                           check=True, capture_output=True)  # fmt: skip
             (folder / "export" / "model.onnx").rename(folder / "model.onnx")
         cmd = [str(exe), "v2", "--model-id", ".", "--served-model-name", version.name, "--port", str(port),
                "--engine", engine, "--device", "cpu", "--no-model-warmup"]  # fmt: skip
+        if engine == "optimum":  # it pools by the CLS token unless told (the torch engine reads the folder's config)
+            cmd += ["--pooling-method", pooling(version.path / "model")]
         bodies = [json.dumps({"model": version.name, "input": [t]}).encode() for t in sample]
         try:
             results[f"infinity-{engine}"] = run_server(cmd, port, "/health", bodies, args.seconds, "/embeddings",
@@ -146,7 +174,9 @@ def main() -> None:
         cmd = [sys.executable, "-m", "tunesmith.cli", "--home", args.home, "serve", version.ref, "--port", str(port),
                "--no-access-log", "--auth", "off"]  # fmt: skip
         bodies = [json.dumps({"model": version.name, "input": t}).encode() for t in sample]
-        results["tunesmith"] = run_server(cmd, port, "/readyz", bodies, args.seconds, "/v1/embeddings")
+        results["tunesmith"] = run_server(cmd, port, "/readyz", bodies, args.seconds, "/v1/embeddings",
+                                          settle=(lambda p: reference_done(p, version.name)) if args.settle else None)
+        results["tunesmith"]["settled"] = args.settle  # type: ignore[index]
 
     peers = [r for k, r in results.items() if k.startswith("infinity") and "rows" in r]  # type: ignore[operator]
     best = {c: max(r["rows"][i]["rps"] for r in peers) for i, c in enumerate((1, 8, 32))} if peers else {}  # type: ignore[index]
@@ -160,12 +190,13 @@ def main() -> None:
         for row in data["rows"]:  # type: ignore[index]
             ratio = row["rps"] / best[row["clients"]] if best else None
             row["vs_infinity_best"] = ratio
+            p50, p99 = (f"{row[k]:.1f}" if row[k] is not None else "-" for k in ("p50_ms", "p99_ms"))
             print(f"| {server} | {row['clients']} | {row['rps']:.0f} | {f'{ratio:.2f}x' if ratio else '-'} | "
-                  f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['errors']} | {data['peak_rss_mb']:.0f} |")  # type: ignore[index]  # fmt: skip
+                  f"{p50} | {p99} | {row['errors']} | {data['peak_rss_mb']:.0f} |")  # type: ignore[index]  # fmt: skip
     int8 = export["variants"].get("int8", {})
     print(f"\nint8 ({int8.get('scheme')}): mean cosine {int8.get('mean_cosine', float('nan')):.4f}, min "
           f"{int8.get('min_cosine', float('nan')):.4f} to PyTorch; tunesmith served {export['default']}")  # fmt: skip
-    path = save(f"serve_embeddings_{version.name}", {
+    path = save(f"serve_embeddings_{version.name}{'_settled' if args.settle else ''}", {
         "model": version.ref, "seconds": args.seconds, "texts": len(sample), "infinity_emb": version_info(),
         "results": results, "export": {k: export[k] for k in ("default", "checked_on", "variants")},
     })  # fmt: skip
