@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -182,6 +183,21 @@ def stop(process: subprocess.Popen) -> None:
         process.kill()
 
 
+def exported(home: str, ref: str) -> tuple[Any, dict[str, Any]]:
+    """The registered version `ref` names, and its export record (exporting it first if it has none)."""
+    from tunesmith.api import export_artifact
+    from tunesmith.artifact import read_export
+    from tunesmith.registry import Registry
+
+    version = Registry(home).resolve(ref)
+    if read_export(version.path) is None:
+        print(f"exporting {version.ref} ...", flush=True)
+        export_artifact(version.path)
+    export = read_export(version.path)
+    assert export is not None
+    return version, export
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="support@production", help="registered model to serve")
@@ -191,16 +207,7 @@ def main() -> None:
     parser.add_argument("--serve-args", default="", help="extra flags for tunesmith serve, e.g. '--threads 1'")
     args = parser.parse_args()
 
-    from tunesmith.api import export_artifact
-    from tunesmith.artifact import read_export
-    from tunesmith.registry import Registry
-
-    version = Registry(args.home).resolve(args.model)
-    if read_export(version.path) is None:
-        print(f"exporting {version.ref} ...", flush=True)
-        export_artifact(version.path)
-    export = read_export(version.path)
-    assert export is not None
+    version, export = exported(args.home, args.model)
     texts = [json.loads(line)["text"] for line in (version.path / "data" / "test.jsonl").read_text().splitlines()]
     bodies = [json.dumps({"text": t}).encode() for t in texts]
     exe = sys.executable

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, require_shared_data, save
-from serve import free_port, run_server
+from serve import exported, free_port, run_server
 
 VENV = ROOT / "bench" / ".venv-infinity"
 INFINITY = "infinity-emb[server,torch,optimum]==0.0.78"
@@ -127,16 +127,7 @@ def main() -> None:
                         "live gauges' answers on validation, computed between requests) is done")
     parser.add_argument("--only", choices=["infinity-torch", "infinity-optimum", "tunesmith"])
     args = parser.parse_args()
-    from tunesmith.api import export_artifact
-    from tunesmith.artifact import read_export
-    from tunesmith.registry import Registry
-
-    version = Registry(args.home).resolve(args.model)
-    if read_export(version.path) is None:
-        print(f"exporting {version.ref} ...", flush=True)
-        export_artifact(version.path)
-    export = read_export(version.path)
-    assert export is not None
+    version, export = exported(args.home, args.model)
     sample = texts()
     results: dict[str, object] = {}
     scratch = tempfile.TemporaryDirectory()

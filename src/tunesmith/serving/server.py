@@ -18,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 
 from tunesmith.artifact import read_export
 from tunesmith.errors import ConfigError, TunesmithError
+from tunesmith.export import timed
 from tunesmith.monitoring.live import LiveMonitor
 from tunesmith.monitoring.predictions import Answers, Prediction, PredictionLog
 from tunesmith.monitoring.statistics import outputs_profile
@@ -36,11 +37,6 @@ REFERENCE_IDLE_S = 0.02  # a slice starts once no request has been queued or com
 REFERENCE_SHARE = 0.1  # under constant load, after a wait that keeps the reference to this share of the thread
 KEYS_EVERY_S = 5.0  # API keys are re-read at least this often, whatever the watch interval: revocation works
 MAX_BACKOFF_S = 60.0
-
-
-def _timed(loaded: Loaded, items: list[Any]) -> tuple[Any, float]:
-    started = time.perf_counter()
-    return loaded.compute(items, 32), time.perf_counter() - started
 
 
 def revision_of(version: ModelVersion) -> tuple[int, str, str | None]:
@@ -327,7 +323,8 @@ class Server:
             while start < len(items):
                 await self._lull(seconds * (1 - REFERENCE_SHARE) / REFERENCE_SHARE)
                 chunk = items[start : start + size]
-                raw, seconds = await asyncio.get_running_loop().run_in_executor(self.inference, _timed, loaded, chunk)
+                raw, seconds = await asyncio.get_running_loop().run_in_executor(
+                    self.inference, timed, partial(loaded.compute, chunk, 32))  # fmt: skip
                 outputs += task.log_outputs(loaded.predictor, raw)
                 start += len(chunk)
                 size = max(1, min(32, int(len(chunk) * REFERENCE_SLICE_S / max(seconds, 1e-6))))

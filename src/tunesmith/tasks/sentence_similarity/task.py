@@ -92,19 +92,18 @@ class SentenceSimilarity(Task):
             vectors, tokens = predictor.embed_counted(items, batch_size)
             return [Embedding(v, n) for v, n in zip(vectors, tokens, strict=True)]
         known = predictor.candidates
-        fresh = list(dict.fromkeys(str(t) for item in items for t in item[1:] if str(t) not in known))
-        if fresh and len(known) + len(fresh) <= CANDIDATES_KEPT:
+        candidates = list(dict.fromkeys(str(t) for item in items for t in item[1:]))
+        if len(known) + len(candidates) > CANDIDATES_KEPT:
+            known.clear()
+        fresh = [t for t in candidates if t not in known]
+        if fresh:
             known.update(zip(fresh, predictor.embed(fresh, batch_size), strict=True))
-            fresh = []
-        texts = list(dict.fromkeys([str(item[0]) for item in items] + fresh))
-        vectors, tokens = predictor.embed_counted(texts, batch_size)
-        at = {text: i for i, text in enumerate(texts)}
-
-        def vector(text: str) -> np.ndarray:
-            return known[text] if text in known else vectors[at[text]]
-
-        return [Embedding(vectors[at[item[0]]], tokens[at[item[0]]],
-                          [float(vectors[at[item[0]]] @ vector(t)) for t in item[1:]]) for item in items]  # fmt: skip
+        queries = list(dict.fromkeys(str(item[0]) for item in items))
+        vectors, tokens = predictor.embed_counted(queries, batch_size)
+        at = {text: i for i, text in enumerate(queries)}
+        first = [at[str(item[0])] for item in items]
+        return [Embedding(vectors[q], tokens[q], [float(vectors[q] @ known[str(t)]) for t in item[1:]])
+                for q, item in zip(first, items, strict=True)]  # fmt: skip
 
     def serve_outputs(self, predictor: Any, outputs: Any, all_scores: bool = False) -> list[dict[str, Any]]:
         return [{"embedding": [float(x) for x in o.vector]} for o in outputs]
