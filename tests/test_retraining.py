@@ -45,12 +45,15 @@ def test_a_new_label_extends_the_head_keeping_the_old_labels_rows(trained_home: 
     old_names = [old[str(i)] for i in range(len(old))]
     weights = load_file(str(source / "model.safetensors"))
     names = sorted([*old_names, "aaa_new"])  # the new label sorts first: every old row moves down one
-    model = load_classifier(str(source), names, multi_label=False)
-    head = model.classifier.weight.detach()
+    priors = [-1.0 - j for j in range(len(names))]
+    model = load_classifier(str(source), names, multi_label=False, head_bias=priors)
+    head, bias = model.classifier.weight.detach(), model.classifier.bias.detach()
     for j, name in enumerate(names):
         if name in old_names:
             assert torch.equal(head[j], weights["classifier.weight"][old_names.index(name)]), name
+            assert bias[j] == weights["classifier.bias"][old_names.index(name)], name
     assert not any(torch.equal(head[0], row) for row in weights["classifier.weight"])  # the new one starts fresh
+    assert bias[0] == priors[0]  # at its prior, as a fresh head starts
     # The encoder is the fine-tuned one, not the base model's.
     assert torch.equal(model.bert.embeddings.word_embeddings.weight, weights["bert.embeddings.word_embeddings.weight"])
 

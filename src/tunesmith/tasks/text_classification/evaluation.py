@@ -18,13 +18,26 @@ def multi_hot(labels: Sequence[Sequence[int]], n_classes: int) -> np.ndarray:
     return out
 
 
-def tune_threshold(y_true: np.ndarray, probs: np.ndarray) -> float:
-    """The global decision threshold that maximises micro-F1 on held-out data."""
-    from sklearn.metrics import f1_score
+# Candidate thresholds: steps of 0.05, and below them the low range where a model stopped early by its budget
+# (its head started at the label priors) scores a label of 1-3 %. On GoEmotions' TF-IDF baseline this grid
+# scored macro-F1 0.464 on test against 0.467 for the 0.05 steps alone and 0.457 for a search over every
+# distinct score (which fits validation's noise).
+THRESHOLDS = np.array([0.002, 0.005, 0.01, 0.02, 0.03, 0.04, *np.round(np.arange(0.05, 0.96, 0.05), 2)])
 
-    grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
-    scores = [f1_score(y_true, probs >= t, average="micro", zero_division=0) for t in grid]
-    return float(grid[int(np.argmax(scores))])
+
+def best_f1_threshold(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """The candidate threshold (predict `scores >= threshold`) with the best F1 on held-out data."""
+    y = np.asarray(y_true).ravel().astype(bool)
+    predicted = np.asarray(scores).ravel()[:, None] >= THRESHOLDS[None, :]
+    hits = (predicted & y[:, None]).sum(axis=0)
+    f1 = 2 * hits / np.maximum(predicted.sum(axis=0) + y.sum(), 1)
+    return float(THRESHOLDS[int(np.argmax(f1))])
+
+
+def tune_threshold(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """The global decision threshold that maximises micro-F1 on held-out data (micro-F1 is the F1 of every
+    label decision pooled)."""
+    return best_f1_threshold(y_true, probs)
 
 
 MIN_POSITIVES = 10  # validation positives a label needs for a threshold of its own; rarer ones share the global one
@@ -34,18 +47,14 @@ def tune_thresholds(y_true: np.ndarray, probs: np.ndarray) -> tuple[list[float],
     """A decision threshold per label, each maximising that label's F1 on held-out data; a label with fewer
     than MIN_POSITIVES positives there keeps the global micro-F1 threshold (a threshold tuned on a handful of
     examples is noise). Returns the thresholds and the indices of the labels too rare to tune."""
-    from sklearn.metrics import f1_score
-
     shared = tune_threshold(y_true, probs)
-    grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
     thresholds, rare = [], []
     for j in range(y_true.shape[1]):
         if y_true[:, j].sum() < MIN_POSITIVES:
             thresholds.append(shared)
             rare.append(j)
             continue
-        scores = [f1_score(y_true[:, j], probs[:, j] >= t, zero_division=0) for t in grid]
-        thresholds.append(float(grid[int(np.argmax(scores))]))
+        thresholds.append(best_f1_threshold(y_true[:, j], probs[:, j]))
     return thresholds, rare
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tunesmith.config import RunConfig
-from tunesmith.models import load_classifier, model_max_length, resolve_model
+from tunesmith.models import load_classifier, model_max_length, prior_bias, resolve_model
 from tunesmith.tasks.base import TrainResult
 from tunesmith.tasks.text_classification.evaluation import (
     MIN_POSITIVES,
@@ -61,8 +61,12 @@ def _trainer_metrics(multi_label: bool) -> Callable[[Any], dict[str, float]]:
             logits = logits[0]
         logits = logits.astype(np.float64)
         if multi_label:
-            predicted = (logits >= 0).astype(np.int64)  # sigmoid(x) >= 0.5
             truth = labels.astype(np.int64)
+            probs = 1 / (1 + np.exp(-logits))
+            # Scored at the thresholds the model will be used with, tuned here as they are on validation at
+            # the end: at 0.5 a model early in training (or a budget's one epoch) predicts no label at all, and
+            # every checkpoint would tie at F1 0.
+            predicted = (probs >= np.asarray(tune_thresholds(truth, probs)[0])).astype(np.int64)
             loss = float(np.mean(np.logaddexp(0, logits) - truth * logits))
             metrics = {
                 "f1_micro": f1_score(truth, predicted, average="micro", zero_division=0),
@@ -86,6 +90,13 @@ def _trainer_metrics(multi_label: bool) -> Callable[[Any], dict[str, float]]:
         return metrics
 
     return compute
+
+
+def _prior_bias(data: ClassificationData) -> list[float]:
+    n = len(data.label_names)
+    if data.multi_label:
+        return prior_bias(multi_hot(data.train.labels, n).sum(axis=0), len(data.train), independent=True)
+    return prior_bias(np.bincount(np.asarray(data.train.labels), minlength=n), len(data.train))
 
 
 def _weighted_loss(data: ClassificationData) -> Callable[..., Any]:
@@ -133,7 +144,8 @@ def train(run: Run) -> TrainResult:
         model: Any = None
         model_config = AutoConfig.from_pretrained(resolve_model(settings.base_model))
     else:
-        model = load_classifier(settings.base_model, data.label_names, data.multi_label, settings.trust_remote_code)
+        model = load_classifier(settings.base_model, data.label_names, data.multi_label, settings.trust_remote_code,
+                                head_bias=None if settings.class_weights else _prior_bias(data))  # fmt: skip
         model_config = model.config
     limit = model_max_length(tokenizer, model_config)
     token_ids = tokenizer(data.train.texts, add_special_tokens=False)["input_ids"]
