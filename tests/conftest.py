@@ -33,6 +33,23 @@ PEOPLE = ["alice", "bob", "carol", "dave", "erin", "frank"]
 CITIES = ["paris", "london", "berlin", "madrid", "rome", "oslo"]
 
 
+class Stopped(Exception):
+    """Raised by `stop_at`'s stand-in: the run ends where the test has seen what it needed."""
+
+
+def stop_at(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> dict[str, object]:
+    """Replace `module.name` with a stand-in that records its keyword arguments and raises `Stopped`: what a
+    run passes to a model loader, without training. Returns the recorded arguments."""
+    given: dict[str, object] = {}
+
+    def capture(*args: object, **kwargs: object) -> None:
+        given.update(kwargs)
+        raise Stopped
+
+    monkeypatch.setattr(module, name, capture)
+    return given
+
+
 def write_csv(path: Path, rows: Iterable[Iterable[object]], header: Iterable[str] = ("text", "label")) -> Path:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)

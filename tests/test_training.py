@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 import tunesmith
-from conftest import write_csv, write_jsonl
+from conftest import Stopped, stop_at, write_csv, write_jsonl
 from tunesmith.errors import ConfigError
 from tunesmith.registry import Registry
 
@@ -90,47 +90,20 @@ def test_thresholds_are_tuned_per_label_where_validation_has_enough_examples() -
     assert (probs[:, :2] >= thresholds[:2]).astype(int).tolist() == truth[:, :2].tolist()  # both separated exactly
 
 
-def test_a_rare_label_scored_far_below_five_percent_still_gets_a_threshold_that_finds_it() -> None:
-    # A run cut short by its budget leaves a rare label's probabilities around 1-3 %: a grid starting at 0.05
-    # predicts it never (F1 0).
-    from sklearn.metrics import f1_score
-
-    from tunesmith.tasks.text_classification.evaluation import tune_thresholds
-
-    rng = np.random.default_rng(1)
-    truth = np.zeros((1000, 2), dtype=np.int64)
-    truth[:400, 0] = 1
-    truth[:30, 1] = 1
-    probs = np.stack([np.where(truth[:, 0], 0.8, 0.2), np.where(truth[:, 1], 0.03, 0.003)], axis=1)
-    probs = np.clip(probs + rng.normal(0, 0.002, probs.shape), 0, 1)
-    thresholds, rare = tune_thresholds(truth, probs)
-    assert rare == [] and thresholds[1] < 0.03
-    assert f1_score(truth[:, 1], probs[:, 1] >= thresholds[1]) > 0.95
-
-
 def test_a_fresh_head_starts_at_the_label_priors(train_tiny, tmp_path: Path, monkeypatch) -> None:
     # A fresh head at bias 0 puts every label at even odds; a rare label then spends the first steps (in a
     # budget, much of the run) learning that it is rare.
     from tunesmith.tasks.text_classification import training
 
-    given: dict[str, object] = {}
-
-    class Stop(Exception):
-        pass
-
-    def capture(*args: object, **kwargs: object) -> None:
-        given.update(kwargs)
-        raise Stop
-
-    monkeypatch.setattr(training, "load_classifier", capture)
+    given = stop_at(monkeypatch, training, "load_classifier")
     records = [{"text": f"text {i}", "labels": ["common"] + (["rare"] if i % 10 == 0 else [])} for i in range(200)]
     data = write_jsonl(tmp_path / "multi.jsonl", records)
-    with pytest.raises(Stop):
+    with pytest.raises(Stopped):
         train_tiny(data, name="priors", method="full", class_weights=False)
     common, rare = given["head_bias"]  # labels sorted by name
     assert common > 3 and -2.5 < rare < -1.8  # log-odds of ~100 % and ~10 % of the training rows
     given.clear()
-    with pytest.raises(Stop):
+    with pytest.raises(Stopped):
         train_tiny(data, name="priors", method="full", class_weights=True)
     assert given["head_bias"] is None  # the weighted loss balances the labels instead
 
