@@ -123,7 +123,7 @@ def prior_bias(counts: Sequence[int], total: int, independent: bool = False) -> 
     (softmax over exclusive labels), or its log-odds when labels are `independent` (one sigmoid each). A
     fresh head starts at 0, every label at even odds; from there a rare label (1-3 % of GoEmotions' rows, or an
     entity tag among "O"s) first spends steps learning its rarity, and on GoEmotions the encoder collapsed
-    to predicting nothing on the way (validation loss flat at the priors' for 0.6 epoch). Counts are smoothed
+    to predicting nothing on the way (validation loss flat at the priors' after 0.5 epoch). Counts are smoothed
     by one."""
     import numpy as np
 
