@@ -90,7 +90,7 @@ def test_thresholds_are_tuned_per_label_where_validation_has_enough_examples() -
     assert (probs[:, :2] >= thresholds[:2]).astype(int).tolist() == truth[:, :2].tolist()  # both separated exactly
 
 
-def test_a_fresh_head_starts_at_the_label_priors(train_tiny, tmp_path: Path, monkeypatch) -> None:
+def test_a_fresh_multi_label_head_starts_at_the_label_priors(train_tiny, tmp_path: Path, monkeypatch) -> None:
     # A fresh head at bias 0 puts every label at even odds; a rare label then spends the first steps (in a
     # budget, much of the run) learning that it is rare.
     from tunesmith.tasks.text_classification import training
@@ -106,6 +106,11 @@ def test_a_fresh_head_starts_at_the_label_priors(train_tiny, tmp_path: Path, mon
     with pytest.raises(Stopped):
         train_tiny(data, name="priors", method="full", class_weights=True)
     assert given["head_bias"] is None  # the weighted loss balances the labels instead
+    given.clear()
+    single = write_csv(tmp_path / "single.csv", [(f"text {i}", "rare" if i % 10 == 0 else "common") for i in range(200)])
+    with pytest.raises(Stopped):
+        train_tiny(single, name="priors", method="full")
+    assert given["head_bias"] is None  # a softmax head started at the class shares lost TREC's rare classes
 
 
 def test_multi_label_checkpoints_are_compared_at_tuned_thresholds_not_at_one_half() -> None:

@@ -118,17 +118,16 @@ def load_with_new_head(auto_class: Any, name: str, head_bias: Sequence[float] | 
     return model
 
 
-def prior_bias(counts: Sequence[int], total: int, independent: bool = False) -> list[float]:
-    """A task head's starting bias from how often each label occurs in `total` training items: its log share
-    (softmax over exclusive labels), or its log-odds when labels are `independent` (one sigmoid each). A
-    fresh head starts at 0, every label at even odds; from there a rare label (1-3 % of GoEmotions' rows, or an
-    entity tag among "O"s) first spends steps learning its rarity, and on GoEmotions the encoder collapsed
-    to predicting nothing on the way (validation loss flat at the priors' after 0.5 epoch). Counts are smoothed
-    by one."""
+def prior_bias(counts: Sequence[int], total: int) -> list[float]:
+    """A multi-label head's starting bias: each label's log-odds among `total` training rows (`counts` of them
+    carry it), smoothed by one. A fresh head starts at 0, every label at even odds; on GoEmotions (labels on
+    0.2-30 % of the rows) the encoder collapsed on the way down to predicting nothing (validation loss flat at
+    the priors' after 0.5 epoch). Not for softmax heads: started at the class shares, a single-label model lost
+    its rare classes (see text_classification.training)."""
     import numpy as np
 
-    share = (np.asarray(counts, dtype=np.float64) + 1) / (total + (2 if independent else len(counts)))
-    return (np.log(share / (1 - share)) if independent else np.log(share)).tolist()
+    share = (np.asarray(counts, dtype=np.float64) + 1) / (total + 2)
+    return np.log(share / (1 - share)).tolist()
 
 
 def set_head_bias(model: Any, bias: Sequence[float]) -> bool:

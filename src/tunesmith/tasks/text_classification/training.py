@@ -92,11 +92,14 @@ def _trainer_metrics(multi_label: bool) -> Callable[[Any], dict[str, float]]:
     return compute
 
 
-def _prior_bias(data: ClassificationData) -> list[float]:
+def _prior_bias(data: ClassificationData) -> list[float] | None:
+    """Multi-label data's head starts at each label's log-odds (see `prior_bias`). A single-label head keeps bias
+    0: started at the class shares, TREC's macro-F1 fell from 0.958 to 0.797 (accuracy 0.962 -> 0.946; the AVX2
+    EPYC, defaults), the rare classes lost."""
+    if not data.multi_label:
+        return None
     n = len(data.label_names)
-    if data.multi_label:
-        return prior_bias(multi_hot(data.train.labels, n).sum(axis=0), len(data.train), independent=True)
-    return prior_bias(np.bincount(np.asarray(data.train.labels), minlength=n), len(data.train))
+    return prior_bias(multi_hot(data.train.labels, n).sum(axis=0), len(data.train))
 
 
 def _weighted_loss(data: ClassificationData) -> Callable[..., Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ import numpy as np
 
 from tunesmith.data import DataIssue
 from tunesmith.inference import torch_runner
-from tunesmith.models import load_with_new_head, model_max_length, prior_bias
+from tunesmith.models import load_with_new_head, model_max_length
 from tunesmith.tasks.base import TrainResult
 from tunesmith.tasks.token_classification.baseline import train_baseline
 from tunesmith.tasks.token_classification.metrics import repair_tags, seqeval_report
@@ -72,11 +71,9 @@ def train(run: Run) -> TrainResult:
     tokenizer = run.tokenizer(offsets_for="token classification")
     data = load_token_data(config)
     label2id = {t: i for i, t in enumerate(data.label_names)}
-    counts = Counter(tag for sentence in data.train for tag in sentence.tags)
     model = load_with_new_head(
         AutoModelForTokenClassification, settings.base_model, num_labels=len(data.label_names),
         id2label=dict(enumerate(data.label_names)), label2id=label2id, trust_remote_code=settings.trust_remote_code,
-        head_bias=prior_bias([counts[t] for t in data.label_names], sum(counts.values())),
     )  # fmt: skip
     limit = model_max_length(tokenizer, model.config)
     lengths = [len(ids) for ids in tokenizer([s.tokens for s in data.train], is_split_into_words=True)["input_ids"]]
