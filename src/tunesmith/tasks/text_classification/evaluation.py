@@ -34,12 +34,6 @@ def best_f1_threshold(y_true: np.ndarray, scores: np.ndarray) -> float:
     return float(THRESHOLDS[int(np.argmax(f1))])
 
 
-def tune_threshold(y_true: np.ndarray, probs: np.ndarray) -> float:
-    """The global decision threshold that maximises micro-F1 on held-out data (micro-F1 is the F1 of every
-    label decision pooled)."""
-    return best_f1_threshold(y_true, probs)
-
-
 MIN_POSITIVES = 10  # validation positives a label needs for a threshold of its own; rarer ones share the global one
 
 
@@ -47,7 +41,7 @@ def tune_thresholds(y_true: np.ndarray, probs: np.ndarray) -> tuple[list[float],
     """A decision threshold per label, each maximising that label's F1 on held-out data; a label with fewer
     than MIN_POSITIVES positives there keeps the global micro-F1 threshold (a threshold tuned on a handful of
     examples is noise). Returns the thresholds and the indices of the labels too rare to tune."""
-    shared = tune_threshold(y_true, probs)
+    shared = best_f1_threshold(y_true, probs)  # over every label decision pooled: micro-F1
     thresholds, rare = [], []
     for j in range(y_true.shape[1]):
         if y_true[:, j].sum() < MIN_POSITIVES:
