@@ -337,3 +337,18 @@ def test_other_tasks_train_their_word_embeddings_by_default(tiny_model: str, tmp
                              progress=False, base_model=tiny_model, learning_rate=5e-3, **QUICK)  # fmt: skip
     assert not np.array_equal(_word_embeddings(Path(tiny_model)), _word_embeddings(result.version.path / "model"))
     assert "freeze_embeddings: false" in (result.version.path / "config.yaml").read_text()
+
+
+def test_the_multi_label_baseline_takes_a_label_on_every_row(tmp_path: Path) -> None:
+    # scikit-learn cannot fit a layer for a label with no negative row; every run trains this baseline first.
+    import json
+
+    records = [{"text": f"order {i} " + ("arrived broken" if i % 4 == 0 else "arrived fine"),
+                "labels": ["delivery"] + (["damage"] if i % 4 == 0 else [])} for i in range(80)]  # fmt: skip
+    data = tmp_path / "multi.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    registry = tunesmith.Registry(tmp_path / "home")
+    tunesmith.train(data, name="b", method="baseline", registry=registry, progress=False)
+    model = tunesmith.load_model("b", registry=registry)
+    assert [sorted(p.label) for p in model.predict(["order 5 arrived broken", "order 6 arrived fine"])] == [
+        ["damage", "delivery"], ["delivery"]]  # fmt: skip

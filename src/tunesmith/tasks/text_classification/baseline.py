@@ -118,6 +118,17 @@ def tfidf_features(max_features: int = 200_000) -> Any:
     ])  # fmt: skip
 
 
+def _one_vs_rest(features: Any, column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One label's layer (coef [1, features], intercept [1]). A label on every training row has no negative to
+    fit against (scikit-learn refuses one class): a constant layer, always on, as the few-shot head has."""
+    from sklearn.linear_model import LogisticRegression
+
+    if column.all():
+        return np.zeros((1, features.shape[1])), np.array([10.0])
+    fit = LogisticRegression(C=10, max_iter=1000).fit(features, column)
+    return fit.coef_, fit.intercept_
+
+
 def train_baseline(data: ClassificationData, seed: int = 42) -> BaselineResult:
     """Fit TF-IDF (word 1-2 grams + char 2-5 grams) + logistic regression on train, score the test split."""
     from sklearn.linear_model import LogisticRegression
@@ -132,9 +143,9 @@ def train_baseline(data: ClassificationData, seed: int = 42) -> BaselineResult:
         binarizer = MultiLabelBinarizer(classes=list(range(n_classes)))
         y = binarizer.fit_transform(data.train.labels)
         columns: np.ndarray = np.flatnonzero(y.sum(axis=0) > 0)
-        layers = [LogisticRegression(C=10, max_iter=1000).fit(x_train, y[:, j]) for j in columns]  # one vs rest
-        coef = np.vstack([layer.coef_ for layer in layers])
-        intercept = np.concatenate([layer.intercept_ for layer in layers])
+        layers = [_one_vs_rest(x_train, y[:, j]) for j in columns]
+        coef = np.vstack([weights for weights, _ in layers])
+        intercept = np.concatenate([bias for _, bias in layers])
     else:
         clf = LogisticRegression(C=10, max_iter=2000, random_state=seed)
         clf.fit(x_train, data.train.labels)
