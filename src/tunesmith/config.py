@@ -156,6 +156,14 @@ class TrainConfig(_Settings):
         "or better accuracy: docs/planning.md), trained for the other tasks.",
     )
     class_weights: bool = Field(False, description="Weigh the loss by inverse class frequency, for imbalanced data.")
+    classifier_pooling: Literal["auto", "mean", "cls", "pooler"] = Field(
+        "auto",
+        description="What a text classifier's head reads (full and frozen fine-tuning): 'mean' (the mean of the "
+        "token vectors), 'cls' (the first token's vector), 'pooler' (the architecture's own head: for BERT, "
+        "[CLS] through its pooler layer). 'auto' pools as the base model was trained to: a sentence-transformers "
+        "model (the embedded default) its own way, any other model with its own head. docs/planning.md has the "
+        "measurements.",
+    )
     max_steps: Annotated[int, Field(ge=1)] | None = Field(None, description="Stop after this many steps.")
     max_minutes: Annotated[float, Field(gt=0)] | None = Field(
         None,

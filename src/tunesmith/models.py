@@ -182,6 +182,29 @@ def carry_head_rows(model: Any, source: str, id2label: dict[int, str]) -> int:
     return len(pairs)
 
 
+def sentence_pooling(folder: str | Path) -> str | None:
+    """The pooling a sentence-transformers model folder declares in `modules.json` (its Pooling module's
+    `config.json`): "mean", "cls", "max", "last", or a newer mode's own name. None when `folder` is not a local
+    sentence-transformers model (a plain encoder, or a hub id not downloaded)."""
+    import json
+
+    file = Path(folder) / "modules.json"
+    modules = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else []
+    for module in modules if isinstance(modules, list) else []:
+        if not str(module.get("type", "")).endswith("Pooling"):
+            continue
+        config_file = Path(folder) / module.get("path", "") / "config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+        if isinstance(config.get("pooling_mode"), str):
+            return {"lasttoken": "last", "mean_sqrt_len_tokens": "mean"}.get(config["pooling_mode"],
+                                                                             config["pooling_mode"])  # fmt: skip
+        for mode in ("cls", "max", "mean"):
+            if config.get(f"pooling_mode_{mode}_token") or config.get(f"pooling_mode_{mode}_tokens"):
+                return mode
+        return "mean"  # sentence-transformers' own default
+    return None
+
+
 def model_max_length(tokenizer: Any, model_config: Any) -> int:
     """The longest input the model takes, ignoring tokenizers' 'no limit' sentinel."""
     limits = [getattr(model_config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]

@@ -7,7 +7,6 @@ sentence-transformers: the pooling mode is kept in tunesmith.json.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import numpy as np
 
 from tunesmith.artifact import choose_variant, export_file, read_meta
 from tunesmith.inference import Runner, length_batches, onnx_runner, torch_runner
+from tunesmith.models import sentence_pooling
 
 OUTPUTS = ["sentence_embedding"]
 TASK = "sentence-similarity"
@@ -24,24 +24,7 @@ TASK = "sentence-similarity"
 def pooling_of(folder: str | Path) -> str:
     """The pooling mode a sentence-transformers folder declares (`1_Pooling/config.json`); mean when it has none
     (sentence-transformers' own choice for a plain encoder)."""
-    for module in _modules(folder):
-        if module.get("type", "").endswith("Pooling"):
-            config = json.loads((Path(folder) / module["path"] / "config.json").read_text(encoding="utf-8"))
-            if isinstance(config.get("pooling_mode"), str):
-                return {"lasttoken": "last", "mean_sqrt_len_tokens": "mean"}.get(config["pooling_mode"],
-                                                                                 config["pooling_mode"])  # fmt: skip
-            for mode in ("cls", "max", "mean"):
-                if config.get(f"pooling_mode_{mode}_token") or config.get(f"pooling_mode_{mode}_tokens"):
-                    return mode
-    return "mean"
-
-
-def _modules(folder: str | Path) -> list[dict[str, Any]]:
-    file = Path(folder) / "modules.json"
-    if not file.is_file():
-        return []
-    modules = json.loads(file.read_text(encoding="utf-8"))
-    return modules if isinstance(modules, list) else []
+    return sentence_pooling(folder) or "mean"
 
 
 class Embedder:

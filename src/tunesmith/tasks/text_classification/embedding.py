@@ -1,8 +1,10 @@
 """Sentence-embedding classifiers: an encoder, pooling, and a linear head over the pooled embedding.
 
-Few-shot (SetFit-style) and zero-shot models are both this shape: few-shot learns the head with logistic
-regression on a contrastively tuned encoder; zero-shot's head rows are the label descriptions' normalised
-embeddings (cosine similarity, scaled). Written as one torch module whose output has `.logits`, such a
+Few-shot (SetFit-style) and zero-shot models are this shape: few-shot learns the head with logistic regression
+on a contrastively tuned encoder; zero-shot's head rows are the label descriptions' normalised embeddings
+(cosine similarity, scaled). So is a fully fine-tuned model whose base is a sentence-embedding model (`fresh`):
+its head reads the pooled embedding the encoder was trained to produce, not a `[CLS]` vector through a pooler
+it was not (GoEmotions, 250 steps: macro-F1 0.339 against 0.180; docs/planning.md). Written as one torch module whose output has `.logits`, such a
 model predicts, evaluates, exports to ONNX and serves exactly like a fine-tuned sequence classifier.
 
 Artifact layout: `model/` (the encoder, safetensors, with its tokenizer) and `head.safetensors`
@@ -19,18 +21,25 @@ from typing import Any
 import numpy as np
 import torch
 
+from tunesmith.artifact import read_meta
 from tunesmith.inference import length_batches
+from tunesmith.models import load_pretrained, resolve_model, sentence_pooling
 
 ARCHITECTURE = "embedding-head"
 HEAD_FILE = "head.safetensors"
 
 
 class EmbeddingHead(torch.nn.Module):
-    """encoder -> pooling (-> L2 normalisation) -> linear layer: logits per class."""
+    """encoder -> pooling (-> L2 normalisation) -> linear layer: logits per class. Given `labels`, the output
+    also holds the loss (cross-entropy, or binary cross-entropy per label when `multi_label`), so the Trainer
+    fine-tunes it like a sequence classifier."""
+
+    main_input_name = "input_ids"
 
     def __init__(
-        self, encoder: Any, weight: torch.Tensor, bias: torch.Tensor, pooling: str = "mean", normalize: bool = False
-    ) -> None:
+        self, encoder: Any, weight: torch.Tensor, bias: torch.Tensor, pooling: str = "mean", normalize: bool = False,
+        multi_label: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__()
         if pooling not in ("mean", "cls"):
             raise ValueError(f"pooling must be 'mean' or 'cls', not {pooling!r}")
@@ -39,12 +48,19 @@ class EmbeddingHead(torch.nn.Module):
         with torch.no_grad():
             self.head.weight.copy_(weight)
             self.head.bias.copy_(bias)
-        self.pooling, self.normalize = pooling, normalize
+        self.pooling, self.normalize, self.multi_label = pooling, normalize, multi_label
         self.config = encoder.config
 
     @property
     def device(self) -> torch.device:
         return self.head.weight.device
+
+    @property
+    def base_model(self) -> Any:  # what `methods` freezes or adapts, as on a transformers model
+        return self.encoder
+
+    def get_input_embeddings(self) -> Any:
+        return self.encoder.get_input_embeddings()
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs: Any) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **inputs).last_hidden_state
@@ -55,10 +71,20 @@ class EmbeddingHead(torch.nn.Module):
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs: Any) -> Any:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
+        **inputs: Any,
+    ) -> Any:  # fmt: skip
         from transformers.modeling_outputs import SequenceClassifierOutput
 
-        return SequenceClassifierOutput(logits=self.head(self.embed(input_ids, attention_mask, **inputs)))
+        inputs.pop("num_items_in_batch", None)  # the Trainer's loss argument: the loss here is a plain mean
+        logits = self.head(self.embed(input_ids, attention_mask, **inputs))
+        loss = None
+        if labels is not None:
+            functional = torch.nn.functional
+            loss = (functional.binary_cross_entropy_with_logits(logits.float(), labels.float()) if self.multi_label
+                    else functional.cross_entropy(logits.float(), labels))  # fmt: skip
+        return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
 def embed_texts(
@@ -91,9 +117,57 @@ def load(path: Path, meta: dict[str, Any], **kwargs: Any) -> EmbeddingHead:
 
     encoder = AutoModel.from_pretrained(Path(path) / "model", **kwargs)
     head = load_file(str(Path(path) / HEAD_FILE))
-    return EmbeddingHead(
-        encoder, head["weight"], head["bias"], meta.get("pooling", "mean"), meta.get("normalize", False)
-    )
+    return EmbeddingHead(encoder, head["weight"], head["bias"], meta.get("pooling", "mean"),
+                         meta.get("normalize", False), bool(meta.get("multi_label")))  # fmt: skip
+
+
+def pooling_for(name: str, wanted: str) -> str | None:
+    """The pooling a fine-tuned classifier on base model `name` reads, for the setting `wanted` ("auto", "mean",
+    "cls" or "pooler"); None for the architecture's own sequence-classification head. "auto" pools as the base
+    was trained to: a sentence-transformers model's mean or `[CLS]` pooling, an embedding-head artifact's own
+    (a warm retrain), and otherwise (a plain encoder, or a hub id) the architecture's head."""
+    if wanted != "auto":
+        return None if wanted == "pooler" else wanted
+    folder = Path(resolve_model(name))
+    parent = artifact_meta(folder)
+    if parent is not None:
+        return str(parent.get("pooling", "mean"))
+    pooling = sentence_pooling(folder)
+    return pooling if pooling in ("mean", "cls") else None
+
+
+def artifact_meta(folder: Path) -> dict[str, Any] | None:
+    """tunesmith.json of the embedding-head artifact whose `model/` is `folder`; None for any other folder."""
+    if folder.name != "model" or not (folder.parent / HEAD_FILE).is_file():
+        return None
+    meta = read_meta(folder.parent)
+    return meta if meta.get("architecture") == ARCHITECTURE else None
+
+
+def fresh(
+    name: str, label_names: Sequence[str], *, pooling: str, multi_label: bool, bias: Sequence[float] | None = None,
+    trust_remote_code: bool = False,
+) -> EmbeddingHead:  # fmt: skip
+    """Base model `name`'s encoder under a new head for `label_names`, drawn as transformers draws a classifier
+    head (normal, the config's `initializer_range`), its bias `bias` or zero. When `name` is an embedding-head
+    artifact's model (a warm retrain), the rows of the labels it shares keep what they had learned."""
+    from transformers import AutoModel
+
+    encoder = load_pretrained(AutoModel, name, trust_remote_code=trust_remote_code)
+    dim, n = encoder.config.hidden_size, len(label_names)
+    weight = torch.randn(n, dim) * float(getattr(encoder.config, "initializer_range", 0.02))
+    start = torch.zeros(n) if bias is None else torch.tensor(list(bias), dtype=torch.float32)
+    folder = Path(resolve_model(name))
+    parent = artifact_meta(folder)
+    if parent is not None:
+        from safetensors.torch import load_file
+
+        old = load_file(str(folder.parent / HEAD_FILE))
+        rows = {str(label): i for i, label in enumerate(parent.get("label_names", []))}
+        for j, label in enumerate(label_names):
+            if str(label) in rows and rows[str(label)] < old["weight"].shape[0]:
+                weight[j], start[j] = old["weight"][rows[str(label)]], old["bias"][rows[str(label)]]
+    return EmbeddingHead(encoder, weight, start, pooling, multi_label=multi_label)
 
 
 def head_from_logistic(coef: np.ndarray, intercept: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

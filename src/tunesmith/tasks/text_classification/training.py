@@ -18,6 +18,7 @@ import numpy as np
 from tunesmith.config import RunConfig
 from tunesmith.models import load_classifier, model_max_length, prior_bias, resolve_model
 from tunesmith.tasks.base import TrainResult
+from tunesmith.tasks.text_classification import embedding
 from tunesmith.tasks.text_classification.evaluation import (
     MIN_POSITIVES,
     classification_metrics,
@@ -102,6 +103,19 @@ def _prior_bias(data: ClassificationData) -> list[float] | None:
     return prior_bias(multi_hot(data.train.labels, n).sum(axis=0), len(data.train))
 
 
+def _new_model(settings: Any, data: ClassificationData) -> Any:
+    """The model to fine-tune: the base's encoder under a new head, reading the pooled embedding when the base is
+    a sentence-embedding model (`embedding.pooling_for`), or the architecture's own sequence-classification head.
+    peft adapters keep the architecture's head: peft wraps transformers' model classes."""
+    bias = None if settings.class_weights else _prior_bias(data)
+    pooling = embedding.pooling_for(settings.base_model, settings.classifier_pooling)
+    if pooling is None or settings.method not in ("full", "frozen"):
+        return load_classifier(settings.base_model, data.label_names, data.multi_label, settings.trust_remote_code,
+                               head_bias=bias)  # fmt: skip
+    return embedding.fresh(settings.base_model, data.label_names, pooling=pooling, multi_label=data.multi_label,
+                           bias=bias, trust_remote_code=settings.trust_remote_code)  # fmt: skip
+
+
 def _weighted_loss(data: ClassificationData) -> Callable[..., Any]:
     """Loss weighted by inverse class frequency (capped at 10x) for imbalanced data."""
     import torch
@@ -147,8 +161,7 @@ def train(run: Run) -> TrainResult:
         model: Any = None
         model_config = AutoConfig.from_pretrained(resolve_model(settings.base_model))
     else:
-        model = load_classifier(settings.base_model, data.label_names, data.multi_label, settings.trust_remote_code,
-                                head_bias=None if settings.class_weights else _prior_bias(data))  # fmt: skip
+        model = _new_model(settings, data)
         model_config = model.config
     limit = model_max_length(tokenizer, model_config)
     token_ids = tokenizer(data.train.texts, add_special_tokens=False)["input_ids"]
@@ -243,9 +256,7 @@ def train(run: Run) -> TrainResult:
         )
         _write_splits(staged / "data", data)
         meta = _artifact_meta(config, data, report, threshold=threshold, max_length=max_length, bf16=use_bf16)
-        if fewshot:
-            from tunesmith.tasks.text_classification import embedding
-
+        if isinstance(model, embedding.EmbeddingHead):
             meta.update(architecture=embedding.ARCHITECTURE, pooling=model.pooling, normalize=model.normalize)
             run.save(staged, model, tokenizer, meta, save=embedding.save)
         else:
