@@ -160,10 +160,9 @@ class TrainConfig(_Settings):
         "auto",
         description="What a text classifier's linear head reads (full and frozen fine-tuning): 'cls' (the first "
         "token's vector), 'mean' (the mean of the token vectors), 'pooler' (the architecture's own head: for BERT, "
-        "[CLS] through its pooler layer). 'auto': for a sentence-transformers model (the embedded default) 'cls' "
-        "(its pooler layer was never trained: GoEmotions in 15 minutes, macro-F1 0.439 against 0.383), or its "
-        "own pooling with --method frozen; the architecture's own head for any other model. docs/planning.md "
-        "has the measurements.",
+        "[CLS] through its pooler layer). 'auto': for a sentence-transformers model (the embedded default), 'cls' "
+        "on multi-label data (GoEmotions in 15 minutes: macro-F1 0.439 against 0.383) and its own pooling with "
+        "--method frozen; otherwise the architecture's own head. docs/planning.md has the measurements.",
     )
     max_steps: Annotated[int, Field(ge=1)] | None = Field(None, description="Stop after this many steps.")
     max_minutes: Annotated[float, Field(gt=0)] | None = Field(

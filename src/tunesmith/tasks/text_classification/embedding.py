@@ -3,9 +3,8 @@
 Few-shot (SetFit-style) and zero-shot models are this shape: few-shot learns the head with logistic regression
 on a contrastively tuned encoder; zero-shot's head rows are the label descriptions' normalised embeddings
 (cosine similarity, scaled). So is a fully fine-tuned model whose base is a sentence-embedding model (`fresh`):
-its linear head reads the `[CLS]` vector directly, not through BERT's pooler layer (dense + tanh), which
-sentence-embedding training never trains (GoEmotions, 15-minute budget: macro-F1 0.439 against 0.383; TREC
-the same, 0.958 against 0.962; docs/planning.md). Written as one torch module whose output has `.logits`, such a
+for multi-label data or a frozen encoder, its linear head reads the `[CLS]` vector or the embedding directly,
+not through BERT's pooler layer (GoEmotions, 15-minute budget: macro-F1 0.439 against 0.383; `pooling_for`). Written as one torch module whose output has `.logits`, such a
 model predicts, evaluates, exports to ONNX and serves exactly like a fine-tuned sequence classifier.
 
 Artifact layout: `model/` (the encoder, safetensors, with its tokenizer) and `head.safetensors`
@@ -122,13 +121,15 @@ def load(path: Path, meta: dict[str, Any], **kwargs: Any) -> EmbeddingHead:
                          meta.get("normalize", False), bool(meta.get("multi_label")))  # fmt: skip
 
 
-def pooling_for(name: str, wanted: str, frozen: bool = False) -> str | None:
+def pooling_for(name: str, wanted: str, *, frozen: bool = False, multi_label: bool = False) -> str | None:
     """The pooling a fine-tuned classifier on base model `name` reads, for the setting `wanted` ("auto", "mean",
-    "cls" or "pooler"); None for the architecture's own sequence-classification head. "auto": a sentence-
-    transformers model's `[CLS]` vector (measured against its mean pooling: GoEmotions even, 0.439 / 0.444
-    macro-F1; TREC 0.958 against 0.932 and 0.938) or, when the encoder stays `frozen`, the embedding it was
-    trained to produce (its own pooling: a linear probe); an embedding-head artifact's own pooling (a warm
-    retrain); otherwise (a plain encoder, or a hub id) the architecture's head."""
+    "cls" or "pooler"); None for the architecture's own sequence-classification head. "auto", for a
+    sentence-transformers base: when the encoder stays `frozen`, the embedding it was trained to produce (its
+    own pooling: a linear probe; TREC at 16 a class 0.520 against 0.310 through the pooler); for `multi_label`
+    data the `[CLS]` vector (GoEmotions in 15 minutes: macro-F1 0.439 against 0.383 through the pooler; the
+    token mean 0.444, but it lost TREC's question words); single-label data keeps the architecture's head (TREC
+    at 16 and 32 a class: 0.844 / 0.908 against 0.788 / 0.902 on `[CLS]`; docs/planning.md). An embedding-head
+    artifact (a warm retrain) keeps its pooling; any other base, the architecture's head."""
     if wanted != "auto":
         return None if wanted == "pooler" else wanted
     folder = Path(resolve_model(name))
@@ -138,7 +139,9 @@ def pooling_for(name: str, wanted: str, frozen: bool = False) -> str | None:
     pooling = sentence_pooling(folder)
     if pooling is None:
         return None
-    return pooling if frozen and pooling in ("mean", "cls") else "cls"
+    if frozen:
+        return pooling if pooling in ("mean", "cls") else None
+    return "cls" if multi_label else None
 
 
 def artifact_meta(folder: Path) -> dict[str, Any] | None:

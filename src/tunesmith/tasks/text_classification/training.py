@@ -104,11 +104,13 @@ def _prior_bias(data: ClassificationData) -> list[float] | None:
 
 
 def _new_model(settings: Any, data: ClassificationData) -> Any:
-    """The model to fine-tune: the base's encoder under a new linear head on its `[CLS]` vector or mean when the
-    base is a sentence-embedding model (`embedding.pooling_for`), or the architecture's own sequence-classification
-    head. peft adapters keep the architecture's head: peft wraps transformers' model classes."""
+    """The model to fine-tune: the base's encoder under a new linear head on its `[CLS]` vector or its embedding
+    where `embedding.pooling_for` measured that better (a sentence-embedding base with multi-label data or a
+    frozen encoder), or the architecture's own sequence-classification head. peft adapters keep the
+    architecture's head: peft wraps transformers' model classes."""
     bias = None if settings.class_weights else _prior_bias(data)
-    pooling = embedding.pooling_for(settings.base_model, settings.classifier_pooling, settings.method == "frozen")
+    pooling = embedding.pooling_for(settings.base_model, settings.classifier_pooling,
+                                    frozen=settings.method == "frozen", multi_label=data.multi_label)
     if pooling is None or settings.method not in ("full", "frozen"):
         return load_classifier(settings.base_model, data.label_names, data.multi_label, settings.trust_remote_code,
                                head_bias=bias)  # fmt: skip
