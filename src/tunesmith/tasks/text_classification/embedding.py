@@ -2,10 +2,11 @@
 
 Few-shot (SetFit-style) and zero-shot models are this shape: few-shot learns the head with logistic regression
 on a contrastively tuned encoder; zero-shot's head rows are the label descriptions' normalised embeddings
-(cosine similarity, scaled). So is a fully fine-tuned model whose base is a sentence-embedding model (`fresh`):
-for multi-label data or a frozen encoder, its linear head reads the `[CLS]` vector or the embedding directly,
-not through BERT's pooler layer (GoEmotions, 15-minute budget: macro-F1 0.439 against 0.383; `pooling_for`). Written as one torch module whose output has `.logits`, such a
-model predicts, evaluates, exports to ONNX and serves exactly like a fine-tuned sequence classifier.
+(cosine similarity, scaled). So is a fully fine-tuned model whose base is a sentence-embedding model (`fresh`)
+for multi-label data or a frozen encoder: its linear head reads the `[CLS]` vector or the embedding directly,
+not through BERT's pooler layer (GoEmotions, 15-minute budget: macro-F1 0.439 against 0.383; `pooling_for`).
+Written as one torch module whose output has `.logits`, such a model predicts, evaluates, exports to ONNX and
+serves exactly like a fine-tuned sequence classifier.
 
 Artifact layout: `model/` (the encoder, safetensors, with its tokenizer) and `head.safetensors`
 (`weight` [classes, dim], `bias` [classes]); `tunesmith.json` says `"architecture": "embedding-head"`
