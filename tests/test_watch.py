@@ -68,7 +68,7 @@ def test_a_killed_watch_resumes_its_training_and_promotes_once(trained_home: Pat
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "Resuming from" in resumed.stdout + resumed.stderr
     assert [v.version for v in registry.versions("support")] == [1, 2]  # trained once, not again from the start
-    assert registry.resolve("support@production").version == 2
+    assert registry.resolve("support@production").version == 2, resumed.stdout + resumed.stderr
     events = [e["event"] for e in _events(home)]
     assert events == ["retrain_started", "promoted"], events
     state = json.loads((home / "watch" / "support.json").read_text())
