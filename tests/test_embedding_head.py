@@ -31,6 +31,12 @@ def as_sentence_model(source: str, target: Path, pooling: str) -> str:
     return str(target)
 
 
+def train_on(base: str, data: Path, registry: tunesmith.Registry, name: str, **overrides: object) -> object:
+    """A quick run of `base` on `data`, registered as `name`."""
+    return tunesmith.train(data, name=name, registry=registry, progress=False, base_model=base,
+                           **{**QUICK, **overrides})  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def sentence_model(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> str:
     return as_sentence_model(tiny_model, tmp_path_factory.mktemp("st") / "tiny-st", "mean")
@@ -57,8 +63,7 @@ def test_a_sentence_embedding_base_trains_a_linear_head_on_cls_that_reloads_and_
     # The embedding-head artifact: encoder + head.safetensors, as few-shot models are saved.
     data = write_csv(tmp_path / "support.csv", support_rows)
     registry = tunesmith.Registry(tmp_path / "home")
-    result = tunesmith.train(data, name="mean", registry=registry, progress=False, base_model=sentence_model,
-                             classifier_pooling="cls", **QUICK)  # fmt: skip
+    result = train_on(sentence_model, data, registry, "mean", classifier_pooling="cls")
     path = result.version.path
     meta = json.loads((path / "tunesmith.json").read_text())
     assert meta["architecture"] == "embedding-head" and meta["pooling"] == "cls" and meta["method"] == "full"
@@ -73,7 +78,7 @@ def test_a_sentence_embedding_base_trains_a_linear_head_on_cls_that_reloads_and_
     onnx = tunesmith.load_model("mean", registry=registry, backend="onnx-fp32")
     assert np.allclose(onnx.predict_proba(texts), model.predict_proba(texts), atol=1e-4)
     # Single-label data on a sentence-embedding base keeps the architecture's own head by default.
-    own = tunesmith.train(data, name="own", registry=registry, progress=False, base_model=sentence_model, **QUICK)
+    own = train_on(sentence_model, data, registry, "own")
     assert not (own.version.path / "head.safetensors").exists()
     assert "architecture" not in json.loads((own.version.path / "tunesmith.json").read_text())
 
@@ -83,8 +88,7 @@ def test_multi_label_data_on_a_sentence_embedding_base_trains_a_linear_head_on_c
                 "labels": ["delivery"] + (["damage"] if i % 4 == 0 else [])} for i in range(120)]  # fmt: skip
     data = write_jsonl(tmp_path / "multi.jsonl", records)
     registry = tunesmith.Registry(tmp_path / "home")
-    result = tunesmith.train(data, name="multi", registry=registry, progress=False, base_model=sentence_model,
-                             **QUICK)
+    result = train_on(sentence_model, data, registry, "multi")
     model = tunesmith.load_model("multi", registry=registry, backend="pytorch")
     assert model.meta["architecture"] == "embedding-head" and model.meta["pooling"] == "cls" and model.multi_label
     assert result.metrics["f1_micro"] > 0.8
@@ -100,8 +104,7 @@ def test_a_warm_retrain_of_an_embedding_head_keeps_the_old_labels_rows(
 
     data = write_csv(tmp_path / "support.csv", support_rows)
     registry = tunesmith.Registry(tmp_path / "home")
-    parent = tunesmith.train(data, name="s", registry=registry, progress=False, base_model=sentence_model,
-                             classifier_pooling="mean", **{**QUICK, "epochs": 1})  # fmt: skip
+    parent = train_on(sentence_model, data, registry, "s", classifier_pooling="mean", epochs=1)
     source = parent.version.path / "model"
     old_names = json.loads((parent.version.path / "tunesmith.json").read_text())["label_names"]
     old = load_file(str(parent.version.path / "head.safetensors"))
