@@ -1,6 +1,6 @@
 """WNUT-17 named entities with default settings: entity-level F1 on the official test file.
 
-    python bench/ner.py [--max-minutes 15]
+    python bench/ner.py [--max-minutes 15] [--freeze-embeddings]
 
 Trains the embedded all-MiniLM-L6-v2 on wnut17train.conll, early-stops on emerging.dev.conll and scores
 emerging.test.annotated with seqeval (strict IOB2, micro-averaged over entity types); then exports it to
@@ -30,6 +30,8 @@ REFERENCE = (
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-minutes", type=float, default=None, help="training budget (default: none)")
+    parser.add_argument("--freeze-embeddings", action="store_true", default=None,
+                        help="keep the word embeddings fixed (default: the task's own choice)")  # fmt: skip
     args = parser.parse_args()
     data = require_shared_data() / "wnut17"
     with tempfile.TemporaryDirectory() as work:
@@ -38,6 +40,7 @@ def main() -> None:
             data / "wnut17train.conll", task="token-classification", name="wnut17", progress=False,
             validation=str(data / "emerging.dev.conll"), test=str(data / "emerging.test.annotated"),
             registry=tunesmith.Registry(Path(work) / "home"), max_minutes=args.max_minutes,
+            freeze_embeddings=args.freeze_embeddings,
         )  # fmt: skip
         minutes = (time.perf_counter() - started) / 60
         export = export_and_print(result.version.path)
@@ -52,7 +55,8 @@ def main() -> None:
     budget = f" (budget {args.max_minutes:g} min)" if args.max_minutes else ""
     print(f"\ntraining {result.train_minutes:.1f} min{budget}, total {minutes:.1f} min. Reference: {REFERENCE}")
     path = save("ner_wnut17", {"metrics": m, "baseline": crf, "train_minutes": result.train_minutes, "total_minutes": minutes,
-                               "reference": REFERENCE, "export": export, "max_minutes": args.max_minutes})  # fmt: skip
+                               "reference": REFERENCE, "export": export, "max_minutes": args.max_minutes,
+                               "freeze_embeddings": args.freeze_embeddings})  # fmt: skip
     print(f"wrote {path}")
 
 
