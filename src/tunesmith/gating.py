@@ -80,11 +80,13 @@ def mcnemar_worse(candidate_right: list[bool], production_right: list[bool]) -> 
     return float(binomtest(lost, lost + won, 0.5, alternative="greater").pvalue), lost, won
 
 
+def _batches(task: Any, predictor: Any, items: list[Any]) -> list[Any]:
+    """The predictor's outputs for `items`, a server batch (32) at a time."""
+    return [task.serve_compute(predictor, items[start : start + 32], 32) for start in range(0, len(items), 32)]
+
+
 def _answers(task: Any, predictor: Any, items: list[Any]) -> list[dict[str, Any]]:
-    outputs: list[dict[str, Any]] = []
-    for start in range(0, len(items), 32):
-        outputs += task.log_outputs(predictor, task.serve_compute(predictor, items[start : start + 32], 32))
-    return outputs
+    return [answer for batch in _batches(task, predictor, items) for answer in task.log_outputs(predictor, batch)]
 
 
 def _latencies(task: Any, predictors: list[Any], items: list[Any], rows: int = 128) -> list[float]:
@@ -100,8 +102,7 @@ def _latencies(task: Any, predictors: list[Any], items: list[Any], rows: int = 1
             break
         for i, predictor in enumerate(predictors):
             started = time.perf_counter()
-            for start in range(0, len(sample), 32):
-                task.serve_compute(predictor, sample[start : start + 32], 32)
+            _batches(task, predictor, sample)
             best[i] = min(best[i], time.perf_counter() - started)
     return [seconds / max(1, len(sample)) for seconds in best]
 
