@@ -4,6 +4,7 @@ those steps; evaluations spread over them; re-planned when the measured speed dr
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,7 @@ def slow_steps(seconds: Any) -> Any:
 
 
 def test_a_budgeted_run_is_planned_replanned_and_ends_on_plan(
-    tiny_model: str, support_csv: Path, tmp_path: Path
+    tiny_model: str, support_csv: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:  # fmt: skip
     from tunesmith.tasks import get_task
 
@@ -164,10 +165,12 @@ def test_a_budgeted_run_is_planned_replanned_and_ends_on_plan(
     started = time.monotonic()
     # 0.1 s a step, then 0.25 s from step 40: the plan made on the first speed no longer fits and is re-made.
     result = get_task("text-classification").train(
-        config, registry=tunesmith.Registry(tmp_path / "home"), progress=False, log=logs.append,
+        config, registry=tunesmith.Registry(tmp_path / "home"), progress=True, log=logs.append,
         callbacks=[slow_steps(lambda step: 0.1 if step < 40 else 0.25)],
     )  # fmt: skip
     trained = time.monotonic() - started
+    shown, bar = capfd.readouterr()
+    logs += shown.splitlines()  # with the bar on, the plan's lines are written above it
     planned = json.loads((result.version.path / "tunesmith.json").read_text())["plan"]
     assert planned["limited_by"] == "time budget" and planned["replans"] >= 1, logs
     assert any(line.startswith("Plan: up to 600 steps") for line in logs), logs  # before the first step
@@ -180,6 +183,8 @@ def test_a_budgeted_run_is_planned_replanned_and_ends_on_plan(
     assert trained < 15 + 20  # the budget bounds training; loading, the baseline and the report come on top
     evaluations = [line for line in logs if line.startswith("epoch ") and "validation" in line]
     assert len(evaluations) == planned["evaluations"]  # on the planned cadence, the last at the planned end
+    done, total = map(int, re.findall(r"(\d+)/(\d+) \[", bar)[-1])
+    assert done == total == planned["total_steps"], bar[-300:]  # the bar counts to the plan, not to 100 epochs
 
 
 def test_without_a_budget_the_evaluations_are_spread_over_the_epochs(train_tiny, support_csv: Path) -> None:

@@ -105,11 +105,12 @@ def budget_callback(minutes: float, checkpoint: bool = True) -> Any:
     return TimeBudget()
 
 
-def _progress_callback(log: Log, bar: bool) -> Any:
+def _progress_callback(log: Log, bar: bool, plan: Plan) -> Any:
     from transformers.trainer_callback import ProgressCallback
 
     class Progress(ProgressCallback):
-        """A step bar (optional) and one line per evaluation, instead of a dict per logging step."""
+        """A step bar (optional) that counts to the plan as it stands, and one line per evaluation, instead of a
+        dict per logging step."""
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if bar:
@@ -117,6 +118,8 @@ def _progress_callback(log: Log, bar: bool) -> Any:
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if self.training_bar is not None:
+                # The bar starts at the epochs' steps; a budget or a re-plan moves the end, and its time left.
+                self.training_bar.total = plan.total_steps
                 super().on_step_end(args, state, control, **kwargs)
 
         def on_prediction_step(self, *args: Any, **kwargs: Any) -> None:
@@ -259,7 +262,7 @@ def build_trainer(
         dataloader_num_workers=0,
         include_num_input_tokens_seen="all",  # padded tokens: what the planner times the steps by
     )
-    shown = _progress_callback(log, progress)
+    shown = _progress_callback(log, progress, plan)
 
     def say(line: str) -> None:  # above the step bar when there is one, not through it
         bar = shown.training_bar
