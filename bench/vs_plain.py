@@ -2,6 +2,7 @@
 
     python bench/vs_plain.py                          # trec and banking77, a 5-minute budget
     python bench/vs_plain.py --only banking77 --budget 15
+    python bench/vs_plain.py --only wnut17            # named entities: entity F1 instead of accuracy
 
 Per dataset, on its official test split, with the embedded all-MiniLM-L6-v2:
 - plain: the script a practitioner writes (3 epochs, batch 32, lr 5e-5, linear decay, bf16 autocast where the
@@ -9,7 +10,7 @@ Per dataset, on its official test split, with the embedded all-MiniLM-L6-v2:
 - wave-1 schedule + budget: a Trainer with wave 1's defaults (batch 16, lr 1e-4, 10 % warmup planned for 8
   epochs) stopped when the budget runs out: what `--max-minutes` did before runs were planned;
 - tunesmith: `tunesmith.train` with its defaults, unbounded, and with `max_minutes` = the budget.
-Accuracy and macro-F1 on the test split, minutes of training, and training examples per second. Run it
+Accuracy and macro-F1 on the test split (entity-level F1, precision and recall for WNUT-17), minutes of training, and training examples per second. Run it
 alone on the machine: two runs side by side change the speeds by 3-10x. Writes bench/results/vs_plain.json.
 """
 
@@ -17,8 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,33 +34,19 @@ from accuracy import prepare
 from tunesmith.config import DEFAULT_MODEL
 from tunesmith.data import load_classification_data
 from tunesmith.models import bf16_supported, resolve_model
+from tunesmith.tasks.token_classification.sentences import load_token_data
 
 
-def read_split(kwargs: dict[str, Any]) -> tuple[Any, Any]:
-    """The same training rows tunesmith trains on (duplicates dropped, the same validation cut) and the test rows."""
-    config = tunesmith.load_config(None, {"data.train": str(kwargs["data"]), "data.test": kwargs["test"]})
-    data = load_classification_data(config.data, seed=config.seed)
-    return data, data.test
+def read_split(kwargs: dict[str, Any], load: Callable[[Any], Any]) -> Any:
+    """The same rows tunesmith trains on (duplicates dropped, the same validation cut) and the test rows."""
+    overrides = {f"data.{k}": str(v) for k, v in kwargs.items() if k in {"validation", "test"}}
+    return load(tunesmith.load_config(None, {"data.train": str(kwargs["data"]), **overrides}))
 
 
-def trainer_run(data: Any, *, epochs: float, batch: int, lr: float, warmup: float, budget: float | None) -> dict:
-    import torch
-    from sklearn.metrics import accuracy_score, f1_score
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainerCallback,  # fmt: skip
-        TrainingArguments,
-    )
-
-    path = resolve_model(DEFAULT_MODEL)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(data.label_names))
-    encoded = tokenizer(data.train.texts, truncation=True, max_length=128)
-    rows = [{"input_ids": ids, "attention_mask": mask, "labels": int(label)}
-            for ids, mask, label in zip(encoded["input_ids"], encoded["attention_mask"], data.train.labels, strict=True)]  # fmt: skip
+def fit(model: Any, rows: list[dict], collator: Any, *, epochs: float, batch: int, lr: float, warmup: float,
+        budget: float | None) -> dict[str, float]:
+    """A plain Trainer run over `rows`, stopped when `budget` minutes run out: its minutes, speed and epochs."""
+    from transformers import Trainer, TrainerCallback, TrainingArguments
 
     class Budget(TrainerCallback):
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -71,13 +61,30 @@ def trainer_run(data: Any, *, epochs: float, batch: int, lr: float, warmup: floa
                                  learning_rate=lr, warmup_steps=warmup, lr_scheduler_type="linear", bf16=bf16_supported(),
                                  use_cpu=True, save_strategy="no", eval_strategy="no", report_to=[],
                                  disable_tqdm=True, logging_strategy="no", seed=42)  # fmt: skip
-        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=DataCollatorWithPadding(tokenizer),
-                          callbacks=[Budget()])  # fmt: skip
+        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator, callbacks=[Budget()])
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
-        steps = trainer.state.global_step
     model.eval()
+    steps = trainer.state.global_step
+    return {"minutes": seconds / 60, "examples_per_second": min(steps * batch, len(rows) * epochs) / seconds,
+            "epochs": steps / math.ceil(len(rows) / batch)}  # fmt: skip
+
+
+def trainer_run(data: Any, *, epochs: float, batch: int, lr: float, warmup: float, budget: float | None) -> dict:
+    """The plain text-classification script: [CLS] head, dynamic padding, argmax on the test texts."""
+    import torch
+    from sklearn.metrics import accuracy_score, f1_score
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+    path = resolve_model(DEFAULT_MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(data.label_names))
+    encoded = tokenizer(data.train.texts, truncation=True, max_length=128)
+    rows = [{"input_ids": ids, "attention_mask": mask, "labels": int(label)}
+            for ids, mask, label in zip(encoded["input_ids"], encoded["attention_mask"], data.train.labels, strict=True)]  # fmt: skip
+    trained = fit(model, rows, DataCollatorWithPadding(tokenizer), epochs=epochs, batch=batch, lr=lr, warmup=warmup,
+                  budget=budget)  # fmt: skip
     predicted = []
     with torch.inference_mode():
         for i in range(0, len(data.test.texts), 64):
@@ -86,10 +93,50 @@ def trainer_run(data: Any, *, epochs: float, batch: int, lr: float, warmup: floa
             predicted += model(**batch_in).logits.argmax(-1).tolist()
     truth = np.asarray(data.test.labels)
     return {"accuracy": accuracy_score(truth, predicted), "f1_macro": f1_score(truth, predicted, average="macro"),
-            "minutes": seconds / 60, "examples_per_second": steps * batch / seconds, "epochs": steps * batch / len(rows)}  # fmt: skip
+            **trained}  # fmt: skip
 
 
-def tunesmith_run(kwargs: dict[str, Any], budget: float | None, work: Path, tag: str) -> dict:
+def tagger_run(data: Any, *, epochs: float, batch: int, lr: float, warmup: float, budget: float | None) -> dict:
+    """The plain token-classification script (the Hugging Face tutorial's): each word's first sub-token carries its
+    tag, the word takes the first sub-token's prediction. Scored as tunesmith scores (seqeval strict IOB2, a stray
+    I- read as opening an entity), so the numbers differ by the training alone."""
+    import torch
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification
+
+    from tunesmith.tasks.token_classification.metrics import repair_tags, seqeval_report
+
+    path = resolve_model(DEFAULT_MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    names = data.label_names
+    model = AutoModelForTokenClassification.from_pretrained(path, num_labels=len(names))
+    index = {tag: i for i, tag in enumerate(names)}
+    encoded = tokenizer([s.tokens for s in data.train], is_split_into_words=True, truncation=True, max_length=128)
+    rows = []
+    for n, sentence in enumerate(data.train):
+        words = encoded.word_ids(n)
+        labels = [-100 if w is None or (i > 0 and w == words[i - 1]) else index[sentence.tags[w]]
+                  for i, w in enumerate(words)]  # fmt: skip
+        rows.append({"input_ids": encoded["input_ids"][n], "attention_mask": encoded["attention_mask"][n], "labels": labels})
+    trained = fit(model, rows, DataCollatorForTokenClassification(tokenizer), epochs=epochs, batch=batch, lr=lr,
+                  warmup=warmup, budget=budget)  # fmt: skip
+    predicted = []
+    with torch.inference_mode():
+        for i in range(0, len(data.test), 64):
+            chunk = [s.tokens for s in data.test[i : i + 64]]
+            batch_in = tokenizer(chunk, is_split_into_words=True, truncation=True, max_length=128, padding=True,
+                                 return_tensors="pt")  # fmt: skip
+            best = model(**batch_in).logits.argmax(-1).tolist()
+            for n, tokens in enumerate(chunk):
+                tags = ["O"] * len(tokens)  # words cut off by truncation stay outside any entity
+                for position, word in reversed(list(enumerate(batch_in.word_ids(n)))):
+                    if word is not None:
+                        tags[word] = names[best[n][position]]  # reversed: the first sub-token's is written last
+                predicted.append(repair_tags(tags))
+    report = seqeval_report([s.tags for s in data.test], predicted)
+    return {"f1": report["f1"], "precision": report["precision"], "recall": report["recall"], **trained}
+
+
+def tunesmith_run(kwargs: dict[str, Any], budget: float | None, work: Path, tag: str, scores: tuple[str, ...]) -> dict:
     options = {k: v for k, v in kwargs.items() if k not in {"data", "max_minutes"}}
     if budget is not None:
         options["max_minutes"] = budget
@@ -99,10 +146,29 @@ def tunesmith_run(kwargs: dict[str, Any], budget: float | None, work: Path, tag:
     history = json.loads((result.version.path / "metrics.json").read_text())
     seconds = result.train_minutes * 60
     steps = round(history["epochs_run"] * plan["examples"] / plan["batch_size"])
-    return {"accuracy": result.metrics["accuracy"], "f1_macro": result.metrics["f1_macro"],
+    return {**{k: result.metrics[k] for k in scores},
             "minutes": result.train_minutes, "examples_per_second": steps * plan["batch_size"] / seconds,
             "epochs": history["epochs_run"], "planned_steps": plan["total_steps"], "limited_by": plan["limited_by"],
-            "baseline_f1_macro": result.baseline["f1_macro"]}  # fmt: skip
+            **{f"baseline_{k}": result.baseline[k] for k in scores}}  # fmt: skip
+
+
+def wnut17(data: Path) -> dict[str, object]:
+    folder = data / "wnut17"
+    return {"data": folder / "wnut17train.conll", "task": "token-classification",
+            "validation": str(folder / "emerging.dev.conll"), "test": str(folder / "emerging.test.annotated")}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Kind:
+    arguments: Callable[[str, Path, Path], dict[str, object]]  # (name, shared data, work folder) -> train's
+    load: Callable[[Any], Any]  # config -> the split data, as the task reads it
+    plain: Callable[..., dict]  # the plain script
+    scores: tuple[str, ...]  # the table's score columns
+
+
+CLASSIFICATION = Kind(prepare, lambda config: load_classification_data(config.data, seed=config.seed), trainer_run,
+                      ("accuracy", "f1_macro"))  # fmt: skip
+KINDS = {"wnut17": Kind(lambda _name, data, _work: wnut17(data), load_token_data, tagger_run, ("f1", "precision", "recall"))}
 
 
 def main() -> None:
@@ -118,22 +184,24 @@ def main() -> None:
     for name in args.only:
         with tempfile.TemporaryDirectory() as folder:
             work = Path(folder)
-            kwargs = prepare(name, shared, work)
+            kind = KINDS.get(name, CLASSIFICATION)
+            plain, scores = kind.plain, kind.scores
+            kwargs = kind.arguments(name, shared, work)
             kwargs["data"] = str(kwargs["data"])
-            data, _ = read_split(kwargs)
+            data = read_split(kwargs, kind.load)
             runs = {
-                "plain": trainer_run(data, epochs=3, batch=32, lr=5e-5, warmup=0.0, budget=None),
-                "wave-1 schedule + budget": trainer_run(data, epochs=8, batch=16, lr=1e-4, warmup=0.1, budget=args.budget),
-                "tunesmith": tunesmith_run(kwargs, None, work, "free"),
-                "tunesmith + budget": tunesmith_run(kwargs, args.budget, work, "budget"),
+                "plain": plain(data, epochs=3, batch=32, lr=5e-5, warmup=0.0, budget=None),
+                "wave-1 schedule + budget": plain(data, epochs=8, batch=16, lr=1e-4, warmup=0.1, budget=args.budget),
+                "tunesmith": tunesmith_run(kwargs, None, work, "free", scores),
+                "tunesmith + budget": tunesmith_run(kwargs, args.budget, work, "budget", scores),
             }
         # each dataset keeps the machine it ran on: the file keeps datasets from earlier runs
         results[name] = {"budget_minutes": args.budget, "train_rows": len(data.train), "test_rows": len(data.test),
                          "runs": runs, "machine": machine()}  # fmt: skip
-        print(f"\n{name}: {len(data.train)} training texts, test {len(data.test)}, budget {args.budget:g} min")
-        print("| run | accuracy | macro-F1 | minutes | examples/s | epochs |\n|---|---|---|---|---|---|")
+        print(f"\n{name}: {len(data.train)} training rows, test {len(data.test)}, budget {args.budget:g} min")
+        print(f"| run | {' | '.join(scores)} | minutes | examples/s | epochs |\n|---|" + "---|" * (len(scores) + 3))
         for run, r in runs.items():
-            print(f"| {run} | {r['accuracy']:.4f} | {r['f1_macro']:.4f} | {r['minutes']:.1f} | "
+            print(f"| {run} | {' | '.join(f'{r[k]:.4f}' for k in scores)} | {r['minutes']:.1f} | "
                   f"{r['examples_per_second']:.0f} | {r['epochs']:.2f} |")  # fmt: skip
         path = save("vs_plain", {"datasets": results})
     print(f"\nwrote {path}")
