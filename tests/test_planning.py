@@ -105,6 +105,29 @@ def test_the_speed_is_timed_per_token_when_the_longest_batches_come_first() -> N
     assert untokened.seconds_per_step == pytest.approx(1.0) and untokened.limited_by == "time budget"
 
 
+def test_a_budget_spent_before_the_steps_are_timed_ends_the_run_and_says_so() -> None:
+    """Steps so slow that the budget runs out within the calibration: the run ends there, and the plan it records
+    names the budget as what ended it (and the steps it trained), not the epochs or step limit it started from."""
+    from types import SimpleNamespace
+
+    from tunesmith.planning import planning_callback
+
+    now = [0.0]
+    p = plan(examples=1600, batch_size=16, epochs=3.0, max_steps=200, budget_seconds=30, evaluations=1)
+    callback = planning_callback(p, log=lambda _line: None, clock=lambda: now[0])
+    state = SimpleNamespace(global_step=0, num_input_tokens_seen=0)
+    callback.on_train_begin(None, state, None)
+    control = SimpleNamespace(should_evaluate=False, should_save=False, should_training_stop=False)
+    for step in range(1, 4):  # 20 s a step: the 30 s budget is gone at step 2, long before 8 are timed
+        now[0] += 20.0
+        state.global_step = step
+        callback.on_step_end(None, state, control)
+        if control.should_training_stop:
+            break
+    assert step == 2 and control.should_evaluate  # ended at once, scoring the weights it ends with
+    assert (p.total_steps, p.steps_done, p.limited_by) == (2, 2, "time budget")
+
+
 def test_step_limits_and_epochs_bound_the_plan() -> None:
     limited = plan(max_steps=50, budget_seconds=3600)
     limited.seconds_per_step = 0.1
@@ -179,7 +202,7 @@ def test_a_budgeted_run_is_planned_replanned_and_ends_on_plan(
     # 15 s of budget at >= 0.1 s a step: far fewer than the 600 steps of 100 epochs, and it ended on the plan.
     history = json.loads((result.version.path / "metrics.json").read_text())
     steps_run = round(history["epochs_run"] * 6)  # 96 training texts: 6 steps an epoch
-    assert 40 < steps_run == planned["total_steps"] < 150
+    assert 40 < steps_run == planned["total_steps"] == planned["steps_done"] < 150
     assert trained < 15 + 20  # the budget bounds training; loading, the baseline and the report come on top
     evaluations = [line for line in logs if line.startswith("epoch ") and "validation" in line]
     assert len(evaluations) == planned["evaluations"]  # on the planned cadence, the last at the planned end

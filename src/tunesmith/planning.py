@@ -56,6 +56,7 @@ class Plan:
     anchor: tuple[int, float] | None = None
     replans: int = 0
     evaluations_done: int = 0
+    steps_done: int = 0  # trained so far; at the end, what the run trained, whatever ended it
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -224,6 +225,7 @@ def planning_callback(plan: Plan, log: Log, clock: Callable[[], float] = time.mo
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             step, now = state.global_step, clock()
+            plan.steps_done = step
             tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)  # padded, counted by the Trainer
             if self.first_step_end is None:
                 self.first_step_end = now  # the first step pays for allocation and warm-up; time the rest
@@ -246,8 +248,8 @@ def planning_callback(plan: Plan, log: Log, clock: Callable[[], float] = time.mo
                         log(f"Re-planned at step {step:,}: {plan.total_steps:,} steps "
                             f"({plan.seconds_per_step:.2f} s a step).")  # fmt: skip
                     self.announced = True
-            elif plan.budget_seconds is not None and now - self.start > plan.budget_seconds:
-                plan.total_steps = min(plan.total_steps, step)  # never past the budget, measured or not
+            elif plan.budget_seconds is not None and now - self.start > plan.budget_seconds and step < plan.total_steps:
+                plan.total_steps, plan.limited_by = step, "time budget"  # never past the budget, measured or not
             if plan.evaluates_at(step):
                 plan.evaluations_done += 1
                 control.should_evaluate = True
