@@ -143,12 +143,11 @@ def tunesmith_run(kwargs: dict[str, Any], budget: float | None, work: Path, tag:
     result = tunesmith.train(kwargs["data"], registry=tunesmith.Registry(work / f"home-{tag}"), name="bench",
                              progress=False, log=lambda _m: None, **options)  # fmt: skip
     plan = json.loads((result.version.path / "tunesmith.json").read_text())["plan"]
-    history = json.loads((result.version.path / "metrics.json").read_text())
-    seconds = result.train_minutes * 60
-    steps = round(history["epochs_run"] * plan["examples"] / plan["batch_size"])
-    return {**{k: result.metrics[k] for k in scores},
-            "minutes": result.train_minutes, "examples_per_second": steps * plan["batch_size"] / seconds,
-            "epochs": history["epochs_run"], "planned_steps": plan["total_steps"], "limited_by": plan["limited_by"],
+    steps = plan["steps_done"]
+    return {**{k: result.metrics[k] for k in scores}, "minutes": result.train_minutes,
+            "examples_per_second": min(steps * plan["batch_size"], plan["examples"] * plan["epochs"]) / (result.train_minutes * 60),
+            "epochs": steps / math.ceil(plan["examples"] / plan["batch_size"]), "planned_steps": plan["total_steps"],
+            "limited_by": plan["limited_by"],
             **{f"baseline_{k}": result.baseline[k] for k in scores}}  # fmt: skip
 
 
