@@ -117,3 +117,22 @@ def test_a_warm_retrain_of_an_embedding_head_keeps_the_old_labels_rows(
             assert model.head.bias[j] == old["bias"][old_names.index(name)], name
     assert model.head.bias[0] == -1.0  # the new label starts fresh, at the bias given
     assert not any(torch.equal(model.head.weight[0].detach(), row) for row in old["weight"])
+
+
+def test_a_lora_retrain_of_an_embedding_head_trains_every_weight_and_keeps_the_head(
+    sentence_model: str, support_rows: list[tuple[str, str]], tmp_path: Path
+) -> None:  # fmt: skip
+    from tunesmith.retraining import retrain
+
+    registry = tunesmith.Registry(tmp_path / "home")
+    train_on(sentence_model, write_csv(tmp_path / "support.csv", support_rows), registry, "s",
+             classifier_pooling="mean", epochs=1)  # fmt: skip
+    registry.promote("s@1", "production")
+    more = write_csv(tmp_path / "more.csv", [(f"my parcel {i} has not come", support_rows[0][1]) for i in range(10)])
+    lines: list[str] = []
+    outcome = retrain(registry, "s", strategy="lora", files=[more], gate=False, export=False, progress=False,
+                      overrides=["train.epochs=1"], log=lines.append)  # fmt: skip
+    assert outcome.lineage["strategy"] == "rehearsal"
+    assert any("a LoRA adapter cannot carry" in line for line in lines), lines
+    meta = json.loads((outcome.result.version.path / "tunesmith.json").read_text())
+    assert meta["architecture"] == "embedding-head" and meta["pooling"] == "mean" and meta["method"] == "full"

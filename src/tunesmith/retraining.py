@@ -12,7 +12,8 @@ files given. How they meet the old training rows (kept in every artifact, `data/
   the reference the others are measured against;
 - `feedback`: production's weights on the new rows alone: what a hand-run fine-tune does; measured to forget;
 - `lora`: a LoRA adapter over production's weights on the rehearsal mix (the artifact is small, but it needs
-  its parent's weights, so the parent cannot be deleted while it exists).
+  its parent's weights, so the parent cannot be deleted while it exists). A parent with a head of tunesmith's
+  own (an embedding-head classifier) is retrained as `rehearsal`: peft wraps transformers' model classes.
 
 A label that appears only in the feedback extends the head: the old labels' rows are carried over by name
 (`models.carry_head_rows`), the new one starts fresh. The candidate is validated and tested on production's own
@@ -167,6 +168,12 @@ def retrain(
     if problem:
         log(f"Retrain: {problem}.")
         strategy = "scratch"
+    elif strategy == "lora" and meta.get("architecture"):
+        # peft wraps transformers' model classes; this head is tunesmith's own, and a LoRA run on the bare encoder
+        # would put a fresh head under it, losing what the parent's head had learned.
+        log(f"Retrain: {parent.ref} is a {meta['architecture']} model, whose head a LoRA adapter cannot carry: "
+            "every weight trains instead (as --strategy rehearsal).")  # fmt: skip
+        strategy = "rehearsal"
     unique = {json.dumps(row, sort_keys=True, ensure_ascii=False): row for row in new}  # feedback also sent as a file
     new = list(unique.values())
     old = [row for row in old if json.dumps(row, sort_keys=True, ensure_ascii=False) not in unique]
