@@ -66,9 +66,13 @@ def fit(model: Any, rows: list[dict], collator: Any, *, epochs: float, batch: in
         trainer.train()
         seconds = time.perf_counter() - started
     model.eval()
-    steps = trainer.state.global_step
-    return {"minutes": seconds / 60, "examples_per_second": min(steps * batch, len(rows) * epochs) / seconds,
-            "epochs": steps / math.ceil(len(rows) / batch)}  # fmt: skip
+    return speed(trainer.state.global_step, batch, len(rows), epochs, seconds)
+
+
+def speed(steps: int, batch: int, examples: int, epochs: float, seconds: float) -> dict[str, float]:
+    """Minutes, examples a second and epochs of `steps` batches (the last batch of an epoch may be short)."""
+    return {"minutes": seconds / 60, "examples_per_second": min(steps * batch, examples * epochs) / seconds,
+            "epochs": steps / math.ceil(examples / batch)}  # fmt: skip
 
 
 def trainer_run(data: Any, *, epochs: float, batch: int, lr: float, warmup: float, budget: float | None) -> dict:
@@ -143,11 +147,9 @@ def tunesmith_run(kwargs: dict[str, Any], budget: float | None, work: Path, tag:
     result = tunesmith.train(kwargs["data"], registry=tunesmith.Registry(work / f"home-{tag}"), name="bench",
                              progress=False, log=lambda _m: None, **options)  # fmt: skip
     plan = json.loads((result.version.path / "tunesmith.json").read_text())["plan"]
-    steps = plan["steps_done"]
-    return {**{k: result.metrics[k] for k in scores}, "minutes": result.train_minutes,
-            "examples_per_second": min(steps * plan["batch_size"], plan["examples"] * plan["epochs"]) / (result.train_minutes * 60),
-            "epochs": steps / math.ceil(plan["examples"] / plan["batch_size"]), "planned_steps": plan["total_steps"],
-            "limited_by": plan["limited_by"],
+    return {**{k: result.metrics[k] for k in scores},
+            **speed(plan["steps_done"], plan["batch_size"], plan["examples"], plan["epochs"], result.train_minutes * 60),
+            "planned_steps": plan["total_steps"], "limited_by": plan["limited_by"],
             **{f"baseline_{k}": result.baseline[k] for k in scores}}  # fmt: skip
 
 
