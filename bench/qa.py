@@ -27,7 +27,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-minutes", type=float, default=15.0, help="training budget")
     parser.add_argument("--max-steps", type=int, default=None, help="for a quick check of the script")
+    parser.add_argument("--attention-dropout", type=float, default=None,
+                        help="train.attention_dropout (default: tunesmith's; 0.1 is the model's own)")
+    parser.add_argument("--skip-export", action="store_true", help="no ONNX export and check after training")
     args = parser.parse_args()
+    settings = {} if args.attention_dropout is None else {"attention_dropout": args.attention_dropout}
     source = json.loads((require_shared_data() / "squad_v1.1_dev_part1" / "dev-v1.1-part.json").read_text())
     articles = source["data"]
     with tempfile.TemporaryDirectory() as work:
@@ -37,10 +41,11 @@ def main() -> None:
         started = time.perf_counter()
         result = tunesmith.train(
             train_file, task="question-answering", name="squad", test=str(test_file), progress=False,
-            max_minutes=args.max_minutes, max_steps=args.max_steps, registry=tunesmith.Registry(Path(work) / "home"),
+            max_minutes=args.max_minutes, max_steps=args.max_steps, registry=tunesmith.Registry(Path(work) / "home"), **settings,
         )  # fmt: skip
         minutes = (time.perf_counter() - started) / 60
-        export = export_and_print(result.version.path)
+        export = None if args.skip_export else export_and_print(result.version.path)
+        plan = json.loads((result.version.path / "tunesmith.json").read_text())["plan"]
     m = result.metrics
     print(f"\nSQuAD v1.1 dev part 1: {len(articles) - TRAIN_ARTICLES} held-out articles, {m['n']} questions")
     print("| model | exact match | F1 | training minutes |\n|---|---|---|---|")
@@ -50,7 +55,9 @@ def main() -> None:
     lexical = result.baseline
     print(f"| lexical sliding window (baseline) | {lexical['exact_match']:.3f} | {lexical['f1']:.3f} | - |")
     path = save("qa_squad_part1", {"metrics": m, "baseline": lexical, "train_minutes": result.train_minutes, "total_minutes": minutes,
-                                   "train_articles": TRAIN_ARTICLES, "max_minutes": args.max_minutes, "export": export})  # fmt: skip
+                                   "train_articles": TRAIN_ARTICLES, "max_minutes": args.max_minutes, "export": export,
+                                   "steps": plan["steps_done"], "epochs": plan["steps_done"] * plan["batch_size"] / plan["examples"],
+                                   "seconds_per_step": plan["seconds_per_step"], **settings})  # fmt: skip
     print(f"wrote {path}")
 
 

@@ -1,16 +1,21 @@
-"""What one training step costs, where the time goes, and what freezing the word embeddings buys.
+"""What one training step costs, where the time goes, and what a step-speed setting buys end to end.
 
-    python bench/step_speed.py                       # the step profile, then TREC and Banking77 end to end
-    python bench/step_speed.py --skip-runs           # the step profile only
+    python bench/step_speed.py                                  # freeze_embeddings: the step profile, then
+                                                                # TREC and Banking77 end to end
+    python bench/step_speed.py --setting attention_dropout      # dropout on attention probabilities: BERT's
+                                                                # 0.1 vs 0
+    python bench/step_speed.py --skip-runs                      # the step profile only
     python bench/step_speed.py --only trec --budget 0
 
 1. Step profile: the embedded all-MiniLM-L6-v2 with a 77-class head, one AdamW (fused) step on random token
-   ids, for batches of 16/32/64 and 16/64 tokens, with the word embeddings trained or frozen; forward,
-   backward and optimizer milliseconds (median of the timed steps), in the precision tunesmith picks here.
-2. End to end: `tunesmith.train` with its defaults and `freeze_embeddings` off and on, on each dataset's
-   training file, scored on its official test file; with `--budget` minutes (0: no budget) both runs get
-   the same time, so a faster step shows as more steps and, if it pays, accuracy.
-Run it alone on the machine. Writes bench/results/step_speed.json.
+   ids, for the setting's two values at batch x token shapes where it matters (short texts for the word
+   embeddings; up to QA's 16 windows of 384 tokens for attention); forward, backward and optimizer
+   milliseconds (median of the timed steps), in the precision tunesmith picks here. Every other setting is
+   tunesmith's text-classification default.
+2. End to end: `tunesmith.train` with its defaults and the setting at each value, on each dataset's training
+   file, scored on its official test file; with `--budget` minutes (0: no budget) both runs get the same time,
+   so a faster step shows as more steps and, if it pays, accuracy.
+Run it alone on the machine. Writes bench/results/step_speed_SETTING.json.
 """
 
 from __future__ import annotations
@@ -26,19 +31,28 @@ from typing import Any
 import tunesmith
 from _common import require_shared_data, save
 from accuracy import prepare
-from tunesmith.config import DEFAULT_MODEL
+from tunesmith.config import DEFAULT_MODEL, TrainConfig
 from tunesmith.models import bf16_supported, load_classifier
 
+COMPARISONS: dict[str, tuple[tuple[Any, Any], list[tuple[int, int]]]] = {
+    # setting: (the values compared, the profiled (batch, tokens) shapes)
+    "freeze_embeddings": ((False, True), [(b, n) for n in (16, 64) for b in (16, 32, 64)]),
+    "attention_dropout": ((0.1, 0.0), [(32, 16), (32, 64), (16, 128), (16, 384)]),
+}
+CLASSIFICATION_DEFAULTS = {"freeze_embeddings": True}  # what text classification resolves "None" to
 
-def profile(batch: int, length: int, freeze: bool, bf16: bool, steps: int = 10) -> dict[str, Any]:
+
+def profile(batch: int, length: int, setting: dict[str, Any], bf16: bool, steps: int = 10) -> dict[str, Any]:
     import torch
 
     from tunesmith.methods import freeze_embeddings
 
+    config = TrainConfig(**{**CLASSIFICATION_DEFAULTS, **setting})
     torch.manual_seed(0)
-    model = load_classifier(DEFAULT_MODEL, [str(i) for i in range(77)], multi_label=False)
+    model = load_classifier(DEFAULT_MODEL, [str(i) for i in range(77)], multi_label=False,
+                            attention_dropout=config.attention_dropout)  # fmt: skip
     model.train()
-    freeze_embeddings(model, freeze)
+    freeze_embeddings(model, bool(config.freeze_embeddings))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
     ids = torch.randint(1000, 20000, (batch, length))
     mask, labels = torch.ones_like(ids), torch.randint(0, 77, (batch,))
@@ -58,57 +72,59 @@ def profile(batch: int, length: int, freeze: bool, bf16: bool, steps: int = 10) 
                 parts[key].append(seconds * 1000)
     ms = {key: statistics.median(values) for key, values in parts.items()}
     total = sum(ms.values())
-    return {"batch": batch, "tokens": length, "frozen_embeddings": freeze, **{f"{k}_ms": v for k, v in ms.items()},
+    return {"batch": batch, "tokens": length, **setting, **{f"{k}_ms": v for k, v in ms.items()},
             "step_ms": total, "examples_per_second": batch / total * 1000}  # fmt: skip
 
 
-def end_to_end(kwargs: dict[str, Any], freeze: bool, budget: float, work: Path) -> dict[str, Any]:
+def end_to_end(kwargs: dict[str, Any], setting: dict[str, Any], budget: float, work: Path) -> dict[str, Any]:
     options = {k: v for k, v in kwargs.items() if k not in {"data", "max_minutes"}}
     if budget:
         options["max_minutes"] = budget
-    result = tunesmith.train(kwargs["data"], registry=tunesmith.Registry(work / f"home-{freeze}"), name="bench",
-                             progress=False, log=lambda _m: None, freeze_embeddings=freeze, **options)  # fmt: skip
+    home = work / f"home-{len(list(work.glob('home-*')))}"
+    result = tunesmith.train(kwargs["data"], registry=tunesmith.Registry(home), name="bench", progress=False,
+                             log=lambda _m: None, **setting, **options)  # fmt: skip
     plan = json.loads((result.version.path / "tunesmith.json").read_text())["plan"]
     history = json.loads((result.version.path / "metrics.json").read_text())
     examples = history["epochs_run"] * plan["examples"]
-    return {"frozen_embeddings": freeze, "budget_minutes": budget or None, "accuracy": result.metrics["accuracy"],
+    return {**setting, "budget_minutes": budget or None, "accuracy": result.metrics["accuracy"],
             "f1_macro": result.metrics["f1_macro"], "minutes": result.train_minutes,
             "epochs_run": history["epochs_run"], "examples_per_second": examples / (result.train_minutes * 60)}  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--setting", choices=sorted(COMPARISONS), default="freeze_embeddings")
     parser.add_argument("--only", nargs="*", default=["trec", "banking77"])
     parser.add_argument("--budget", type=float, default=6.0, help="minutes per end-to-end run; 0: none")
     parser.add_argument("--skip-runs", action="store_true")
     args = parser.parse_args()
+    values, shapes = COMPARISONS[args.setting]
     bf16 = bf16_supported()
     steps = []
     print(f"Step profile ({'bf16 autocast' if bf16 else 'fp32'}):")
-    print("| batch | tokens | embeddings | forward ms | backward ms | optimizer ms | step ms | examples/s |")
+    print(f"| batch | tokens | {args.setting} | forward ms | backward ms | optimizer ms | step ms | examples/s |")
     print("|---|---|---|---|---|---|---|---|")
-    for length in (16, 64):
-        for batch in (16, 32, 64):
-            for freeze in (False, True):
-                r = profile(batch, length, freeze, bf16)
-                steps.append(r)
-                print(f"| {batch} | {length} | {'frozen' if freeze else 'trained'} | {r['forward_ms']:.0f} | "
-                      f"{r['backward_ms']:.0f} | {r['optimizer_ms']:.0f} | {r['step_ms']:.0f} | "
-                      f"{r['examples_per_second']:.1f} |", flush=True)  # fmt: skip
+    for batch, length in shapes:
+        for value in values:
+            r = profile(batch, length, {args.setting: value}, bf16)
+            steps.append(r)
+            print(f"| {batch} | {length} | {value} | {r['forward_ms']:.0f} | {r['backward_ms']:.0f} | "
+                  f"{r['optimizer_ms']:.0f} | {r['step_ms']:.0f} | {r['examples_per_second']:.1f} |", flush=True)  # fmt: skip
     runs: dict[str, list[dict[str, Any]]] = {}
+    results = f"step_speed_{args.setting}"
     if not args.skip_runs:
         shared = require_shared_data()
         for name in args.only:
             with tempfile.TemporaryDirectory() as folder:
                 kwargs = prepare(name, shared, Path(folder))
                 kwargs["data"] = str(kwargs["data"])
-                runs[name] = [end_to_end(kwargs, freeze, args.budget, Path(folder)) for freeze in (False, True)]
+                runs[name] = [end_to_end(kwargs, {args.setting: v}, args.budget, Path(folder)) for v in values]
             for r in runs[name]:
-                print(f"{name} embeddings {'frozen' if r['frozen_embeddings'] else 'trained'}: accuracy "
-                      f"{r['accuracy']:.4f} macro-F1 {r['f1_macro']:.4f}, {r['minutes']:.1f} min, "
-                      f"{r['examples_per_second']:.0f} examples/s, {r['epochs_run']:.2f} epochs", flush=True)  # fmt: skip
-            save("step_speed", {"precision": "bf16" if bf16 else "fp32", "steps": steps, "runs": runs})
-    save("step_speed", {"precision": "bf16" if bf16 else "fp32", "steps": steps, "runs": runs})
+                print(f"{name} {args.setting}={r[args.setting]}: accuracy {r['accuracy']:.4f} macro-F1 "
+                      f"{r['f1_macro']:.4f}, {r['minutes']:.1f} min, {r['examples_per_second']:.0f} examples/s, "
+                      f"{r['epochs_run']:.2f} epochs", flush=True)  # fmt: skip
+            save(results, {"precision": "bf16" if bf16 else "fp32", "steps": steps, "runs": runs})
+    save(results, {"precision": "bf16" if bf16 else "fp32", "steps": steps, "runs": runs})
 
 
 if __name__ == "__main__":

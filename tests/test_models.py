@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from tunesmith.errors import ModelError
-from tunesmith.models import load_classifier, load_tokenizer, resolve_model
+from tunesmith.models import attention_dropout_override, load_classifier, load_tokenizer, resolve_model
 
 
 def test_embedded_default_resolves_to_the_packaged_folder() -> None:
@@ -50,3 +51,17 @@ def test_training_is_reproducible_with_a_seed(train_tiny, support_csv: Path) -> 
     b = tunesmith.load_model(str(second.version.path)).predict_proba(texts)
     assert (a == b).all()
     assert first.metrics == second.metrics
+
+
+def test_training_turns_attention_dropout_off_unless_asked(train_tiny, support_csv: Path, tiny_llm: str) -> None:
+    """PyTorch's fused attention takes no dropout on a CPU: with it on, a step falls back to the slow path."""
+
+    def trained_with(result: object) -> float:
+        config = json.loads((result.version.path / "model" / "config.json").read_text())  # type: ignore[attr-defined]
+        return config["attention_probs_dropout_prob"]
+
+    assert trained_with(train_tiny(support_csv, name="off", epochs=1)) == 0.0  # the tiny BERT comes with 0.1
+    assert trained_with(train_tiny(support_csv, name="set", epochs=1, attention_dropout=0.2)) == 0.2
+    # Architectures that name it otherwise (DistilBERT, Llama, ...) get it under their own name.
+    assert attention_dropout_override(tiny_llm, 0.0) == {"attention_dropout": 0.0}
+    assert attention_dropout_override(tiny_llm, None) == {}

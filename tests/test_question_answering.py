@@ -110,6 +110,8 @@ def test_train_register_and_answer(qa_result: tuple[Path, object]) -> None:
     assert "baseline" in json.loads((result.version.path / "metrics.json").read_text())
     files = {p.name for p in result.version.path.iterdir()}
     assert {"model", "tunesmith.json", "metrics.json", "report.md", "errors.jsonl", "data"} <= files
+    # Trained without attention dropout (the fused attention path; long windows paid most for the slow one).
+    assert json.loads((result.version.path / "model" / "config.json").read_text())["attention_probs_dropout_prob"] == 0
     finder = tunesmith.load_model("where@1", registry=tunesmith.Registry(home))
     assert isinstance(finder, AnswerFinder) and finder.allow_no_answer
     context = "yesterday erin moved to rome with a friend ."

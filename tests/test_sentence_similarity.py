@@ -154,6 +154,8 @@ def test_each_shape_trains_and_is_scored_beside_the_untuned_base_and_bm25(
     meta = json.loads((result.version.path / "tunesmith.json").read_text())
     assert meta["data_shape"] == shape and meta["loss"] == ("CoSENTLoss" if shape == "scored-pairs" else
                                                             "MultipleNegativesRankingLoss")  # fmt: skip
+    # Through sentence-transformers' loader too, the encoder trained without attention dropout (the fused path).
+    assert json.loads((result.version.path / "model" / "config.json").read_text())["attention_probs_dropout_prob"] == 0
 
     # The artifact's model/ is a sentence-transformers folder giving the embeddings tunesmith serves.
     from sentence_transformers import SentenceTransformer

@@ -59,8 +59,35 @@ def resolve_model(name: str) -> str:
     return name  # a hub id, e.g. "distilbert-base-uncased"
 
 
-def load_pretrained(loader: Any, name: str, **kwargs: Any) -> Any:
+# Where architectures keep the dropout on attention probabilities: BERT, RoBERTa, XLM-R, ELECTRA, DeBERTa and
+# MPNet name it one way; DistilBERT, ModernBERT, Llama and Qwen2 the other.
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")
+
+
+def attention_dropout_override(location: str, dropout: float | None, trust_remote_code: bool = False) -> dict[str, float]:
+    """The config override that sets the attention dropout of the model at `location` to `dropout`: empty when
+    `dropout` is None (keep the model's own) or the architecture names no such setting."""
+    if dropout is None:
+        return {}
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return {}  # the model load that follows says what is wrong
+    for key in ATTENTION_DROPOUT_KEYS:
+        if isinstance(getattr(config, key, None), int | float):
+            return {key: float(dropout)}
+    return {}
+
+
+def load_pretrained(loader: Any, name: str, attention_dropout: float | None = None, **kwargs: Any) -> Any:
+    """`loader.from_pretrained` on `name` resolved, with a clear error when it cannot be found; with
+    `attention_dropout`, the model's dropout on attention probabilities set to it (training: see
+    `TrainConfig.attention_dropout`)."""
     location = resolve_model(name)
+    if "config" not in kwargs:
+        kwargs.update(attention_dropout_override(location, attention_dropout, kwargs.get("trust_remote_code", False)))
     try:
         return loader.from_pretrained(location, **kwargs)
     except OSError as exc:
@@ -82,6 +109,7 @@ def load_classifier(
     multi_label: bool,
     trust_remote_code: bool = False,
     head_bias: Sequence[float] | None = None,
+    attention_dropout: float | None = None,
 ) -> Any:
     """A sequence-classification model with a fresh head sized for `label_names` (its bias `head_bias` if given)."""
     from transformers import AutoModelForSequenceClassification
@@ -95,6 +123,7 @@ def load_classifier(
         problem_type="multi_label_classification" if multi_label else "single_label_classification",
         trust_remote_code=trust_remote_code,
         head_bias=head_bias,
+        attention_dropout=attention_dropout,
     )
 
 

@@ -53,9 +53,9 @@ def train(run: Run) -> TrainResult:
     config, settings, log, name = run.config, run.settings, run.log, run.name
     tokenizer = run.tokenizer(offsets_for="question answering")
     data = load_qa_data(config)
-    model = load_with_new_head(
-        AutoModelForQuestionAnswering, settings.base_model, trust_remote_code=settings.trust_remote_code
-    )
+    model = load_with_new_head(AutoModelForQuestionAnswering, settings.base_model,
+                               trust_remote_code=settings.trust_remote_code,
+                               attention_dropout=settings.attention_dropout)  # fmt: skip
     max_length = min(settings.max_length or MAX_LENGTH, model_max_length(tokenizer, model.config))
     stride = min(DOC_STRIDE, max_length // 3)
     for issue in data.issues:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from tunesmith.models import model_max_length, resolve_model
+from tunesmith.models import attention_dropout_override, model_max_length, resolve_model
 from tunesmith.tasks.base import TrainResult
 from tunesmith.tasks.sentence_similarity.encoder import Embedder, pooling_of
 from tunesmith.tasks.sentence_similarity.pairs import COLUMNS, PairData, load_pair_data, read_rows
@@ -132,7 +132,9 @@ def _sentence_transformer(settings: Any) -> Any:
     quiet = logging.getLogger("sentence_transformers").level
     logging.getLogger("sentence_transformers").setLevel(logging.ERROR)  # "creating a new one with mean pooling"
     try:
-        st = SentenceTransformer(resolve_model(settings.base_model), trust_remote_code=settings.trust_remote_code,
+        location = resolve_model(settings.base_model)
+        overrides = attention_dropout_override(location, settings.attention_dropout, settings.trust_remote_code)
+        st = SentenceTransformer(location, trust_remote_code=settings.trust_remote_code, config_kwargs=overrides,
                                  device="cpu" if not torch.cuda.is_available() else None)  # fmt: skip
     finally:
         logging.getLogger("sentence_transformers").setLevel(quiet)

@@ -155,14 +155,14 @@ def artifact_meta(folder: Path) -> dict[str, Any] | None:
 
 def fresh(
     name: str, label_names: Sequence[str], *, pooling: str, multi_label: bool, bias: Sequence[float] | None = None,
-    trust_remote_code: bool = False,
+    trust_remote_code: bool = False, attention_dropout: float | None = None,
 ) -> EmbeddingHead:  # fmt: skip
     """Base model `name`'s encoder under a new head for `label_names`, drawn as transformers draws a classifier
     head (normal, the config's `initializer_range`), its bias `bias` or zero. When `name` is an embedding-head
     artifact's model (a warm retrain), the rows of the labels it shares keep what they had learned."""
     from transformers import AutoModel
 
-    encoder = load_pretrained(AutoModel, name, trust_remote_code=trust_remote_code)
+    encoder = load_pretrained(AutoModel, name, trust_remote_code=trust_remote_code, attention_dropout=attention_dropout)
     dim, n = encoder.config.hidden_size, len(label_names)
     weight = torch.randn(n, dim) * float(getattr(encoder.config, "initializer_range", 0.02))
     start = torch.zeros(n) if bias is None else torch.tensor(list(bias), dtype=torch.float32)

@@ -113,9 +113,10 @@ def _new_model(settings: Any, data: ClassificationData) -> Any:
                                     frozen=settings.method == "frozen", multi_label=data.multi_label)
     if pooling is None or settings.method not in ("full", "frozen"):
         return load_classifier(settings.base_model, data.label_names, data.multi_label, settings.trust_remote_code,
-                               head_bias=bias)  # fmt: skip
+                               head_bias=bias, attention_dropout=settings.attention_dropout)  # fmt: skip
     return embedding.fresh(settings.base_model, data.label_names, pooling=pooling, multi_label=data.multi_label,
-                           bias=bias, trust_remote_code=settings.trust_remote_code)  # fmt: skip
+                           bias=bias, trust_remote_code=settings.trust_remote_code,
+                           attention_dropout=settings.attention_dropout)  # fmt: skip
 
 
 def _weighted_loss(data: ClassificationData) -> Callable[..., Any]:

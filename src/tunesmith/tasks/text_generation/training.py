@@ -69,7 +69,8 @@ def train(run: Run) -> TrainResult:
                                 "ChatML default is used (and saved with the model)."))  # fmt: skip
     conversations = read_conversations(str(config.data.train), issues)
     train_c, val_c, test_c = _split(conversations, config)
-    model = load_pretrained(AutoModelForCausalLM, settings.base_model, trust_remote_code=settings.trust_remote_code)
+    model = load_pretrained(AutoModelForCausalLM, settings.base_model, trust_remote_code=settings.trust_remote_code,
+                            attention_dropout=settings.attention_dropout)  # fmt: skip
     detach_quantizer(model)
     limit = model_max_length(tokenizer, model.config)
     lengths = [len(encode(tokenizer, c, 10**9)[0]["input_ids"]) for c in train_c]

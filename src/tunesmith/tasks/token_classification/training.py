@@ -74,6 +74,7 @@ def train(run: Run) -> TrainResult:
     model = load_with_new_head(
         AutoModelForTokenClassification, settings.base_model, num_labels=len(data.label_names),
         id2label=dict(enumerate(data.label_names)), label2id=label2id, trust_remote_code=settings.trust_remote_code,
+        attention_dropout=settings.attention_dropout,
     )  # fmt: skip
     limit = model_max_length(tokenizer, model.config)
     lengths = [len(ids) for ids in tokenizer([s.tokens for s in data.train], is_split_into_words=True)["input_ids"]]
