@@ -54,7 +54,8 @@ def main() -> None:
     )
     lexical = result.baseline
     print(f"| lexical sliding window (baseline) | {lexical['exact_match']:.3f} | {lexical['f1']:.3f} | - |")
-    path = save("qa_squad_part1", {"metrics": m, "baseline": lexical, "train_minutes": result.train_minutes, "total_minutes": minutes,
+    name = "qa_squad_part1" if args.max_minutes == 15 else f"qa_squad_part1_{args.max_minutes:g}min"
+    path = save(name, {"metrics": m, "baseline": lexical, "train_minutes": result.train_minutes, "total_minutes": minutes,
                                    "train_articles": TRAIN_ARTICLES, "max_minutes": args.max_minutes, "export": export,
                                    "steps": plan["steps_done"], "epochs": plan["steps_done"] * plan["batch_size"] / plan["examples"],
                                    "seconds_per_step": plan["seconds_per_step"], **settings})  # fmt: skip

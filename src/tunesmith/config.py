@@ -160,7 +160,8 @@ class TrainConfig(_Settings):
         description="Dropout on the attention probabilities while training (BERT-style encoders come with 0.1). 0 "
         "by default: PyTorch's fused attention kernel takes no dropout on a CPU, and with it a step falls back to a "
         "slower path (1.88x slower at 384 tokens, as in QA; 1.28x at 128; no change at 16-64) for no measured "
-        "accuracy gain: docs/planning.md. The other dropouts stay as the model has them.",
+        "accuracy gain: docs/planning.md. The other dropouts stay as the model has them; --method fewshot (SetFit "
+        "loads the model itself, on short texts where it makes no difference) keeps the model's.",
     )
     class_weights: bool = Field(False, description="Weigh the loss by inverse class frequency, for imbalanced data.")
     classifier_pooling: Literal["auto", "mean", "cls", "pooler"] = Field(
