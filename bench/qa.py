@@ -1,6 +1,6 @@
 """Extractive QA on SQuAD v1.1 dev, part 1: train on 18 of its 24 articles, score on the other 6.
 
-    python bench/qa.py [--max-minutes 15]
+    python bench/qa.py [--max-minutes 15] [--skip-export] [--attention-dropout 0.1]
 
 No SQuAD training set is available offline (only this part of the dev set), so this is a small-data
 figure: ~4,300 training questions instead of SQuAD's 87,599. Exact match and F1 use SQuAD's official
@@ -41,7 +41,8 @@ def main() -> None:
         started = time.perf_counter()
         result = tunesmith.train(
             train_file, task="question-answering", name="squad", test=str(test_file), progress=False,
-            max_minutes=args.max_minutes, max_steps=args.max_steps, registry=tunesmith.Registry(Path(work) / "home"), **settings,
+            max_minutes=args.max_minutes, max_steps=args.max_steps, registry=tunesmith.Registry(Path(work) / "home"),
+            **settings,
         )  # fmt: skip
         minutes = (time.perf_counter() - started) / 60
         export = None if args.skip_export else export_and_print(result.version.path)
@@ -54,11 +55,13 @@ def main() -> None:
     )
     lexical = result.baseline
     print(f"| lexical sliding window (baseline) | {lexical['exact_match']:.3f} | {lexical['f1']:.3f} | - |")
-    name = "qa_squad_part1" if args.max_minutes == 15 else f"qa_squad_part1_{args.max_minutes:g}min"
-    path = save(name, {"metrics": m, "baseline": lexical, "train_minutes": result.train_minutes, "total_minutes": minutes,
-                                   "train_articles": TRAIN_ARTICLES, "max_minutes": args.max_minutes, "export": export,
-                                   "steps": plan["steps_done"], "epochs": plan["steps_done"] * plan["batch_size"] / plan["examples"],
-                                   "seconds_per_step": plan["seconds_per_step"], **settings})  # fmt: skip
+    record = {
+        "metrics": m, "baseline": lexical, "train_minutes": result.train_minutes, "total_minutes": minutes,
+        "train_articles": TRAIN_ARTICLES, "max_minutes": args.max_minutes, "export": export, **settings,
+        "steps": plan["steps_done"], "epochs": plan["steps_done"] * plan["batch_size"] / plan["examples"],
+        "seconds_per_step": plan["seconds_per_step"],
+    }  # fmt: skip
+    path = save("qa_squad_part1" if args.max_minutes == 15 else f"qa_squad_part1_{args.max_minutes:g}min", record)
     print(f"wrote {path}")
 
 
