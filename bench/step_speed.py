@@ -80,7 +80,7 @@ def end_to_end(kwargs: dict[str, Any], setting: dict[str, Any], budget: float, w
     options = {k: v for k, v in kwargs.items() if k not in {"data", "max_minutes"}}
     if budget:
         options["max_minutes"] = budget
-    home = work / f"home-{len(list(work.glob('home-*')))}"
+    home = work / "home-{}".format(*setting.values())  # a registry per compared value
     result = tunesmith.train(kwargs["data"], registry=tunesmith.Registry(home), name="bench", progress=False,
                              log=lambda _m: None, **setting, **options)  # fmt: skip
     plan = json.loads((result.version.path / "tunesmith.json").read_text())["plan"]
