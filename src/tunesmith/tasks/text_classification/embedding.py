@@ -24,7 +24,7 @@ import torch
 
 from tunesmith.artifact import read_meta
 from tunesmith.inference import length_batches
-from tunesmith.models import load_pretrained, resolve_model, sentence_pooling
+from tunesmith.models import load_pretrained, pooler_trained, resolve_model, sentence_pooling
 
 ARCHITECTURE = "embedding-head"
 HEAD_FILE = "head.safetensors"
@@ -129,7 +129,8 @@ def pooling_for(name: str, wanted: str, *, frozen: bool = False, multi_label: bo
     own pooling: a linear probe; TREC at 16 a class 0.520 against 0.310 through the pooler); for `multi_label`
     data the `[CLS]` vector (GoEmotions in 15 minutes: macro-F1 0.439 against 0.383 through the pooler; the
     token mean 0.444, but it lost TREC's question words); single-label data keeps the architecture's head (TREC
-    at 16 and 32 a class: 0.844 / 0.908 against 0.788 / 0.902 on `[CLS]`; docs/planning.md). An embedding-head
+    at 16 and 32 a class: 0.844 / 0.908 against 0.788 / 0.902 on `[CLS]`; docs/planning.md) unless the base has no
+    trained pooler (multilingual-e5), which then reads its own pooling. An embedding-head
     artifact (a warm retrain) keeps its pooling; any other base, the architecture's head."""
     if wanted != "auto":
         return None if wanted == "pooler" else wanted
@@ -142,7 +143,10 @@ def pooling_for(name: str, wanted: str, *, frozen: bool = False, multi_label: bo
         return None
     if frozen:
         return pooling if pooling in ("mean", "cls") else None
-    return "cls" if multi_label else None
+    if multi_label:
+        return "cls"
+    # The architecture's head reads the pooler layer, which a model trained without one does not have trained.
+    return None if pooler_trained(folder) or pooling not in ("mean", "cls") else pooling
 
 
 def artifact_meta(folder: Path) -> dict[str, Any] | None:
