@@ -72,7 +72,9 @@ class DataConfig(_Settings):
 class TrainConfig(_Settings):
     base_model: str = Field(
         DEFAULT_MODEL,
-        description="'embedded:all-MiniLM-L6-v2' (offline default), a local Hugging Face folder, or a hub id.",
+        description="'embedded:all-MiniLM-L6-v2' (offline default, English), 'embedded:multilingual-e5-small' "
+        "(offline, ~100 languages; chosen by itself when this is left unset and most of the training text's letters "
+        "are not Latin), a local Hugging Face folder, or a hub id.",
     )
     epochs: Annotated[float, Field(gt=0)] | None = Field(
         None,

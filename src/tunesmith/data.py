@@ -703,5 +703,5 @@ def check_unknown_tokens(token_ids: Sequence[Sequence[int]], unk_id: int | None,
     return DataIssue("warning", "unknown_tokens", (
         f"{unknown / total:.0%} of the training tokens are unknown to {model}'s vocabulary, so the model sees "
         "little of the text. Is the data in another language or script? Use a model that covers it "
-        "(--model PATH_OR_HUB_ID), e.g. a multilingual encoder."
+        "(--model PATH_OR_HUB_ID), e.g. the embedded multilingual encoder: --model embedded:multilingual-e5-small."
     ))  # fmt: skip

@@ -370,7 +370,8 @@ def languages(rows: Rows, tick: Tick = lambda _n: None) -> dict[str, Any]:
         share = len(others) / len(detected)
         findings.append(f"{len(others)} text(s) ({share:.1%} of those identified) are not in the main language "
                         f"{main!r}: {dict(Counter(detected[i] for i in others).most_common(5))}. A model for "
-                        f"{main!r} may read them poorly; translate, drop or use a multilingual model.")  # fmt: skip
+                        f"{main!r} may read them poorly; translate, drop or use a multilingual model (--model "
+                        "embedded:multilingual-e5-small).")  # fmt: skip
     return {
         "findings": findings,
         "main": main,

@@ -33,12 +33,12 @@ class TextClassification(Task):
     compared_metric = "f1_macro"
     below_baseline_hint = ("To serve the better model, register the TF-IDF one: the same command with "
         "--method baseline. To make fine-tuning pay, check that the base model reads the language of the texts "
-        "(a multilingual encoder for non-English data), and try --method lora or --method fewshot on small "
+        "(--model embedded:multilingual-e5-small for non-English data), and try --method lora or --method fewshot on small "
         "data, or more steps (--epochs, --max-minutes).")
     data_shape = "labeled-texts"
     fewshot_hint = ("To serve the better model, register the TF-IDF one: the same command with --method baseline. "
-        "This run used few-shot tuning: check that the base model reads the language of the texts (a multilingual "
-        "encoder for non-English data); with more than a few dozen examples a class, --method full usually beats it.")
+        "This run used few-shot tuning: check that the base model reads the language of the texts (--model "
+        "embedded:multilingual-e5-small for non-English data); with more than a few dozen examples a class, --method full usually beats it.")
     methods: ClassVar[tuple[str, ...]] = (*METHODS, "fewshot", "baseline")
     reads_pooler = True
     freezes_embeddings = True
