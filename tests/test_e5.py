@@ -74,3 +74,21 @@ def test_chinese_data_trains_on_the_multilingual_encoder(tmp_path: Path) -> None
     assert {r.label for r in predictor.predict(["今天天气很好"])} <= set(topics)
 
 
+
+
+def test_a_zero_shot_model_and_drift_detection_read_chinese_with_the_multilingual_encoder(tmp_path: Path) -> None:
+    from tunesmith.monitoring.report import domain_classifier
+    from tunesmith.tasks.text_classification.zeroshot import create
+
+    result = create({"天气": "天气预报：下雨、晴天、气温", "美食": "餐厅和好吃的菜"}, name="zs",
+                    registry=tunesmith.Registry(tmp_path / "home"), log=lambda _line: None)  # fmt: skip
+    assert json.loads((result.version.path / "tunesmith.json").read_text())["base_model"] == MULTILINGUAL_MODEL
+    predictor = tunesmith.load_model(result.version.path)
+    assert [p.label for p in predictor.predict(["明天会下雨吗，气温多少", "这家饭馆的面条很好吃"])] == ["天气", "美食"]
+    rng = random.Random(1)
+    weather = ["今天天气很好", "明天会下雨", "外面很冷", "阳光明媚", "刮大风了", "气温很高"]
+    food = ["这家餐厅的菜很好吃", "我想吃面条", "米饭煮好了", "水果很新鲜", "饺子真香", "来一碗汤"]
+    reference = [f"{rng.choice(weather)}，{rng.choice(weather)}" for _ in range(60)]
+    same = [f"{rng.choice(weather)}，{rng.choice(weather)}" for _ in range(60)]
+    shifted = [f"{rng.choice(weather)}，{rng.choice(food)}" for _ in range(60)]
+    assert domain_classifier(reference, shifted)["drift"] and not domain_classifier(reference, same)["drift"]

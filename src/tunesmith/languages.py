@@ -5,13 +5,15 @@ Arabic or Devanagari words into strings of single letters; fine-tuned on such te
 baseline. So when the user has not named a model, the training file's letters are counted by script, and text
 whose letters are mostly not Latin is trained on the embedded multilingual-e5-small instead, with one line that
 says so. Latin-script languages other than English keep the default (no script tells them apart from English);
-`--model embedded:multilingual-e5-small` chooses it by hand.
+`--model embedded:multilingual-e5-small` chooses it by hand. The same rule picks the encoder of a zero-shot
+model from its label descriptions, and the one drift detection embeds traffic with.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,19 +59,26 @@ def non_latin_share(text: str) -> float:
     return 1 - latin / len(letters)
 
 
+def encoder_for(texts: Iterable[str]) -> str:
+    """The embedded encoder that reads `texts`: the multilingual one when most of their letters are not Latin."""
+    from tunesmith.config import DEFAULT_MODEL
+    from tunesmith.models import MULTILINGUAL_MODEL
+
+    return MULTILINGUAL_MODEL if non_latin_share("\n".join(texts)) >= NON_LATIN_SHARE else DEFAULT_MODEL
+
+
 def choose_encoder(config: RunConfig, log: Log) -> RunConfig:
     """`config` on the embedded multilingual encoder when the user left the English default to choose and the
     training data is mostly in another script; otherwise `config` as it is."""
     from tunesmith.config import DEFAULT_MODEL
-    from tunesmith.models import MULTILINGUAL_MODEL
 
     settings = config.train
     if "base_model" in settings.model_fields_set or settings.base_model != DEFAULT_MODEL or not config.data.train:
         return config
-    share = non_latin_share(sample_text(config.data.train))
-    if share < NON_LATIN_SHARE:
+    sample = sample_text(config.data.train)
+    chosen = encoder_for([sample])
+    if chosen == DEFAULT_MODEL:
         return config
-    log(f"{share:.0%} of the training text's letters are not Latin, which {DEFAULT_MODEL} (English) cannot read: "
-        f"training on {MULTILINGUAL_MODEL} (~100 languages) instead. --model chooses another.")  # fmt: skip
-    return config.model_copy(update={"train": settings.model_copy(update={"base_model": MULTILINGUAL_MODEL})})
-
+    log(f"{non_latin_share(sample):.0%} of the training text's letters are not Latin, which {DEFAULT_MODEL} (English) "
+        f"cannot read: training on {chosen} (~100 languages) instead. --model chooses another.")  # fmt: skip
+    return config.model_copy(update={"train": settings.model_copy(update={"base_model": chosen})})

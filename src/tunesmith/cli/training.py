@@ -202,11 +202,10 @@ def zeroshot(
 ) -> None:
     """Register a classifier built from label names or descriptions alone (no training): each text gets the
     label whose description its embedding is closest to."""
-    from tunesmith.config import DEFAULT_MODEL
     from tunesmith.tasks.text_classification.zeroshot import create, parse_labels
 
     descriptions = parse_labels(labels, labels_file)
-    result = create(descriptions, name=name, registry=open_registry(), base_model=model or DEFAULT_MODEL,
+    result = create(descriptions, name=name, registry=open_registry(), base_model=model,
                     template=template, test=test, log=say)  # fmt: skip
     if result.skipped_rows:
         say(f"warning: {result.skipped_rows} test row(s) carry other labels; they were left out.")

@@ -91,13 +91,14 @@ def domain_classifier(reference: list[str], current: list[str], seed: int = 0) -
 
 
 def embed(texts: list[str]) -> np.ndarray:
-    """Sentence embeddings of the embedded MiniLM encoder (offline), L2-normalised."""
+    """Sentence embeddings of the embedded encoder that reads `texts` (offline: the English MiniLM, or the
+    multilingual e5 for text mostly not in Latin script, which MiniLM sees as [UNK]s), L2-normalised."""
     from sentence_transformers import SentenceTransformer
 
-    from tunesmith.config import DEFAULT_MODEL
+    from tunesmith.languages import encoder_for
     from tunesmith.models import resolve_model
 
-    encoder = SentenceTransformer(resolve_model(DEFAULT_MODEL), device="cpu")
+    encoder = SentenceTransformer(resolve_model(encoder_for(texts)), device="cpu")
     return np.asarray(encoder.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False))
 
 

@@ -84,12 +84,13 @@ def create(
     *,
     name: str,
     registry: Registry | None = None,
-    base_model: str = DEFAULT_MODEL,
+    base_model: str | None = None,
     template: str = DEFAULT_TEMPLATE,
     test: str | Path | None = None,
     log: Any = print,
 ) -> ZeroShotResult:
-    """Build, (evaluate on `test` if given,) and register a zero-shot classifier."""
+    """Build, (evaluate on `test` if given,) and register a zero-shot classifier; with no `base_model`, on the
+    embedded encoder that reads the labels and descriptions (`languages.encoder_for`)."""
     from tunesmith import methods
     from tunesmith.artifact import FORMAT, library_versions, write_meta
     from tunesmith.tasks.text_classification import embedding
@@ -98,6 +99,10 @@ def create(
 
     registry = registry or Registry()
     labels = list(descriptions)
+    if base_model is None:
+        from tunesmith.languages import encoder_for
+
+        base_model = encoder_for([*labels, *descriptions.values()])
     model, tokenizer = build(descriptions, base_model, template)
     classifier = TextClassifier(model, tokenizer, labels, max_length=MAX_LENGTH, meta={"name": name})
     with registry.staging() as staged:
