@@ -247,23 +247,30 @@ def test_macro_f1_averages_only_the_classes_a_split_holds_or_the_model_predicts(
     assert classification_metrics([[0], [1], [0, 1]], hot, names, multi_label=True)["f1_macro"] == 1.0
 
 
-def test_below_the_baseline_after_fewshot_does_not_advise_fewshot(tmp_path: Path) -> None:
+def test_below_the_baseline_advice_leaves_out_what_the_run_already_did(tmp_path: Path) -> None:
     from datetime import UTC, datetime
 
+    from tunesmith.config import DEFAULT_MODEL
+    from tunesmith.models import MULTILINGUAL_MODEL
     from tunesmith.registry import ModelVersion
     from tunesmith.tasks import get_task
     from tunesmith.tasks.base import TrainResult
 
     task = get_task("text-classification")
     warnings = {}
-    for method in ("full", "fewshot"):
-        (tmp_path / method).mkdir()
-        (tmp_path / method / "tunesmith.json").write_text(json.dumps({"method": method}), encoding="utf-8")
-        version = ModelVersion("weak", 1, tmp_path / method, "text-classification", datetime.now(UTC), {})
-        warnings[method] = task.baseline_warning(TrainResult(version, {"f1_macro": 0.4}, {"f1_macro": 0.9}))
-    assert "--method fewshot" in warnings["full"] and "--method baseline" in warnings["full"]
-    assert "--method fewshot" not in warnings["fewshot"] and "few-shot" in warnings["fewshot"]
-    assert "--method baseline" in warnings["fewshot"]
+    for method, base in [("full", DEFAULT_MODEL), ("fewshot", DEFAULT_MODEL), ("full", MULTILINGUAL_MODEL),
+                         ("fewshot", MULTILINGUAL_MODEL)]:  # fmt: skip
+        folder = tmp_path / f"{method}-{base.split(':')[1]}"
+        folder.mkdir()
+        (folder / "tunesmith.json").write_text(json.dumps({"method": method, "base_model": base}), encoding="utf-8")
+        version = ModelVersion("weak", 1, folder, "text-classification", datetime.now(UTC), {})
+        warnings[method, base] = task.baseline_warning(TrainResult(version, {"f1_macro": 0.4}, {"f1_macro": 0.9}))
+    assert all("--method baseline" in str(w) for w in warnings.values())
+    assert "--method fewshot" in warnings["full", DEFAULT_MODEL]
+    assert "--method fewshot" not in warnings["fewshot", DEFAULT_MODEL] and "few-shot" in warnings["fewshot", DEFAULT_MODEL]
+    assert MULTILINGUAL_MODEL in warnings["full", DEFAULT_MODEL] and MULTILINGUAL_MODEL in warnings["fewshot", DEFAULT_MODEL]
+    # A run already on the multilingual encoder is not told to use it.
+    assert MULTILINGUAL_MODEL not in warnings["full", MULTILINGUAL_MODEL] + warnings["fewshot", MULTILINGUAL_MODEL]
 
 
 def test_many_examples_a_class_get_fewer_larger_epochs(tiny_model: str, tmp_path: Path) -> None:

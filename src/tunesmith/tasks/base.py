@@ -154,12 +154,12 @@ class Task(ABC):
         fine, base = result.metrics.get(self.compared_metric), result.baseline.get(self.compared_metric)
         if not isinstance(fine, float) or not isinstance(base, float) or fine >= base - BELOW_BASELINE:
             return None
-        method = str(read_meta(result.version.path).get("method", ""))  # the run may have chosen it itself
+        meta = read_meta(result.version.path)  # the run may have chosen its method and base model itself
         return (f"warning: the fine-tuned model's test {self.compared_metric} is {fine:.4f}, below its "
-                f"{self.baseline_name}'s {base:.4f}. {self.below_baseline_advice(method)}").rstrip()
+                f"{self.baseline_name}'s {base:.4f}. {self.below_baseline_advice(meta)}").rstrip()
 
-    def below_baseline_advice(self, method: str) -> str:
-        """What to do when a run trained with `method` ended below its baseline."""
+    def below_baseline_advice(self, meta: dict[str, Any]) -> str:
+        """What to do when the run whose artifact says `meta` (method, base model) ended below its baseline."""
         return self.below_baseline_hint
 
     # -- using a model ------------------------------------------------------------------------------

@@ -32,21 +32,25 @@ class TextClassification(Task):
     baseline_name = "TF-IDF baseline"
     compared_metric = "f1_macro"
     below_baseline_hint = ("To serve the better model, register the TF-IDF one: the same command with "
-        "--method baseline. To make fine-tuning pay, check that the base model reads the language of the texts "
-        "(--model embedded:multilingual-e5-small for non-English data), and try --method lora or --method fewshot on small "
-        "data, or more steps (--epochs, --max-minutes).")
+        "--method baseline. To make fine-tuning pay, {language}try --method lora or --method fewshot on small data, "
+        "or more steps (--epochs, --max-minutes).")
     data_shape = "labeled-texts"
     fewshot_hint = ("To serve the better model, register the TF-IDF one: the same command with --method baseline. "
-        "This run used few-shot tuning: check that the base model reads the language of the texts (--model "
-        "embedded:multilingual-e5-small for non-English data); with more than a few dozen examples a class, --method full usually beats it.")
+        "This run used few-shot tuning: {language}with more than a few dozen examples a class, --method full usually "
+        "beats it.")
+    language_hint = ("check that the base model reads the language of the texts (--model "
+        "embedded:multilingual-e5-small for non-English data), and ")
     methods: ClassVar[tuple[str, ...]] = (*METHODS, "fewshot", "baseline")
     reads_pooler = True
     freezes_embeddings = True
     answers_with_label = True
     replay_stratify = "label"
 
-    def below_baseline_advice(self, method: str) -> str:
-        return self.fewshot_hint if method == "fewshot" else self.below_baseline_hint
+    def below_baseline_advice(self, meta: dict[str, Any]) -> str:
+        from tunesmith.models import MULTILINGUAL_MODEL
+
+        hint = self.fewshot_hint if meta.get("method") == "fewshot" else self.below_baseline_hint
+        return hint.format(language="" if meta.get("base_model") == MULTILINGUAL_MODEL else self.language_hint)
 
     def load(self, path: str | Path, backend: str = "auto", threads: int | None = None) -> BaseClassifier:
         from tunesmith.tasks.text_classification.predictor import load_predictor
