@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -36,10 +37,19 @@ def test_search_prunes_registers_the_best_and_saves_plots(
     study.enqueue_trial({"learning_rate": 5e-3}, user_attrs={"defaults": True})
     study.enqueue_trial({"learning_rate": 4e-3})
     study.enqueue_trial({"learning_rate": 1e-6})
+    stored_when_said: dict[int, str] = {}
+
+    def log(line: str) -> None:  # a trial said finished is already stored: a kill after the line keeps it
+        logs.append(line)
+        if said := re.match(r"trial (\d+): validation", line):
+            number = int(said.group(1))
+            stored_when_said[number] = study.get_trials(deepcopy=False)[number].state.name
+
     result = tunesmith.tune(data, trials=3, registry=registry, name="s", base_model=tiny_model, space=space,
-                            learning_rate=5e-3, log=logs.append, **FAST)  # fmt: skip
+                            learning_rate=5e-3, log=log, **FAST)  # fmt: skip
     states = [row["state"] for row in result.trials]
     assert states == ["COMPLETE", "COMPLETE", "PRUNED"], (states, logs)
+    assert stored_when_said == {0: "COMPLETE", 1: "COMPLETE"}, logs
     assert result.trials[2]["evaluations_reported"] <= 3  # stopped once it trailed, not after all ten evaluations
     assert result.default_value == result.trials[0]["value"] and result.best["number"] in (0, 1)
     version = result.version

@@ -251,13 +251,16 @@ def tune(
         trial.set_user_attr("path", str(result.version.path))
         trial.set_user_attr("test", {k: v for k, v in result.metrics.items() if isinstance(v, float)})
         trial.set_user_attr("minutes", (time.perf_counter() - started) / 60)
-        log(f"trial {trial.number}: validation {metric} {value:.4f} ({_describe(params)})")
+        trial.set_user_attr("described", _describe(params))
         return value
 
     def keep_best(study: Any, trial: Any) -> None:
-        # Only the best finished trial's artifact is kept on disk.
+        # Said here, once the study has stored the trial: a search killed after the line keeps the trial.
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            log(f"trial {trial.number}: validation {metric} {trial.value:.4f} ({trial.user_attrs.get('described', '')})")
         if trial.state == optuna.trial.TrialState.PRUNED:
             log(f"trial {trial.number}: pruned at epoch {trial.last_step}")
+        # Only the best finished trial's artifact is kept on disk.
         try:
             best = study.best_trial.number
         except ValueError:
