@@ -33,17 +33,6 @@ PEOPLE = ["alice", "bob", "carol", "dave", "erin", "frank"]
 CITIES = ["paris", "london", "berlin", "madrid", "rome", "oslo"]
 
 
-# The files that take minutes, longest first (seconds measured on 2 cores), ahead of the rest: the two workers take
-# files in collection order, and the drill (4 minutes) taken last ran while the other worker sat idle.
-LONGEST_FIRST = ("test_kill_drill.py", "test_watch.py", "test_text_generation.py", "test_generation_limits.py",
-                 "test_tasks.py", "test_doctor.py", "test_canary.py")  # fmt: skip
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
-
-
 class Stopped(Exception):
     """Raised by `stop_at`'s stand-in: the run ends where the test has seen what it needed."""
 
