@@ -61,10 +61,14 @@ def non_latin_share(text: str) -> float:
 
 def encoder_for(texts: Iterable[str]) -> str:
     """The embedded encoder that reads `texts`: the multilingual one when most of their letters are not Latin."""
+    return _encoder(non_latin_share("\n".join(texts)))
+
+
+def _encoder(share: float) -> str:
     from tunesmith.config import DEFAULT_MODEL
     from tunesmith.models import MULTILINGUAL_MODEL
 
-    return MULTILINGUAL_MODEL if non_latin_share("\n".join(texts)) >= NON_LATIN_SHARE else DEFAULT_MODEL
+    return MULTILINGUAL_MODEL if share >= NON_LATIN_SHARE else DEFAULT_MODEL
 
 
 def choose_encoder(config: RunConfig, log: Log) -> RunConfig:
@@ -75,10 +79,10 @@ def choose_encoder(config: RunConfig, log: Log) -> RunConfig:
     settings = config.train
     if "base_model" in settings.model_fields_set or settings.base_model != DEFAULT_MODEL or not config.data.train:
         return config
-    sample = sample_text(config.data.train)
-    chosen = encoder_for([sample])
+    share = non_latin_share(sample_text(config.data.train))
+    chosen = _encoder(share)
     if chosen == DEFAULT_MODEL:
         return config
-    log(f"{non_latin_share(sample):.0%} of the training text's letters are not Latin, which {DEFAULT_MODEL} (English) "
+    log(f"{share:.0%} of the training text's letters are not Latin, which {DEFAULT_MODEL} (English) "
         f"cannot read: training on {chosen} (~100 languages) instead. --model chooses another.")  # fmt: skip
     return config.model_copy(update={"train": settings.model_copy(update={"base_model": chosen})})
