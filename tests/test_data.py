@@ -286,3 +286,45 @@ def test_every_task_reader_says_where_a_file_is_not_utf8_and_reads_a_bom(reader:
               "answers": {"text": ["bob"], "answer_start": [0]}, "instruction": "who ran?", "output": "bob"}
     bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(record).encode())
     assert read(bom)  # the byte-order mark some editors write is not taken for data
+
+
+# -- texts in several columns ---------------------------------------------------------------------
+
+
+def test_a_headerless_file_is_read_with_every_text_column(tmp_path: Path) -> None:
+    # AG News as distributed: "class","title","description"; the title carries the topic as much as the body.
+    rows = [(str(1 + i % 3), f"Headline number {i} of the day", f"A longer description of news item {i} goes here",
+             f"id{i}") for i in range(60)]  # fmt: skip
+    path = tmp_path / "news.csv"
+    path.write_text("".join(f'"{c}","{t}","{d}","{n}"\n' for c, t, d, n in rows), encoding="utf-8")
+    data = load(path)
+    assert (data.text_column, data.label_column) == ("column1 + column2", "column0")
+    assert sorted(data.train.texts + data.validation.texts + data.test.texts)[0] == (
+        "Headline number 0 of the day | A longer description of news item 0 goes here"
+    )
+
+
+def test_paired_columns_are_read_together_in_every_file(tmp_path: Path) -> None:
+    # QNLI: index, question, sentence, label; "sentence" alone is a usual text name, but the pair is the input.
+    header = ("index", "question", "sentence", "label")
+    rows = [(i, f"what is thing {i}?", f"thing {i} is a kind of object", "entailment" if i % 2 else "not_entailment")
+            for i in range(40)]  # fmt: skip
+    train, test = write_csv(tmp_path / "train.csv", rows, header), write_csv(tmp_path / "dev.csv", rows[:6], header)
+    data = load(train, test=str(test))
+    assert data.text_column == "question + sentence"
+    assert data.test.texts[0] == "what is thing 0? | thing 0 is a kind of object"
+
+
+def test_a_usual_text_name_is_read_alone(tmp_path: Path) -> None:
+    rows = [(f"sample text {i}", f"an annotator wrote a long note number {i}", "ab"[i % 2]) for i in range(40)]
+    data = load(write_csv(tmp_path / "d.csv", rows, ("text", "notes", "label")))
+    assert data.text_column == "text" and data.train.texts[0].startswith("sample text")
+
+
+def test_text_column_may_name_several_columns(tmp_path: Path) -> None:
+    rows = [(f"title {i}", f"body {i}", "ab"[i % 2]) for i in range(40)]
+    path = write_csv(tmp_path / "d.csv", rows, ("head", "main", "label"))
+    data = load(path, text_column="head,main")
+    assert data.text_column == "head + main" and data.train.texts[0].count(" | ") == 1
+    with pytest.raises(DataError, match=r"'head,nope' is not in the data.*separated by commas"):
+        load(path, text_column="head,nope")

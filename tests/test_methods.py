@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -352,3 +353,45 @@ def test_the_multi_label_baseline_takes_a_label_on_every_row(tmp_path: Path) -> 
     model = tunesmith.load_model("b", registry=registry)
     assert [sorted(p.label) for p in model.predict(["order 5 arrived broken", "order 6 arrived fine"])] == [
         ["damage", "delivery"], ["delivery"]]  # fmt: skip
+
+
+def test_a_model_trained_on_several_columns_reads_the_same_columns_of_new_files(tmp_path: Path, capsys) -> None:
+    # The topic is in the short headline only, which detection alone would leave out (two words: not free text);
+    # the story, read alone before, is drawn from the same words for every class.
+    import csv
+    import json
+    import random
+
+    from tunesmith import cli
+
+    rng = random.Random(0)
+    topics = {"sport": ["match", "goal", "league"], "money": ["shares", "bank", "profit"], "tech": ["chip", "app", "code"]}
+    filler = [f"word{k}" for k in range(20)]
+    rows = [(f"{rng.choice(words)} {i}", " ".join(rng.sample(filler, 12)), topic)
+            for i in range(240) for topic, words in [list(topics.items())[i % 3]]]  # fmt: skip
+    header = ("headline", "story", "topic")
+    data = write_csv(tmp_path / "news.csv", rows, header)
+    registry = tunesmith.Registry(tmp_path / "home")
+    result = tunesmith.train(data, name="news", method="baseline", registry=registry, progress=False,
+                             text_column="headline,story")  # fmt: skip
+    assert result.metrics["accuracy"] == 1.0
+
+    def run(*args: str) -> None:
+        old, sys.argv = sys.argv, ["tunesmith", "--home", str(tmp_path / "home"), *args]
+        try:
+            cli.main()
+        except SystemExit as exc:
+            assert not exc.code, capsys.readouterr().err
+        finally:
+            sys.argv = old
+
+    source = write_csv(tmp_path / "new.csv", [(7, "goal 1", filler[0]), (8, "profit 2", filler[1])],
+                       ("id", "headline", "story"))  # fmt: skip
+    run("predict", "news", "-i", str(source), "-o", str(tmp_path / "out.csv"))
+    with (tmp_path / "out.csv").open() as handle:
+        out = list(csv.DictReader(handle))
+    assert [r["predicted_label"] for r in out] == ["sport", "money"]
+    assert list(out[0])[:3] == ["id", "headline", "story"] and "headline + story" not in out[0]
+    labeled = write_csv(tmp_path / "labeled.csv", rows[:30], header)
+    run("evaluate", "news", str(labeled), "-o", str(tmp_path / "eval"))
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["test"]["accuracy"] == 1.0

@@ -30,7 +30,10 @@ class DataConfig(_Settings):
     train: str | None = Field(None, description="Training file (CSV, TSV, JSONL, JSON or Parquet).")
     validation: str | None = Field(None, description="Optional validation file; otherwise split from train.")
     test: str | None = Field(None, description="Optional test file; otherwise split from train.")
-    text_column: str | None = Field(None, description="Column holding the text; detected when not given.")
+    text_column: str | None = Field(
+        None, description="Column holding the text, or several separated by commas (read as one text, joined by "
+        "' | '); detected when not given (paired columns such as sentence1/sentence2 are read together)."
+    )
     label_column: str | None = Field(None, description="Column holding the label(s); detected when not given.")
     multi_label: bool | None = Field(
         None, description="Several labels per row. Detected from list values or a delimiter when not given."

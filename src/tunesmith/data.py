@@ -43,6 +43,15 @@ TEXT_COLUMN_NAMES = (
     "text", "sentence", "content", "review", "message", "utterance", "query", "question", "document",
     "body", "comment", "tweet", "input", "prompt", "description", "title", "sentence1",
 )  # fmt: skip
+# Inputs published in two columns that a classifier must read together: GLUE's pair tasks, SNLI, PAWS, and texts
+# with a title. A file with either name reads both, in this order.
+TEXT_PAIRS = (
+    ("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"), ("question", "sentence"),
+    ("text_a", "text_b"), ("sentence_a", "sentence_b"), ("#1 string", "#2 string"), ("title", "text"),
+    ("title", "body"), ("title", "content"), ("title", "description"), ("title", "review"), ("summary", "text"),
+)  # fmt: skip
+# Between the parts of a text read from several columns: a visible boundary for the model, a word break for TF-IDF.
+TEXT_SEPARATOR = " | "
 LABEL_COLUMN_NAMES = (
     "label", "labels", "category", "categories", "class", "intent", "target", "tag", "tags", "sentiment",
     "emotion", "emotions", "topic", "y", "label_desc", "output",
@@ -304,9 +313,12 @@ def read_text_column(
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
     if wanted:
-        if wanted not in columns:
+        parts = [wanted] if wanted in columns else [p.strip() for p in wanted.split(",")]
+        if not all(p in columns for p in parts):
             raise DataError(f"No column {wanted!r} in {str(path)!r}. Columns found: {columns}.")
-        return frame, wanted
+        return frame, join_text_columns(frame, parts)
+    if trained_on and ensure_text_column(frame, trained_on):
+        return frame, trained_on
     lower = {c.lower(): c for c in columns}
     for candidate in ([trained_on] if trained_on else []) + list(TEXT_COLUMN_NAMES):
         if candidate.lower() in lower:
@@ -333,25 +345,84 @@ def _guess_label_column(frame: pd.DataFrame, exclude: set[str]) -> str:
     return best
 
 
+def _sentence_like(values: pd.Series) -> bool:
+    # Free text rather than ids, codes, dates or categories: several words a value, mostly distinct values.
+    values = values.dropna().head(500)
+    if len(values) == 0 or not all(isinstance(v, str) for v in values):
+        return False
+    return bool(values.str.split().str.len().mean() >= 3 and values.nunique() >= 0.5 * len(values))
+
+
+def join_text_columns(frame: pd.DataFrame, parts: Sequence[str]) -> str:
+    """The name of one text column made of `parts` (added to `frame`, each row's non-empty parts joined by
+    `TEXT_SEPARATOR`); a single part is returned as it is."""
+    if len(parts) == 1:
+        return parts[0]
+    name = " + ".join(parts)
+    cells = frame[list(parts)].astype(object).where(frame[list(parts)].notna(), "")
+    frame[name] = [
+        TEXT_SEPARATOR.join(p for p in (str(c).strip() for c in row) if p) for row in cells.itertuples(index=False)
+    ]
+    return name
+
+
+def ensure_text_column(frame: pd.DataFrame, name: str) -> bool:
+    """Whether `frame` has the text column `name`, building it first when `name` joins several columns
+    ("title + body"): how a model trained on joined columns reads new files."""
+    if name in frame.columns:
+        return True
+    parts = name.split(" + ")
+    if len(parts) > 1 and all(p in frame.columns for p in parts):
+        join_text_columns(frame, parts)
+        return True
+    return False
+
+
+def _text_parts(frame: pd.DataFrame, wanted: str | None, label: str) -> list[str]:
+    columns = list(frame.columns)
+    if wanted is not None:
+        if wanted in columns:
+            return [wanted]
+        parts = [p.strip() for p in wanted.split(" + " if " + " in wanted else ",")]
+        if len(parts) > 1 and all(p in columns for p in parts):
+            return parts
+        raise DataError(
+            f"The text column {wanted!r} is not in the data. Columns found: {columns}. Pass one of them with "
+            "--text-column, or several separated by commas (--text-column title,body) to read them as one text."
+        )
+    found = _find_column(frame, None, TEXT_COLUMN_NAMES, "text", "--text-column")
+    if found and found != label:
+        by_lower = {c.lower(): c for c in columns}
+        for pair in TEXT_PAIRS:
+            if found.lower() in pair and all(p in by_lower for p in pair):
+                return [by_lower[p] for p in pair]
+        return [found]
+    guess = guess_text_column(frame, {label})
+    if not guess:
+        return []
+    # A file without usual names (a header-less CSV such as AG News' class, title, description; QQP's question1,
+    # question2) is read whole: every column of free text, in the file's order.
+    return [c for c in columns if c == guess or (c != label and _sentence_like(frame[c]))]
+
+
 def detect_columns(frame: pd.DataFrame, config: DataConfig) -> tuple[str, str]:
-    """Return the (text, label) column names, from the settings or from common names."""
+    """Return the (text, label) column names, from the settings or from common names. Several columns of text
+    are joined into one new column of `frame` (see `join_text_columns`), whose name is returned."""
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
-    text = _find_column(frame, config.text_column, TEXT_COLUMN_NAMES, "text", "--text-column")
     label = _find_column(frame, config.label_column, LABEL_COLUMN_NAMES, "label", "--label-column")
-    if label and label == text:
+    parts = _text_parts(frame, config.text_column, label)
+    if label and label in parts:
         label = ""
-    if not text:
-        text = guess_text_column(frame, {label})
     if not label:
-        label = _guess_label_column(frame, {text})
-    if not text or not label:
-        missing = " and ".join(r for r, c in (("text", text), ("label", label)) if not c)
+        label = _guess_label_column(frame, set(parts))
+    if not parts or not label:
+        missing = " and ".join(r for r, c in (("text", parts), ("label", label)) if not c)
         raise DataError(
             f"Could not find the {missing} column. Columns found: {columns}. "
             "Name them 'text' and 'label', or pass --text-column NAME --label-column NAME."
         )
-    return text, label
+    return join_text_columns(frame, parts), label
 
 
 def as_label_list(value: Any, delimiter: str | None) -> list[str] | None:
@@ -608,7 +679,7 @@ def load_classification_data(config: DataConfig, seed: int = 42) -> Classificati
         if path:
             table = read_table(path)
             table.columns = [str(c) for c in table.columns]
-            if text_col not in table.columns or label_col not in table.columns:
+            if not ensure_text_column(table, text_col) or label_col not in table.columns:
                 raise DataError(
                     f"The {what} file {path!r} lacks the columns {text_col!r} and {label_col!r} found in "
                     f"the training file. Columns found: {list(table.columns)}."

@@ -77,7 +77,7 @@ class InspectionResult:
 
 
 def _read(config: RunConfig, shape: DataShape) -> tuple[Rows, _Source, dict[str, dict[str, Any]]]:
-    from tunesmith.data import as_label_list, read_layout, read_table
+    from tunesmith.data import as_label_list, ensure_text_column, read_layout, read_table
 
     data = config.data
     if not data.train:
@@ -106,7 +106,7 @@ def _read(config: RunConfig, shape: DataShape) -> tuple[Rows, _Source, dict[str,
             continue
         table = frame if split == "train" else read_table(path)
         table.columns = [str(c) for c in table.columns]
-        if layout.text_column not in table.columns:
+        if not ensure_text_column(table, layout.text_column):
             raise DataError(f"The {split} file {path!r} has no column {layout.text_column!r} (the training file's "
                             f"text column). Columns found: {list(table.columns)}.")  # fmt: skip
         has_labels = layout.label_column in table.columns

@@ -102,7 +102,7 @@ def suggest(
     pre-annotations. Texts of `exclude` (e.g. the training file) and repeats within the pool are never
     suggested.
     """
-    from tunesmith.data import read_table, read_text_column
+    from tunesmith.data import ensure_text_column, read_table, read_text_column
     from tunesmith.quality.checks import normalize
 
     if getattr(model, "task", "text-classification") != "text-classification":
@@ -114,7 +114,7 @@ def suggest(
     if exclude is not None:
         excluded = read_table(exclude)
         excluded.columns = [str(c) for c in excluded.columns]
-        if column in excluded.columns:
+        if ensure_text_column(excluded, column):
             known = {normalize(str(t)) for t in excluded[column].dropna()}
     texts, rows = [], []
     for row, value in enumerate(frame[column].tolist(), start=1):

@@ -293,6 +293,9 @@ def evaluate(
     from tunesmith.data import load_labeled_file
     from tunesmith.errors import DataError
 
+    trained_on = model.meta.get("data", {}).get("text_column") or ""
+    if text_column is None and " + " in trained_on:  # a model that reads several columns reads the same ones here
+        text_column = trained_on
     config = DataConfig(text_column=text_column, label_column=label_column, multi_label=model.multi_label)
     texts, labels, issues = load_labeled_file(data, config)
     index = {name: i for i, name in enumerate(model.label_names)}

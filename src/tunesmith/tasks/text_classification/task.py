@@ -90,6 +90,9 @@ class TextClassification(Task):
 
         frame, column = read_text_column(path, text_column, predictor.meta.get("data", {}).get("text_column"))
         results = predictor.predict(frame[column].astype(str).tolist(), batch_size)
+        parts = column.split(" + ")
+        if len(parts) > 1 and set(parts) <= set(frame.columns):  # joined for the model from several: not written back
+            frame = frame.drop(columns=[column])
         write_predictions(frame, results, output)
         return len(results)
 
