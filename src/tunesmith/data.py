@@ -313,8 +313,8 @@ def read_text_column(
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
     if wanted:
-        parts = [wanted] if wanted in columns else [p.strip() for p in wanted.split(",")]
-        if not all(p in columns for p in parts):
+        parts = _named_parts(wanted, columns)
+        if parts is None:
             raise DataError(f"No column {wanted!r} in {str(path)!r}. Columns found: {columns}.")
         return frame, join_text_columns(frame, parts)
     if trained_on and ensure_text_column(frame, trained_on):
@@ -353,6 +353,15 @@ def _sentence_like(values: pd.Series) -> bool:
     return bool(values.str.split().str.len().mean() >= 3 and values.nunique() >= 0.5 * len(values))
 
 
+def _named_parts(wanted: str, columns: Sequence[str]) -> list[str] | None:
+    """The columns `wanted` names: one, or several separated by commas (or by " + ", as a trained model records
+    them); None when one of them is missing."""
+    if wanted in columns:
+        return [wanted]
+    parts = [p.strip() for p in wanted.split(" + " if " + " in wanted else ",")]
+    return parts if all(p in columns for p in parts) else None
+
+
 def join_text_columns(frame: pd.DataFrame, parts: Sequence[str]) -> str:
     """The name of one text column made of `parts` (added to `frame`, each row's non-empty parts joined by
     `TEXT_SEPARATOR`); a single part is returned as it is."""
@@ -369,22 +378,17 @@ def join_text_columns(frame: pd.DataFrame, parts: Sequence[str]) -> str:
 def ensure_text_column(frame: pd.DataFrame, name: str) -> bool:
     """Whether `frame` has the text column `name`, building it first when `name` joins several columns
     ("title + body"): how a model trained on joined columns reads new files."""
-    if name in frame.columns:
-        return True
-    parts = name.split(" + ")
-    if len(parts) > 1 and all(p in frame.columns for p in parts):
+    parts = _named_parts(name, list(frame.columns)) if " + " in name or name in frame.columns else None
+    if parts is not None:
         join_text_columns(frame, parts)
-        return True
-    return False
+    return parts is not None
 
 
 def _text_parts(frame: pd.DataFrame, wanted: str | None, label: str) -> list[str]:
     columns = list(frame.columns)
     if wanted is not None:
-        if wanted in columns:
-            return [wanted]
-        parts = [p.strip() for p in wanted.split(" + " if " + " in wanted else ",")]
-        if len(parts) > 1 and all(p in columns for p in parts):
+        parts = _named_parts(wanted, columns)
+        if parts is not None:
             return parts
         raise DataError(
             f"The text column {wanted!r} is not in the data. Columns found: {columns}. Pass one of them with "
