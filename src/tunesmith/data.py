@@ -52,6 +52,7 @@ TEXT_PAIRS = (
 )  # fmt: skip
 # Between the parts of a text read from several columns: a visible boundary for the model, a word break for TF-IDF.
 TEXT_SEPARATOR = " | "
+JOINED = " + "  # in the name of a text column built from several: "title + body", as a model records it
 LABEL_COLUMN_NAMES = (
     "label", "labels", "category", "categories", "class", "intent", "target", "tag", "tags", "sentiment",
     "emotion", "emotions", "topic", "y", "label_desc", "output",
@@ -353,12 +354,17 @@ def _sentence_like(values: pd.Series) -> bool:
     return bool(values.str.split().str.len().mean() >= 3 and values.nunique() >= 0.5 * len(values))
 
 
+def joined_from(name: str) -> list[str]:
+    """The columns a text column named by `join_text_columns` was built from; one when it was not built."""
+    return name.split(JOINED)
+
+
 def _named_parts(wanted: str, columns: Sequence[str]) -> list[str] | None:
-    """The columns `wanted` names: one, or several separated by commas (or by " + ", as a trained model records
+    """The columns `wanted` names: one, or several separated by commas (or joined as a trained model records
     them); None when one of them is missing."""
     if wanted in columns:
         return [wanted]
-    parts = [p.strip() for p in wanted.split(" + " if " + " in wanted else ",")]
+    parts = joined_from(wanted) if JOINED in wanted else [p.strip() for p in wanted.split(",")]
     return parts if all(p in columns for p in parts) else None
 
 
@@ -367,7 +373,7 @@ def join_text_columns(frame: pd.DataFrame, parts: Sequence[str]) -> str:
     `TEXT_SEPARATOR`); a single part is returned as it is."""
     if len(parts) == 1:
         return parts[0]
-    name = " + ".join(parts)
+    name = JOINED.join(parts)
     cells = frame[list(parts)].astype(object).where(frame[list(parts)].notna(), "")
     frame[name] = [
         TEXT_SEPARATOR.join(p for p in (str(c).strip() for c in row) if p) for row in cells.itertuples(index=False)
@@ -378,10 +384,13 @@ def join_text_columns(frame: pd.DataFrame, parts: Sequence[str]) -> str:
 def ensure_text_column(frame: pd.DataFrame, name: str) -> bool:
     """Whether `frame` has the text column `name`, building it first when `name` joins several columns
     ("title + body"): how a model trained on joined columns reads new files."""
-    parts = _named_parts(name, list(frame.columns)) if " + " in name or name in frame.columns else None
-    if parts is not None:
+    if name in frame.columns:
+        return True
+    parts = joined_from(name)
+    if len(parts) > 1 and all(p in frame.columns for p in parts):
         join_text_columns(frame, parts)
-    return parts is not None
+        return True
+    return False
 
 
 def _text_parts(frame: pd.DataFrame, wanted: str | None, label: str) -> list[str]:
