@@ -355,7 +355,9 @@ def test_the_multi_label_baseline_takes_a_label_on_every_row(tmp_path: Path) -> 
         ["damage", "delivery"], ["delivery"]]  # fmt: skip
 
 
-def test_a_model_trained_on_several_columns_reads_the_same_columns_of_new_files(tmp_path: Path, capsys) -> None:
+def test_a_model_trained_on_several_columns_reads_the_same_columns_of_new_files(
+    tmp_path: Path, capsys, start_server
+) -> None:  # fmt: skip
     # The topic is in the short headline only, which detection alone would leave out (two words: not free text);
     # the story, read alone before, is drawn from the same words for every class.
     import csv
@@ -395,3 +397,22 @@ def test_a_model_trained_on_several_columns_reads_the_same_columns_of_new_files(
     labeled = write_csv(tmp_path / "labeled.csv", rows[:30], header)
     run("evaluate", "news", str(labeled), "-o", str(tmp_path / "eval"))
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["test"]["accuracy"] == 1.0
+
+    # The server takes a text as its parts too (in column order, or by column name) and joins them as training
+    # did: the same scores as the joined string.
+    import httpx
+
+    server = start_server(tmp_path / "home", "news")
+    assert httpx.get(f"{server.url}/v1/models/news").json()["text_columns"] == ["headline", "story"]
+    url = f"{server.url}/v1/models/news/predict"
+    story = " ".join(filler[:12])
+    forms = [f"goal 1 | {story}", ["goal 1", story], {"story": story, "headline": "goal 1"}]
+    answer = httpx.post(url, json={"texts": [*forms, ["profit 2", story]], "all_scores": True}).json()
+    predictions = answer["predictions"]
+    assert [p["label"] for p in predictions] == ["sport", "sport", "sport", "money"]
+    assert predictions[0]["scores"] == predictions[1]["scores"] == predictions[2]["scores"]
+    for wrong, words in [(["goal 1"], "1 parts"), ({"headline": "goal 1"}, "missing: ['story']"),
+                         ({"headline": "goal 1", "story": story, "body": "x"}, "not read: ['body']")]:  # fmt: skip
+        response = httpx.post(url, json={"text": wrong})
+        assert response.status_code == 422 and response.json()["code"] == "wrong_columns", response.text
+        assert words in response.json()["error"] and "['headline', 'story']" in response.json()["error"]

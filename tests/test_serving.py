@@ -113,6 +113,11 @@ def post_raw(client: httpx.Client, path: str, content: bytes, content_type: str 
         ("/v1/models/support/predict", {"text": "x", "extra": 1}, 422, "invalid_request"),
         ("/v1/models/support/predict", {"texts": ["x"] * 9}, 422, "too_many_texts"),
         ("/v1/models/support/predict", {"text": "x" * 301}, 422, "text_too_long"),
+        # parts of a text are for a model that reads several columns; this one reads one
+        ("/v1/models/support/predict", {"text": ["title", "body"]}, 422, "not_several_columns"),
+        ("/v1/models/support/predict", {"texts": ["x", {"text": "y"}]}, 422, "not_several_columns"),
+        ("/v1/models/support/predict", {"text": []}, 422, "invalid_request"),
+        ("/v1/models/support/predict", {"text": {"a": 1}}, 422, "invalid_request"),
         ("/predict", {"text": "x" * 301}, 422, "text_too_long"),
         ("/predict", {"texts": ["x"]}, 422, "invalid_request"),
         ("/models/support", {"inputs": "x", "parameters": {"top_k": 0}}, 422, "invalid_request"),

@@ -359,6 +359,12 @@ def joined_from(name: str) -> list[str]:
     return name.split(JOINED)
 
 
+def join_parts(parts: Sequence[object]) -> str:
+    """One text from the parts of a row's text columns: the non-empty ones, stripped, joined by `TEXT_SEPARATOR`.
+    Training, files and the server's requests all join this way, so a model reads its inputs as it was trained."""
+    return TEXT_SEPARATOR.join(p for p in (str(c).strip() for c in parts) if p)
+
+
 def _named_parts(wanted: str, columns: Sequence[str]) -> list[str] | None:
     """The columns `wanted` names: one, or several separated by commas (or joined as a trained model records
     them); None when one of them is missing."""
@@ -375,9 +381,7 @@ def join_text_columns(frame: pd.DataFrame, parts: Sequence[str]) -> str:
         return parts[0]
     name = JOINED.join(parts)
     cells = frame[list(parts)].astype(object).where(frame[list(parts)].notna(), "")
-    frame[name] = [
-        TEXT_SEPARATOR.join(p for p in (str(c).strip() for c in row) if p) for row in cells.itertuples(index=False)
-    ]
+    frame[name] = [join_parts(row) for row in cells.itertuples(index=False)]
     return name
 
 

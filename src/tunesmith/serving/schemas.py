@@ -15,15 +15,24 @@ from tunesmith.tasks.question_answering.predictor import MAX_ANSWERS
 MAX_SEED = 2**53 - 1
 
 
+# A text as a model trained on several columns reads it can also be sent as its parts: a list in the model's
+# column order or an object keyed by column name (GET /v1/models names the columns); the server joins them as
+# training joined the file's columns.
+TextInput = str | Annotated[list[str], Field(min_length=1)] | dict[str, str]
+
+
 class PredictRequest(BaseModel):
     """Exactly one of `text` and `texts` (the schema says so with oneOf, so generated clients know)."""
 
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"oneOf": [{"required": ["text"]}, {"required": ["texts"]}]}
     )
-    text: str | SkipJsonSchema[None] = Field(None, description="One text to classify.")
-    texts: Annotated[list[str], Field(min_length=1)] | SkipJsonSchema[None] = Field(
-        None, description="Several texts to classify, answered in the same order."
+    text: TextInput | SkipJsonSchema[None] = Field(
+        None, description="One text to classify; for a model that reads several columns (its `text_columns`), "
+        'also its parts: ["title", "body"] in that order or {"title": ..., "body": ...}.',
+    )  # fmt: skip
+    texts: Annotated[list[TextInput], Field(min_length=1)] | SkipJsonSchema[None] = Field(
+        None, description="Several texts to classify (each as `text` takes it), answered in the same order."
     )
     all_scores: StrictBool = Field(False, description="Also return every label's score.")
 
@@ -168,6 +177,9 @@ class ModelInfo(BaseModel):
     task: str
     labels: list[str]
     multi_label: bool
+    text_columns: list[str] = Field(
+        default_factory=list, description="The columns of its training file the model reads as one text, in order."
+    )
     aliases: list[str]
     default: bool
 

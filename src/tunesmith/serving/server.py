@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 from fastapi.security import HTTPAuthorizationCredentials
 
 from tunesmith.artifact import read_export
+from tunesmith.data import join_parts, joined_from
 from tunesmith.errors import ConfigError, TunesmithError
 from tunesmith.export import timed
 from tunesmith.monitoring.live import LiveMonitor
@@ -24,7 +26,7 @@ from tunesmith.monitoring.predictions import Answers, Prediction, PredictionLog
 from tunesmith.monitoring.statistics import outputs_profile
 from tunesmith.registry import SCOPES, ModelVersion, Registry, key_digest
 from tunesmith.serving.batching import Loaded, Metrics, MicroBatcher, Slot
-from tunesmith.serving.schemas import ApiError, ModelInfo
+from tunesmith.serving.schemas import ApiError, ModelInfo, TextInput
 from tunesmith.serving.settings import ServeSettings, auth_enabled
 from tunesmith.tasks.catalog import TASKS
 
@@ -587,6 +589,37 @@ class Server:
                                f"{limits.max_text_chars} are accepted.")  # fmt: skip
         return [valid_unicode(t) for t in texts]
 
+    def join_inputs(self, slot: Slot, inputs: Sequence[TextInput]) -> list[str]:
+        """The texts as the served model reads them: an input given as parts (a list in the model's column order,
+        or an object keyed by column name) joined as its training file's columns were (`data.join_parts`)."""
+        if all(isinstance(item, str) for item in inputs):
+            return list(inputs)  # type: ignore[arg-type]
+        if slot.current is None:
+            raise ApiError(503, "model_loading", f"Model {slot.name!r} is still loading; retry shortly.",
+                           {"Retry-After": "1"})  # fmt: skip
+        columns = text_columns(slot.current.predictor.meta)
+        texts = []
+        for i, item in enumerate(inputs):
+            if isinstance(item, str):
+                texts.append(item)
+                continue
+            if len(columns) < 2:
+                raise ApiError(422, "not_several_columns", f"Text {i} is sent in parts, but {slot.name!r} reads one "
+                               "text, not several columns; send it as a string.")  # fmt: skip
+            if isinstance(item, dict):
+                missing = [c for c in columns if c not in item]
+                unknown = [k for k in item if k not in columns]
+                if missing or unknown:
+                    raise ApiError(422, "wrong_columns", f"Text {i} names the columns {list(item)}; {slot.name!r} "
+                                   f"reads {columns}" + (f" (missing: {missing})" if missing else "")
+                                   + (f" (not read: {unknown})" if unknown else "") + ".")  # fmt: skip
+                item = [item[c] for c in columns]
+            if len(item) != len(columns):
+                raise ApiError(422, "wrong_columns", f"Text {i} has {len(item)} parts; {slot.name!r} reads "
+                               f"{len(columns)} columns, in this order: {columns}.")  # fmt: skip
+            texts.append(join_parts(item))
+        return texts
+
     def _require_request(self, slot: Slot, request: str, hint: str) -> None:
         task = slot.current.task if slot.current else None
         if task is not None and TASKS[task].request != request:
@@ -605,11 +638,12 @@ class Server:
             self._shadow(slot.name, shadow, [(question, context)], loaded, answers)
         return loaded, answers[0]
 
-    async def infer(self, name: str, texts: list[str]) -> tuple[Loaded, Any]:
-        """(the version that answered, its output for `texts`: logits, or entity lists for token classification)"""
+    async def infer(self, name: str, inputs: Sequence[TextInput]) -> tuple[Loaded, Any]:
+        """(the version that answered, its output for `inputs`: logits, or entity lists for token classification);
+        an input may be a text's parts (`join_inputs`)."""
         slot, batcher, variant, shadow = self.route(name)
         self._require_request(slot, "texts", f'ask it with {{"question", "context"}} at /v1/models/{name}/answer.')  # fmt: skip
-        texts = self.check_texts(texts)
+        texts = self.check_texts(self.join_inputs(slot, inputs))
         loaded, outputs, variant = await self._submit(slot, batcher, variant, texts)
         self.mark_answered(slot.name, variant)
         for label in TASKS[loaded.task].counted_labels(loaded.predictor, outputs):
@@ -663,6 +697,7 @@ class Server:
             task=loaded.task if loaded else self.tasks.get(slot.name, ""),
             labels=meta.get("label_names", []),
             multi_label=bool(meta.get("multi_label", False)),
+            text_columns=text_columns(meta),
             aliases=loaded.version.aliases if loaded else [],
             default=slot.name == self.default,
         )
@@ -675,6 +710,12 @@ def _decision(output: dict[str, Any]) -> Any:
     if "answer" in output:
         return output["answer"]
     return [(e["start"], e["end"], e["label"]) for e in output.get("entities", [])]
+
+
+def text_columns(meta: dict[str, Any]) -> list[str]:
+    """The columns of its training file a model reads as one text, in order (empty when it records none)."""
+    name = (meta.get("data") or {}).get("text_column")
+    return joined_from(name) if isinstance(name, str) and name else []
 
 
 def valid_unicode(text: str) -> str:
