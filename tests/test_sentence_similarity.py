@@ -193,56 +193,6 @@ def test_an_embedding_model_learns_on_the_embedded_default(tmp_path: Path, suppo
     assert result.metrics["mrr_at_10"] > 0.3
 
 
-def test_a_model_with_prompts_is_trained_scored_indexed_and_served_with_them(
-    tmp_path: Path, tiny_model: str, support_rows: list[tuple[str, str]], start_server: Any
-) -> None:
-    """e5 declares "query: " and "passage: " (config_sentence_transformers.json) and was trained with them: a model
-    that declares prompts is fine-tuned, scored, indexed and served with them; a prompt written by hand is not
-    doubled."""
-    import httpx
-    from sentence_transformers import SentenceTransformer
-
-    from tunesmith.tasks.sentence_similarity.retrieval import evaluate
-
-    base = str(tmp_path / "prompted")  # a sentence-transformers folder, as the converted e5 is
-    declaring = SentenceTransformer(tiny_model, device="cpu")
-    declaring.prompts = {"query": "query: ", "passage": "passage: "}
-    declaring.save(base)
-    registry = tunesmith.Registry(tmp_path / "home")
-    pairs = [{k: r[k] for k in ("anchor", "positive")} for r in make_pairs(support_rows)]
-    result = tunesmith.train(write_jsonl(tmp_path / "train.jsonl", pairs), task=TASK, name="emb", registry=registry,
-                             progress=False, base_model=base, epochs=1, batch_size=16, learning_rate=5e-4,
-                             log=lambda _line: None)  # fmt: skip
-    meta = json.loads((result.version.path / "tunesmith.json").read_text())
-    assert meta["prompts"] == {"query": "query: ", "passage": "passage: "}
-    model = tunesmith.load_model("emb", registry=registry)
-    texts = ["where is my parcel", "refund please"]
-    queries = model.embed(texts)
-    assert np.allclose(queries, model.embed([f"query: {t}" for t in texts]), atol=1e-6)
-    passages = model.embed_corpus(texts)
-    assert np.allclose(passages, model.embed([f"passage: {t}" for t in texts]), atol=1e-6)
-    assert not np.allclose(queries, passages, atol=1e-3)
-    # sentence-transformers users get the same vectors by the prompt's name
-    st = SentenceTransformer(str(result.version.path / "model"), device="cpu")
-    assert np.allclose(st.encode(texts, prompt_name="query"), queries, atol=1e-5)
-    # the recorded test score is the prompted model's: queries as queries, the corpus as passages
-    rows = [json.loads(line) for line in (result.version.path / "data" / "test.jsonl").read_text().splitlines()]
-    assert evaluate(model.embed, "pairs", rows)[0]["mrr_at_10"] == pytest.approx(result.metrics["mrr_at_10"], abs=1e-6)
-    corpus = [t for t, _ in support_rows[:20]]
-    tunesmith.index("emb", write_csv(tmp_path / "corpus.csv", [(t,) for t in corpus], header=("text",)),
-                    registry=registry, log=lambda _line: None)  # fmt: skip
-    indexed = np.load(registry.home / "indexes" / "emb" / "vectors.npy")
-    assert np.allclose(indexed, model.embed_corpus(corpus), atol=1e-5)
-
-    server = start_server(registry.home, "emb")
-    tei = httpx.post(f"{server.url}/embed", json={"inputs": texts})
-    assert tei.status_code == 200 and np.allclose(tei.json(), queries, atol=1e-4)
-    tei = httpx.post(f"{server.url}/embed", json={"inputs": texts, "prompt_name": "passage"})
-    assert tei.status_code == 200 and np.allclose(tei.json(), passages, atol=1e-4)
-    wrong = httpx.post(f"{server.url}/embed", json={"inputs": texts, "prompt_name": "document"})
-    assert wrong.status_code == 422 and "the prompts passage, query, not 'document'" in wrong.text
-
-
 # -- index, search and serving ----------------------------------------------------------------------------
 
 

@@ -16,33 +16,9 @@ import numpy as np
 from tunesmith.artifact import choose_variant, export_file, read_meta
 from tunesmith.inference import Runner, length_batches, onnx_runner, torch_runner
 from tunesmith.models import sentence_pooling
-from tunesmith.tasks.sentence_similarity.retrieval import corpus_role
 
 OUTPUTS = ["sentence_embedding"]
 TASK = "sentence-similarity"
-# The roles a text plays, and the names models give their prompts for them in config_sentence_transformers.json
-# (e5: query/passage; nomic: search_query/search_document). A query is also e5's role for everything that is not a
-# passage searched (similarity, features, clustering), so it is the default.
-ROLES = {"query": ("query", "search_query"), "passage": ("passage", "document", "search_document", "corpus")}
-
-
-def role_prompts(declared: dict[str, str] | None) -> dict[str, str]:
-    """The query and passage prompts among a sentence-transformers model's declared ones (empty for a model trained
-    without prompts, such as all-MiniLM-L6-v2)."""
-    found = {}
-    for role, names in ROLES.items():
-        prompt = next((declared[n] for n in names if declared and declared.get(n)), None)
-        if prompt:
-            found[role] = prompt
-    return found
-
-
-def prompted(texts: Sequence[str], prompts: dict[str, str], role: str = "query") -> list[str]:
-    """`texts` as a model trained with prompts reads them: the role's prompt before each text, unless the text
-    already starts with one of the model's prompts (e5 users write "query: " themselves; it is not doubled)."""
-    prompt = prompts.get(role, "")
-    known = tuple(p for p in prompts.values() if p)
-    return [t if not prompt or t.startswith(known) else prompt + t for t in (str(t) for t in texts)]
 
 
 def pooling_of(folder: str | Path) -> str:
@@ -60,7 +36,6 @@ class Embedder:
                  backend: str = "pytorch", model: Any = None) -> None:  # fmt: skip
         self.runner, self.tokenizer, self.max_length = runner, tokenizer, max_length
         self.meta = meta or {}
-        self.prompts: dict[str, str] = dict(self.meta.get("prompts") or {})  # recorded by training: `role_prompts`
         self.backend = backend
         self.model = model  # the PyTorch PooledEncoder, when that is the backend
         self.label_names: list[str] = []
@@ -104,19 +79,16 @@ class Embedder:
     def from_model(cls, model: Any, tokenizer: Any, max_length: int, meta: dict[str, Any] | None = None) -> Embedder:
         return cls(torch_runner(model, OUTPUTS), tokenizer, max_length, meta, "pytorch", model)
 
-    def embed(self, texts: Sequence[str], batch_size: int = 32, role: str = "query") -> np.ndarray:
-        """L2-normalised embeddings, row i for texts[i]; batches group texts of similar length. `role`: "passage" for
-        the texts a search looks through, "query" for every other text (a model's prompts: `prompted`)."""
-        return self.embed_counted(texts, batch_size, role)[0]
+    def tokens(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.tokenizer([str(t) for t in texts], truncation=True, max_length=self.max_length)["input_ids"]
 
-    def embed_corpus(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Embeddings of texts a search looks through (an index, a query's candidates), in the role training gave
-        them (`retrieval.corpus_role`)."""
-        return self.embed(texts, batch_size, corpus_role(str(self.meta.get("data_shape", "pairs"))))
+    def embed(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """L2-normalised embeddings, row i for texts[i]; batches group texts of similar length."""
+        return self.embed_counted(texts, batch_size)[0]
 
-    def embed_counted(self, texts: Sequence[str], batch_size: int = 32, role: str = "query") -> tuple[np.ndarray, list[int]]:
+    def embed_counted(self, texts: Sequence[str], batch_size: int = 32) -> tuple[np.ndarray, list[int]]:
         """Embeddings and each text's token count (what the OpenAI API bills as prompt tokens)."""
-        encoded = self.tokenizer(prompted(texts, self.prompts, role), truncation=True, max_length=self.max_length)
+        encoded = self.tokenizer([str(t) for t in texts], truncation=True, max_length=self.max_length)
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
         lengths = [len(ids) for ids in encoded["input_ids"]]
         out: np.ndarray | None = None

@@ -18,7 +18,7 @@ import numpy as np
 
 TOP_K = 10
 KS = (1, 5, 10)
-Scorer = Callable[..., np.ndarray]  # (texts, role=...) -> L2-normalised embeddings: `Embedder.embed`
+Scorer = Callable[[Sequence[str]], np.ndarray]  # texts -> L2-normalised embeddings
 
 
 @dataclass
@@ -27,13 +27,6 @@ class RetrievalSet:
     corpus: list[str]
     relevant: list[set[int]]  # corpus positions relevant to each query
     itself: list[int | None]  # a query's own position in the corpus (labelled texts), never counted as a hit
-
-
-def corpus_role(shape: str) -> str:
-    """The role (`encoder.ROLES`) of the texts searched by a model trained on `shape`: passages where queries find
-    answers (pairs, triplets); queries where like finds like (scored pairs, labelled texts: e5 is used for
-    similarity with the query prompt on both sides)."""
-    return "passage" if shape in ("pairs", "triplets") else "query"
 
 
 def retrieval_set(shape: str, rows: Sequence[dict[str, Any]]) -> RetrievalSet | None:
@@ -107,7 +100,7 @@ def evaluate(embed: Scorer, shape: str, rows: Sequence[dict[str, Any]]) -> tuple
     found = retrieval_set(shape, rows)
     if found is None or not found.queries:
         return {"n": 0, "score": 0.0}, []
-    ranked = top_k(embed(found.queries) @ embed(found.corpus, role=corpus_role(shape)).T, found.itself)
+    ranked = top_k(embed(found.queries) @ embed(found.corpus).T, found.itself)
     return _retrieval_metrics(ranked, found)
 
 

@@ -47,10 +47,7 @@ class EmbedRequest(BaseModel):
     normalize: bool = True
     truncate: bool = True  # texts past the model's limit are always truncated
     truncation_direction: Literal["right", "Right"] = "right"
-    prompt_name: str | None = Field(
-        None, description='For a model trained with prompts (e5): "passage" embeds the inputs as texts to be searched; '
-        'without it they are embedded as queries (e5\'s "query: ", its prompt for everything but searched passages).',
-    )  # fmt: skip
+    prompt_name: None = None
 
 
 class SearchRequest(BaseModel):
@@ -67,18 +64,6 @@ def _embedding_model(server: Server, name: str) -> None:
     if task != TASK:
         raise NotFoundError(f"{name!r} is a {task} model; embeddings come from {TASK} models "
                        f"({', '.join(n for n, t in server.tasks.items() if t == TASK) or 'none served here'}).")  # fmt: skip
-
-
-def _with_prompt(server: Server, name: str, texts: list[str], prompt_name: str | None) -> list[str]:
-    """`texts` with the served model's prompt `prompt_name` before each (the embedder does not add another)."""
-    current = server.slot(name).current
-    if prompt_name is None or current is None:  # a model still loading is answered 503 by `Server.infer`
-        return texts
-    prompts = current.predictor.prompts
-    if prompt_name not in prompts:
-        raise DataError(f"{name!r} was trained with {'the prompts ' + ', '.join(sorted(prompts)) if prompts else 'no prompts'}"
-                        f", not {prompt_name!r}; leave prompt_name out to embed the inputs as queries.")  # fmt: skip
-    return [prompts[prompt_name] + t for t in texts]
 
 
 def _default_embedder(server: Server) -> str:
@@ -127,8 +112,7 @@ def routes(server: Server, read: list[Any]) -> APIRouter:
             raise DataError("This server's embeddings are always L2-normalised (its "
                            "ONNX graph ends with the normalisation); leave `normalize` out or send true.")  # fmt: skip
         texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
-        name = _default_embedder(server)
-        _, outputs = await server.infer(name, _with_prompt(server, name, texts, body.prompt_name))
+        _, outputs = await server.infer(_default_embedder(server), texts)
         return JSONResponse([np.asarray(o.vector, dtype=np.float32).tolist() for o in outputs])
 
     @router.post("/v1/models/{name}/search", tags=["embeddings"], dependencies=read, responses=errors)
@@ -157,7 +141,7 @@ def routes(server: Server, read: list[Any]) -> APIRouter:
             cached = indexes.get(name)
             if cached is None or cached.version != loaded.version.version:
                 cached = await asyncio.to_thread(current, server.registry.home, name, loaded.version.version,
-                                                 loaded.predictor.embed_corpus)  # fmt: skip
+                                                 loaded.predictor.embed)  # fmt: skip
                 indexes[name] = cached
         return cached
 

@@ -97,7 +97,7 @@ class SentenceSimilarity(Task):
             known.clear()
         fresh = [t for t in candidates if t not in known]
         if fresh:
-            known.update(zip(fresh, predictor.embed_corpus(fresh, batch_size), strict=True))
+            known.update(zip(fresh, predictor.embed(fresh, batch_size), strict=True))
         queries = list(dict.fromkeys(str(item[0]) for item in items))
         vectors, tokens = predictor.embed_counted(queries, batch_size)
         at = {text: i for i, text in enumerate(queries)}
@@ -224,7 +224,7 @@ class SentenceSimilarity(Task):
         ids, texts = read_corpus(corpus, options.get("text_column"), options.get("id_column"))
         embedder = self.load(version.path, options.get("backend", "auto"))
         log(f"Embedding {len(texts):,} texts with {version.ref} ({embedder.backend}) ...")
-        index = build(home, version.name, version.version, embedder.embed_corpus, ids, texts, source=str(corpus))
+        index = build(home, version.name, version.version, embedder.embed, ids, texts, source=str(corpus))
         return index.meta
 
     def search(self, version: ModelVersion, home: Path, queries: Sequence[str], top_k: int = 10,
@@ -232,7 +232,7 @@ class SentenceSimilarity(Task):
         from tunesmith.tasks.sentence_similarity.index import current
 
         embedder = self.load(version.path, backend)
-        index = current(home, version.name, version.version, embedder.embed_corpus)
+        index = current(home, version.name, version.version, embedder.embed)
         return [[h.to_dict() for h in row] for row in index.search(embedder.embed(list(queries)), top_k)]
 
     def routes(self, server: Any, read: list[Any]) -> Any:

@@ -24,10 +24,10 @@ import torch
 
 from tunesmith.models import attention_dropout_override, model_max_length, resolve_model
 from tunesmith.tasks.base import TrainResult
-from tunesmith.tasks.sentence_similarity.encoder import Embedder, pooling_of, prompted, role_prompts
+from tunesmith.tasks.sentence_similarity.encoder import Embedder, pooling_of
 from tunesmith.tasks.sentence_similarity.pairs import COLUMNS, PairData, load_pair_data, read_rows
 from tunesmith.tasks.sentence_similarity.pooling import PooledEncoder
-from tunesmith.tasks.sentence_similarity.retrieval import corpus_role, evaluate, evaluate_bm25
+from tunesmith.tasks.sentence_similarity.retrieval import evaluate, evaluate_bm25
 from tunesmith.training import ListDataset, Run, choose_max_length
 
 MAX_LENGTH = 256  # sentence-transformers' usual limit; a longer model limit is only used when asked for
@@ -111,14 +111,6 @@ def _examples(data: PairData, rows: list[dict[str, Any]], seed: int) -> tuple[li
     return texts, labels
 
 
-def _prompted(examples: list[list[str]], shape: str, prompts: dict[str, str]) -> list[list[str]]:
-    """Examples as a model with prompts (e5) reads them: the anchor as a query, the other texts in their role."""
-    if not prompts:
-        return examples
-    role = corpus_role(shape)
-    return [[*prompted(ex[:1], prompts), *prompted(ex[1:], prompts, role)] for ex in examples]
-
-
 def _tokenized(tokenizer: Any, examples: list[list[str]], labels: list[Any], sides: Sequence[str],
                max_length: int) -> ListDataset:  # fmt: skip
     columns = list(zip(*examples, strict=True)) if examples else [[] for _ in range(1 + len(sides))]
@@ -177,11 +169,8 @@ def train(run: Run) -> TrainResult:
     tokenizer, encoder = st.tokenizer, st[0].auto_model
     sides = {"scored-pairs": ("positive",), "pairs": ("positive",), "triplets": SIDES,
              "labelled-texts": ("positive",)}[data.shape]  # fmt: skip
-    # A model trained with prompts (e5: "query: ", "passage: ") is fine-tuned, scored and served with them.
-    prompts = role_prompts(st.prompts)
     train_texts, train_labels = _examples(data, data.train, config.seed)
     val_texts, val_labels = _examples(data, data.validation, config.seed)
-    train_texts, val_texts = _prompted(train_texts, data.shape, prompts), _prompted(val_texts, data.shape, prompts)
     lengths = [len(ids) for ids in tokenizer([t for ex in train_texts for t in ex][:20000])["input_ids"]]
     max_length = choose_max_length(lengths, min(MAX_LENGTH, model_max_length(tokenizer, encoder.config)),
                                    settings.max_length)  # fmt: skip
@@ -189,7 +178,7 @@ def train(run: Run) -> TrainResult:
     log(f"Data: {data.shape}, {len(data.train)} train / {len(data.validation)} validation / {len(data.test)} test rows; "
         f"loss {loss_name(data)}; texts up to {max_length} tokens.")  # fmt: skip
 
-    untuned = Embedder.from_model(PooledEncoder(encoder, pooling).eval(), tokenizer, max_length, {"prompts": prompts})
+    untuned = Embedder.from_model(PooledEncoder(encoder, pooling).eval(), tokenizer, max_length)
     base_metrics, _ = evaluate(untuned.embed, data.shape, data.test)
     bm25 = evaluate_bm25(data.shape, data.test)
     headline = "spearman" if data.shape == "scored-pairs" else "mrr_at_10"
@@ -208,7 +197,7 @@ def train(run: Run) -> TrainResult:
     if hasattr(model, "merge_and_unload"):  # LoRA: the adapter is merged, so the artifact is a plain encoder
         model = model.merge_and_unload()
     encoder = model.st[0].auto_model
-    tuned = Embedder.from_model(PooledEncoder(encoder, pooling).eval(), tokenizer, max_length, {"prompts": prompts})
+    tuned = Embedder.from_model(PooledEncoder(encoder, pooling).eval(), tokenizer, max_length)
     metrics, errors = evaluate(tuned.embed, data.shape, data.test)
     validation_metrics, _ = evaluate(tuned.embed, data.shape, data.validation)
     centroid = _centroid(tuned, data.validation + data.test)
@@ -225,7 +214,7 @@ def train(run: Run) -> TrainResult:
         errors=errors,
         report=report,
         meta={
-            "label_names": [], "max_length": max_length, "pooling": pooling, "normalize": True, "prompts": prompts,
+            "label_names": [], "max_length": max_length, "pooling": pooling, "normalize": True,
             "dimension": int(encoder.config.hidden_size), "centroid": centroid, "data_shape": data.shape, "loss": loss_name(data),
             "score_range": list(data.score_range) if data.score_range else None,
             "precision": "bf16" if run.bf16 else "fp32",
