@@ -211,6 +211,25 @@ def embedding_home(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, su
     return folder / "home"
 
 
+def test_a_model_fine_tuned_below_its_untuned_base_says_so(embedding_home: Path) -> None:
+    """A short budget can leave a large encoder worse than before (multilingual-e5 on SQuAD in 5 minutes): the run
+    says so beside BM25's line, with the steps it took."""
+    from tunesmith.tasks.base import TrainResult
+
+    version = tunesmith.Registry(embedding_home).resolve("emb")
+    evaluation = json.loads((version.path / "metrics.json").read_text())
+    untuned = evaluation["untuned"]["score"]
+    task = get_task(TASK)
+    worse = TrainResult(version, {**evaluation["test"], "score": untuned - 0.05}, {"score": 0.0})
+    warning = task.baseline_warning(worse)
+    assert warning is not None and "BM25" not in warning
+    steps = json.loads((version.path / "tunesmith.json").read_text())["plan"]["steps_done"]
+    assert f"from {untuned:.4f} (the untuned base model) to {untuned - 0.05:.4f} in {steps} steps" in warning
+    assert task.baseline_warning(TrainResult(version, {"score": untuned}, {"score": 0.0})) is None
+    both = task.baseline_warning(TrainResult(version, {"score": untuned - 0.05}, {"score": untuned}))
+    assert both is not None and len(both.splitlines()) == 2
+
+
 def test_export_keeps_the_embeddings(embedding_home: Path) -> None:
     record = json.loads(next((embedding_home / "models" / "emb").rglob("export.json")).read_text())
     assert record["variants"]["fp32"]["min_cosine"] > 0.9999 and record["variants"]["fp32"]["agreement"] == 1.0
