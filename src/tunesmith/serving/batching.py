@@ -70,6 +70,11 @@ class Loaded:
         return TASKS[self.task].serve_compute(self.predictor, texts, batch_size)
 
 
+def still_loading(slot: Slot) -> ApiError:
+    """The 503 for a request that reaches a model before it has loaded."""
+    return ApiError(503, "model_loading", f"Model {slot.name!r} is still loading; retry shortly.", {"Retry-After": "1"})
+
+
 @dataclass
 class _Pending:
     texts: list[str]
@@ -101,8 +106,7 @@ class MicroBatcher:
     async def submit(self, texts: list[str], timeout: float) -> tuple[Loaded, np.ndarray]:
         slot = self.slot
         if slot.current is None:
-            raise ApiError(503, "model_loading", f"Model {slot.name!r} is still loading; retry shortly.",
-                           {"Retry-After": "1"})  # fmt: skip
+            raise still_loading(slot)
         if slot.queued_texts + len(texts) > slot.batching.max_queue:
             raise ApiError(429, "overloaded", f"{slot.queued_texts} texts are already waiting for {slot.name!r}; "
                            "retry shortly.", {"Retry-After": "1"})  # fmt: skip

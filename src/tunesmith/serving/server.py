@@ -25,7 +25,7 @@ from tunesmith.monitoring.live import LiveMonitor
 from tunesmith.monitoring.predictions import Answers, Prediction, PredictionLog
 from tunesmith.monitoring.statistics import outputs_profile
 from tunesmith.registry import SCOPES, ModelVersion, Registry, key_digest
-from tunesmith.serving.batching import Loaded, Metrics, MicroBatcher, Slot
+from tunesmith.serving.batching import Loaded, Metrics, MicroBatcher, Slot, still_loading
 from tunesmith.serving.schemas import ApiError, ModelInfo, TextInput
 from tunesmith.serving.settings import ServeSettings, auth_enabled
 from tunesmith.tasks.catalog import TASKS
@@ -595,8 +595,7 @@ class Server:
         if all(isinstance(item, str) for item in inputs):
             return list(inputs)  # type: ignore[arg-type]
         if slot.current is None:
-            raise ApiError(503, "model_loading", f"Model {slot.name!r} is still loading; retry shortly.",
-                           {"Retry-After": "1"})  # fmt: skip
+            raise still_loading(slot)
         columns = text_columns(slot.current.predictor.meta)
         texts = []
         for i, item in enumerate(inputs):
