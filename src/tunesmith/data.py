@@ -359,6 +359,13 @@ def joined_from(name: str) -> list[str]:
     return name.split(JOINED)
 
 
+def trained_text_column(meta: dict[str, Any]) -> str:
+    """The text column a model was trained on, as its artifact records it ("title + body" when it was built from
+    several: `joined_from`); empty when it records none."""
+    name = (meta.get("data") or {}).get("text_column")
+    return name if isinstance(name, str) else ""
+
+
 def join_parts(parts: Sequence[object]) -> str:
     """One text from the parts of a row's text columns: the non-empty ones, stripped, joined by `TEXT_SEPARATOR`.
     Training, files and the server's requests all join this way, so a model reads its inputs as it was trained."""

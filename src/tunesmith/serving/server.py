@@ -18,7 +18,7 @@ from typing import Any
 from fastapi.security import HTTPAuthorizationCredentials
 
 from tunesmith.artifact import read_export
-from tunesmith.data import join_parts, joined_from
+from tunesmith.data import join_parts, joined_from, trained_text_column
 from tunesmith.errors import ConfigError, TunesmithError
 from tunesmith.export import timed
 from tunesmith.monitoring.live import LiveMonitor
@@ -713,8 +713,8 @@ def _decision(output: dict[str, Any]) -> Any:
 
 def text_columns(meta: dict[str, Any]) -> list[str]:
     """The columns of its training file a model reads as one text, in order (empty when it records none)."""
-    name = (meta.get("data") or {}).get("text_column")
-    return joined_from(name) if isinstance(name, str) and name else []
+    name = trained_text_column(meta)
+    return joined_from(name) if name else []
 
 
 def valid_unicode(text: str) -> str:

@@ -102,14 +102,14 @@ def suggest(
     pre-annotations. Texts of `exclude` (e.g. the training file) and repeats within the pool are never
     suggested.
     """
-    from tunesmith.data import ensure_text_column, read_table, read_text_column
+    from tunesmith.data import ensure_text_column, read_table, read_text_column, trained_text_column
     from tunesmith.quality.checks import normalize
 
     if getattr(model, "task", "text-classification") != "text-classification":
         raise ConfigError(f"`suggest` needs a text-classification model; this one is {model.task!r}.")
     if n < 1:
         raise ConfigError(f"-n must be at least 1, not {n}.")
-    frame, column = read_text_column(pool, text_column, model.meta.get("data", {}).get("text_column"))
+    frame, column = read_text_column(pool, text_column, trained_text_column(model.meta) or None)
     known: set[str] = set()
     if exclude is not None:
         excluded = read_table(exclude)

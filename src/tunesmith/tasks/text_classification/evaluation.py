@@ -290,10 +290,10 @@ def evaluate(
     Rows whose labels the model does not know are left out (and reported under `skipped_rows`).
     """
     from tunesmith.config import DataConfig
-    from tunesmith.data import joined_from, load_labeled_file
+    from tunesmith.data import joined_from, load_labeled_file, trained_text_column
     from tunesmith.errors import DataError
 
-    trained_on = model.meta.get("data", {}).get("text_column") or ""
+    trained_on = trained_text_column(model.meta)
     if text_column is None and len(joined_from(trained_on)) > 1:  # a model that reads several columns reads them here
         text_column = trained_on
     config = DataConfig(text_column=text_column, label_column=label_column, multi_label=model.multi_label)

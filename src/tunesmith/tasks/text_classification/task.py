@@ -85,10 +85,10 @@ class TextClassification(Task):
     def predict_file(self, predictor: Any, path: Path, output: Path, *, text_column: str | None = None,
                      batch_size: int = 64) -> int:  # fmt: skip
         """Predict every row of a table file; write it with the predictions (.csv or .jsonl); return the count."""
-        from tunesmith.data import joined_from, read_text_column
+        from tunesmith.data import joined_from, read_text_column, trained_text_column
         from tunesmith.tasks.text_classification.evaluation import write_predictions
 
-        frame, column = read_text_column(path, text_column, predictor.meta.get("data", {}).get("text_column"))
+        frame, column = read_text_column(path, text_column, trained_text_column(predictor.meta) or None)
         results = predictor.predict(frame[column].astype(str).tolist(), batch_size)
         parts = joined_from(column)
         if len(parts) > 1 and set(parts) <= set(frame.columns):  # built for the model from several: not written back
